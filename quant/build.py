@@ -1,0 +1,150 @@
+"""Build every artifact for a model: source → float ONNX → calibration data → QDQ ONNX per component.
+
+Each stage is cached under a key that hashes all of its inputs (upstream keys, code revision of the stage,
+recipe bytes, prompts, shapes, opset, package versions); a warm build only computes keys and checks that
+the directories exist, so it imports neither torch nor Olive.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant import COMPONENTS
+from quant.cache import ArtifactCache, package_versions
+from quant.pipeline import ComponentSet
+from quant.prompts import Prompt, load_prompts
+from quant.source import ModelSource, resolve_source
+
+# Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
+STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 1}
+
+Progress = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+class StageClock:
+    """Prefixes progress lines with the stage and the time since the build started."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.start = progress, time.perf_counter()
+
+    def __call__(self, stage: str) -> Progress:
+        return lambda msg: self.progress(f"[{time.perf_counter() - self.start:6.1f}s] {stage}: {msg}")
+
+
+@dataclass(frozen=True)
+class Build:
+    """Everything a build produced; paths point into the cache."""
+
+    source: ModelSource
+    recipe_name: str
+    float: ComponentSet
+    qdq: ComponentSet
+    calibration_dir: Path
+    keys: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pipeline_dir(self) -> Path:
+        return self.float.pipeline_dir
+
+
+def build(
+    model: str = "tiny",
+    *,
+    recipe: Path | str | None = None,
+    cache: ArtifactCache | None = None,
+    calibration_prompts: list[Prompt] | None = None,
+    allow_download: bool = False,
+    progress: Progress = _silent,
+) -> Build:
+    """Build (or find in the cache) the float and QDQ components of ``model`` with ``recipe``."""
+    from quant.recipe import DEFAULT_RECIPE, load_recipe
+
+    cache = cache or ArtifactCache()
+    clock = StageClock(progress)
+    source = resolve_source(model, allow_download=allow_download)
+    recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
+    recipe_data = load_recipe(recipe_path)
+    prompts = calibration_prompts if calibration_prompts is not None else load_prompts("train")
+    versions = package_versions()
+
+    pipeline_dir = _source_dir(source, cache, clock("source"))
+
+    export_inputs = {"source": source.fingerprint, "revision": STAGE_REVISION["export"], "versions": versions}
+    export_dir = cache.get_or_build("export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export")))
+    float_set = ComponentSet({c: export_dir / c / "model.onnx" for c in COMPONENTS}, pipeline_dir)
+
+    from quant.calibration import CALIBRATION_STEPS
+
+    calib_inputs = {
+        "export": export_inputs,
+        "prompts": [p.text for p in prompts],
+        "steps": CALIBRATION_STEPS,
+        "revision": STAGE_REVISION["calibration"],
+    }
+    calib_dir = cache.get_or_build("calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, out, clock("calibration")))
+
+    qdq_models = {}
+    qdq_keys = {}
+    for component in COMPONENTS:
+        inputs = {
+            "export": export_inputs,
+            "calibration": calib_inputs,
+            "component": component,
+            "workflow": recipe_data["workflows"][component],
+            "revision": STAGE_REVISION["qdq"],
+        }
+        qdq_keys[component] = cache.path("qdq", inputs).name
+        qdq_dir = cache.get_or_build(
+            "qdq", inputs,
+            lambda out, c=component: _quantize(recipe_data, c, float_set.models[c], calib_dir, out, clock(f"qdq {c}")),
+        )
+        qdq_models[component] = qdq_dir / "model.onnx"
+    clock("build")(f"done ({len(cache.hits)} cached, {len(cache.misses)} built)")
+    return Build(
+        source=source,
+        recipe_name=str(recipe_data.get("name", recipe_path.stem)),
+        float=float_set,
+        qdq=ComponentSet(qdq_models, pipeline_dir),
+        calibration_dir=calib_dir,
+        keys={"export": export_dir.name, "calibration": calib_dir.name, "qdq": qdq_keys, "versions": versions},
+    )
+
+
+def _source_dir(source: ModelSource, cache: ArtifactCache, progress: Progress) -> Path:
+    before = len(cache.misses)
+    folder = source.materialize(cache)
+    progress(f"{source.name} at {folder}" + (" (built)" if len(cache.misses) > before else ""))
+    return folder
+
+
+def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progress) -> None:
+    from quant.export import export_components
+
+    progress("exporting text_encoder, text_encoder_2, unet, vae_decoder to ONNX")
+    export_components(pipeline_dir, source, out, progress=progress)
+
+
+def _calibrate(float_set: ComponentSet, prompts: list[Prompt], out: Path, progress: Progress) -> None:
+    from quant.calibration import record_calibration
+
+    progress(f"running the float pipeline on {len(prompts)} train prompts")
+    record_calibration(float_set, prompts, out, progress=progress)
+
+
+def _quantize(recipe: dict[str, Any], component: str, model: Path, calib_dir: Path, out: Path, progress: Progress) -> None:
+    from quant.recipe import quantize_component
+
+    t = time.perf_counter()
+    progress("running the Olive workflow")
+    quantize_component(recipe, component, model=model, calibration_dir=calib_dir, out=out)
+    (out / "build.json").write_text(json.dumps({"seconds": round(time.perf_counter() - t, 2)}))
+    progress(f"done in {time.perf_counter() - t:.1f}s")

@@ -1,0 +1,67 @@
+"""Calibration data: each component's inputs, recorded while the float ONNX pipeline runs the train prompts.
+
+Written in the layout Olive's built-in ``RawDataContainer`` reads: ``<dir>/<component>/<input>/<NNN>.bin``
+(raw little-endian arrays, one file per call) plus ``<dir>/<component>/inputs.json`` (names, shapes, types).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from quant import COMPONENTS
+from quant.pipeline import ComponentSet, OrtSDXLPipeline
+from quant.prompts import Prompt
+
+CALIBRATION_STEPS = 1  # sdxl-turbo's default; the UNet therefore sees t=999 only
+
+
+def record_calibration(
+    float_models: ComponentSet,
+    prompts: list[Prompt],
+    out: Path,
+    *,
+    steps: int = CALIBRATION_STEPS,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """Run the float pipeline on ``prompts`` and write every component's inputs under ``out``."""
+    counts: dict[str, int] = defaultdict(int)
+
+    def record(component: str, feeds: dict[str, np.ndarray]) -> None:
+        n = counts[component]
+        for name, array in feeds.items():
+            folder = out / component / name
+            folder.mkdir(parents=True, exist_ok=True)
+            np.ascontiguousarray(array).tofile(folder / f"{n:04d}.bin")
+        counts[component] += 1
+
+    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=record)
+    for i, prompt in enumerate(prompts):
+        pipe(prompt.text, steps=steps)
+        if progress and ((i + 1) % 10 == 0 or i + 1 == len(prompts)):
+            progress(f"calibration: {i + 1}/{len(prompts)} prompts")
+    for component in COMPONENTS:
+        io = float_models.io(component)
+        meta = {
+            "samples": counts[component],
+            "input_names": [t.name for t in io.inputs],
+            "input_shapes": [list(t.shape) for t in io.inputs],
+            "input_types": [t.dtype for t in io.inputs],
+        }
+        (out / component / "inputs.json").write_text(json.dumps(meta, indent=1))
+
+
+def load_calibration(calib_dir: Path, component: str) -> list[dict[str, np.ndarray]]:
+    """The recorded feeds of ``component``, in call order."""
+    meta = json.loads((calib_dir / component / "inputs.json").read_text())
+    return [
+        {
+            name: np.fromfile(calib_dir / component / name / f"{i:04d}.bin", dtype=dtype).reshape(shape)
+            for name, shape, dtype in zip(meta["input_names"], meta["input_shapes"], meta["input_types"])
+        }
+        for i in range(meta["samples"])
+    ]

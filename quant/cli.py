@@ -1,0 +1,57 @@
+"""Command line: ``python -m quant build|sqnr`` (also installed as ``sdxl-qdq``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from quant.errors import QuantError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", metavar="NAME",
+                   help="model source: 'tiny' (embedded, offline), a Hugging Face id such as stabilityai/sdxl-turbo, "
+                        "or a local diffusers folder (default: %(default)s)")
+    p.add_argument("--recipe", default=None, metavar="FILE", help="recipe JSON (default: recipes/qnn_w8a16.json)")
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let a Hugging Face model be downloaded when it is not cached (default: off)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    _common(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
+    sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the 50 test prompts")
+    _common(sq)
+    sq.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from quant.build import build
+    from quant.cache import ArtifactCache
+
+    try:
+        start = time.perf_counter()
+        result = build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
+                       allow_download=args.allow_download, progress=lambda m: print(m, flush=True))
+        if args.command == "build":
+            from quant.evaluate import model_size_mb
+
+            for c, path in result.qdq.models.items():
+                print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")
+            print(f"build took {time.perf_counter() - start:.1f}s")
+        else:
+            from quant.evaluate import component_sqnr, record_inputs
+            from quant.prompts import load_prompts
+
+            feeds = record_inputs(result.float, load_prompts("test"))
+            for c, outputs in component_sqnr(result.float, result.qdq, feeds, ep=args.ep).items():
+                for name, value in outputs.items():
+                    print(f"{c:15s} {name:26s} SQNR {value:6.2f} dB")
+    except QuantError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,170 @@
+"""Export SDXL's four components to ONNX at fixed shapes (batch 1, 77 tokens, the source's latent size).
+
+Each component is written as ``<dir>/<component>/model.onnx`` with its weights as external data
+(``model.onnx.data``) and an ``io.json`` describing its inputs and outputs. The text encoders output what
+SDXL consumes: the penultimate hidden states, and for ``text_encoder_2`` the projected pooled ``text_embeds``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from quant import COMPONENTS
+from quant.source import TOKEN_LENGTH, ModelSource
+
+OPSET = 17
+EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name
+
+
+@dataclass(frozen=True)
+class ComponentIO:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ComponentIO:
+        def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+            return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
+
+        return cls(specs(data["inputs"]), specs(data["outputs"]))
+
+
+def component_io(component: str, dims: dict[str, int]) -> ComponentIO:
+    """Fixed input/output specs of ``component``. ``dims``: widths read from the model configs."""
+    latent, image = dims["latent"], dims["latent"] * dims["vae_scale_factor"]
+    ids = TensorSpec("input_ids", (1, TOKEN_LENGTH), "int64")
+    if component == "text_encoder":
+        return ComponentIO((ids,), (TensorSpec("penultimate_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"]), "float32"),))
+    if component == "text_encoder_2":
+        return ComponentIO(
+            (ids,),
+            (
+                TensorSpec("text_embeds", (1, dims["te2_projection"]), "float32"),
+                TensorSpec("penultimate_hidden_states", (1, TOKEN_LENGTH, dims["te2_hidden"]), "float32"),
+            ),
+        )
+    if component == "unet":
+        return ComponentIO(
+            (
+                TensorSpec("sample", (1, 4, latent, latent), "float32"),
+                TensorSpec("timestep", (1,), "float32"),
+                TensorSpec("encoder_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"] + dims["te2_hidden"]), "float32"),
+                TensorSpec("text_embeds", (1, dims["te2_projection"]), "float32"),
+                TensorSpec("time_ids", (1, 6), "float32"),
+            ),
+            (TensorSpec("out_sample", (1, 4, latent, latent), "float32"),),
+        )
+    if component == "vae_decoder":
+        return ComponentIO(
+            (TensorSpec("latent_sample", (1, 4, latent, latent), "float32"),),
+            (TensorSpec("sample", (1, 3, image, image), "float32"),),
+        )
+    raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
+
+
+def _wrappers(pipe: Any) -> dict[str, Any]:
+    import torch
+
+    class TextEncoder(torch.nn.Module):
+        def __init__(self, model: Any, projected: bool) -> None:
+            super().__init__()
+            self.model, self.projected = model, projected
+
+        def forward(self, input_ids: torch.Tensor) -> Any:
+            out = self.model(input_ids, output_hidden_states=True, return_dict=True)
+            if self.projected:
+                return out.text_embeds, out.hidden_states[-2]
+            return out.hidden_states[-2]
+
+    class UNet(torch.nn.Module):
+        def __init__(self, unet: Any) -> None:
+            super().__init__()
+            self.unet = unet
+
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):  # noqa: ANN001
+            added = {"text_embeds": text_embeds, "time_ids": time_ids}
+            return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
+
+    class VaeDecoder(torch.nn.Module):
+        def __init__(self, vae: Any) -> None:
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(latent_sample, return_dict=False)[0]
+
+    return {
+        "text_encoder": TextEncoder(pipe.text_encoder, projected=False),
+        "text_encoder_2": TextEncoder(pipe.text_encoder_2, projected=True),
+        "unet": UNet(pipe.unet),
+        "vae_decoder": VaeDecoder(pipe.vae),
+    }
+
+
+def model_dims(pipe: Any, source: ModelSource) -> dict[str, int]:
+    return {
+        "latent": source.latent_size,
+        "vae_scale_factor": source.vae_scale_factor,
+        "te1_hidden": pipe.text_encoder.config.hidden_size,
+        "te2_hidden": pipe.text_encoder_2.config.hidden_size,
+        "te2_projection": pipe.text_encoder_2.config.projection_dim,
+    }
+
+
+def load_torch_pipeline(folder: Path) -> Any:
+    """The float diffusers pipeline from a local folder (safetensors only, no remote code)."""
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    return StableDiffusionXLPipeline.from_pretrained(
+        folder, torch_dtype=torch.float32, use_safetensors=True, local_files_only=True
+    )
+
+
+def export_components(folder: Path, source: ModelSource, out: Path, *, progress: Any = None) -> None:
+    """Export every component of the pipeline in ``folder`` into ``out/<component>/``."""
+    import onnx
+    import torch
+
+    pipe = load_torch_pipeline(folder)
+    dims = model_dims(pipe, source)
+    wrappers = _wrappers(pipe)
+    for component in COMPONENTS:
+        io = component_io(component, dims)
+        dest = out / component
+        dest.mkdir(parents=True)
+        args = tuple(
+            torch.zeros(t.shape, dtype=torch.int64) if t.dtype == "int64" else torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
+            for t in io.inputs
+        )
+        raw = dest / "raw.onnx"
+        with torch.inference_mode():
+            torch.onnx.export(
+                wrappers[component], args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
+                input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
+            )
+        model = onnx.load(str(raw))
+        for leftover in dest.iterdir():
+            leftover.unlink()
+        onnx.save_model(model, str(dest / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+        (dest / "io.json").write_text(json.dumps(io.to_json(), indent=1))
+        if progress:
+            progress(f"exported {component}: {(dest / 'model.onnx.data').stat().st_size / 1e6:.1f} MB")
+
+
+def read_io(component_dir: Path) -> ComponentIO:
+    return ComponentIO.from_json(json.loads((component_dir / "io.json").read_text()))

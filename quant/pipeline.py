@@ -1,0 +1,120 @@
+"""One SDXL-turbo pipeline over ONNX Runtime sessions: float or QDQ components, CPU or QNN EP, N steps.
+
+The scheduler is diffusers' (sdxl-turbo's EulerAncestralDiscreteScheduler, trailing spacing); the sessions
+are ours. Guidance is 0 (no negative prompt), as sdxl-turbo is meant to run. Latents and ancestral noise
+come from a torch generator seeded from the prompt text, so a prompt gives the same image whatever its
+position in a batch, and the float and quantized variants start from the same noise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quant import COMPONENTS
+from quant.export import ComponentIO, read_io
+from quant.runtime import QnnOptions, assert_assignment, create_session
+from quant.source import TOKEN_LENGTH
+
+Recorder = Callable[[str, dict[str, np.ndarray]], None]
+
+
+def prompt_seed(prompt: str, base_seed: int = 0) -> int:
+    """A seed that depends only on the prompt text and ``base_seed``."""
+    return (int.from_bytes(hashlib.sha256(prompt.encode()).digest()[:4], "little") + base_seed) % (2**31)
+
+
+@dataclass(frozen=True)
+class ComponentSet:
+    """Paths of one variant's four component models plus the pipeline folder (tokenizers, scheduler)."""
+
+    models: dict[str, Path]
+    pipeline_dir: Path
+
+    def io(self, component: str) -> ComponentIO:
+        return read_io(self.models[component].parent)
+
+
+class OrtSDXLPipeline:
+    """SDXL text-to-image over ORT sessions. ``recorder(component, feeds)`` sees every component call."""
+
+    def __init__(
+        self,
+        components: ComponentSet,
+        *,
+        ep: dict[str, str] | str = "cpu",
+        qnn: QnnOptions | None = None,
+        threads: int | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        from diffusers import EulerAncestralDiscreteScheduler
+        from transformers import CLIPTokenizer
+
+        eps = {c: ep for c in COMPONENTS} if isinstance(ep, str) else ep
+        self.sessions = {}
+        for c in COMPONENTS:
+            session = create_session(components.models[c], ep=eps[c], qnn=qnn, threads=threads)
+            assert_assignment(session, eps[c])
+            self.sessions[c] = session
+        self.io = {c: components.io(c) for c in COMPONENTS}
+        folder = components.pipeline_dir
+        self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
+        self.tokenizer_2 = CLIPTokenizer.from_pretrained(folder / "tokenizer_2", local_files_only=True)
+        self.scheduler_config = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+        self.scheduler_cls = EulerAncestralDiscreteScheduler
+        vae_config = json.loads((folder / "vae" / "config.json").read_text())
+        self.scaling_factor = float(vae_config.get("scaling_factor", 0.13025))
+        self.latent_shape = self.io["unet"].inputs[0].shape
+        self.image_size = self.io["vae_decoder"].outputs[0].shape[-1]
+        self.recorder = recorder
+
+    def _run(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.recorder is not None:
+            self.recorder(component, feeds)
+        return self.sessions[component].run(None, feeds)
+
+    def _tokens(self, tokenizer: Any, prompt: str) -> np.ndarray:
+        ids = tokenizer(prompt, padding="max_length", max_length=TOKEN_LENGTH, truncation=True, return_tensors="np")
+        return ids.input_ids.astype(np.int64)
+
+    def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """(encoder_hidden_states [1, 77, h1+h2], pooled text_embeds [1, p]) as SDXL builds them."""
+        (h1,) = self._run("text_encoder", {"input_ids": self._tokens(self.tokenizer, prompt)})
+        pooled, h2 = self._run("text_encoder_2", {"input_ids": self._tokens(self.tokenizer_2, prompt)})
+        return np.concatenate([h1, h2], axis=-1), pooled
+
+    def __call__(self, prompt: str, *, steps: int = 1, seed: int | None = None) -> np.ndarray:
+        """The image for ``prompt`` as uint8 H×W×3."""
+        import torch
+
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        generator = torch.Generator().manual_seed(prompt_seed(prompt) if seed is None else seed)
+        scheduler = self.scheduler_cls.from_config(self.scheduler_config)
+        scheduler.set_timesteps(steps)
+        hidden, pooled = self.encode_prompt(prompt)
+        size = float(self.image_size)
+        time_ids = np.array([[size, size, 0.0, 0.0, size, size]], dtype=np.float32)
+        latents = torch.randn(self.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            model_in = scheduler.scale_model_input(latents, t)
+            (noise,) = self._run(
+                "unet",
+                {
+                    "sample": model_in.numpy().astype(np.float32),
+                    "timestep": np.array([float(t)], dtype=np.float32),
+                    "encoder_hidden_states": hidden,
+                    "text_embeds": pooled,
+                    "time_ids": time_ids,
+                },
+            )
+            latents = scheduler.step(torch.from_numpy(noise), t, latents, generator=generator).prev_sample
+        (image,) = self._run("vae_decoder", {"latent_sample": (latents / self.scaling_factor).numpy().astype(np.float32)})
+        image = np.clip(image[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
+        return (image * 255).round().astype(np.uint8)

@@ -1,0 +1,119 @@
+"""Recipes: Olive workflows as JSON data, one per component, run through Olive's Python API.
+
+A recipe file is ``{"name", "description", "workflows": {<component>: <Olive run config>}}``. String values
+of the form ``${name}`` are filled in before the run (``model_path``, ``calibration_dir``, ``input_names``,
+``input_shapes``, ``input_types``, ``output_dir``, ``olive_cache_dir``); a value that is exactly one
+placeholder is replaced by a JSON value (lists stay lists). With those filled by hand, a workflow also
+runs with ``olive run --config``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from quant import COMPONENTS
+from quant.errors import BuildError, ConfigError
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEFAULT_RECIPE = RECIPES_DIR / "qnn_w8a16.json"
+PLACEHOLDERS = ("model_path", "calibration_dir", "input_names", "input_shapes", "input_types", "output_dir",
+                "olive_cache_dir")
+_PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
+
+
+def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
+    """Read and validate a recipe file; errors name the file, the problem and the fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file {str(path)!r} does not exist; pass a JSON recipe such as {DEFAULT_RECIPE}")
+    try:
+        recipe = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"recipe file {path} is not valid JSON: {e}") from e
+    workflows = recipe.get("workflows") if isinstance(recipe, dict) else None
+    if not isinstance(workflows, dict):
+        raise ConfigError(f"recipe file {path} needs a 'workflows' object mapping each component to an Olive workflow")
+    missing = [c for c in COMPONENTS if c not in workflows]
+    unknown = [c for c in workflows if c not in COMPONENTS]
+    if missing or unknown:
+        raise ConfigError(
+            f"recipe file {path}: workflows must be exactly {list(COMPONENTS)}; missing {missing}, unknown {unknown}"
+        )
+    for component, workflow in workflows.items():
+        if not isinstance(workflow, dict) or not isinstance(workflow.get("passes"), dict) or not workflow["passes"]:
+            raise ConfigError(f"recipe file {path}: workflow {component!r} needs a non-empty 'passes' object")
+        for name in set(_PLACEHOLDER.findall(json.dumps(workflow))) - set(PLACEHOLDERS):
+            raise ConfigError(
+                f"recipe file {path}: workflow {component!r} uses unknown placeholder ${{{name}}}; "
+                f"allowed: {', '.join('${' + p + '}' for p in PLACEHOLDERS)}"
+            )
+    return recipe
+
+
+def fill(value: Any, values: dict[str, Any]) -> Any:
+    """Substitute ``${name}`` placeholders in a JSON value."""
+    if isinstance(value, dict):
+        return {k: fill(v, values) for k, v in value.items()}
+    if isinstance(value, list):
+        return [fill(v, values) for v in value]
+    if isinstance(value, str):
+        whole = _PLACEHOLDER.fullmatch(value)
+        if whole:
+            return values[whole.group(1)]
+        return _PLACEHOLDER.sub(lambda m: str(values[m.group(1)]), value)
+    return value
+
+
+def quantize_component(
+    recipe: dict[str, Any], component: str, *, model: Path, calibration_dir: Path, out: Path
+) -> Path:
+    """Run ``component``'s workflow on ``model``; write the result as ``out/model.onnx`` (+ external data)."""
+    import onnx
+    from olive.workflows import run as olive_run
+
+    from quant.runtime import register_qnn
+
+    register_qnn()  # Olive's QNN passes look the EP up in this process
+    meta = json.loads((calibration_dir / component / "inputs.json").read_text())
+    with tempfile.TemporaryDirectory(prefix=f"olive-{component}-") as tmp:
+        values = {
+            "model_path": str(model),
+            "calibration_dir": str(calibration_dir / component),
+            "input_names": meta["input_names"],
+            "input_shapes": meta["input_shapes"],
+            "input_types": meta["input_types"],
+            "output_dir": str(Path(tmp) / "output"),
+            "olive_cache_dir": str(Path(tmp) / "cache"),  # our cache answers first; Olive's is per build
+        }
+        config = fill(recipe["workflows"][component], values)
+        _quiet_olive()
+        saved_tempdir = tempfile.tempdir  # olive's run() sets the process-wide tempfile.tempdir
+        try:
+            olive_run(config, tempdir=tmp)
+        except Exception as e:
+            raise BuildError(f"Olive workflow for {component!r} of recipe {recipe.get('name')!r} failed: {e}") from e
+        finally:
+            tempfile.tempdir = saved_tempdir
+        produced = sorted(Path(tmp, "output").rglob("*.onnx"))
+        if len(produced) != 1:
+            raise BuildError(
+                f"Olive workflow for {component!r} produced {len(produced)} ONNX models ({produced}); expected one. "
+                "Does the recipe end in a single quantization pass?"
+            )
+        proto = onnx.load(str(produced[0]))
+        out.mkdir(parents=True, exist_ok=True)
+        onnx.save_model(proto, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location="model.onnx.data", size_threshold=1024)
+    shutil.copy(model.parent / "io.json", out / "io.json")
+    return out / "model.onnx"
+
+
+def _quiet_olive() -> None:
+    for name in ("olive", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)

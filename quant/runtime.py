@@ -1,0 +1,154 @@
+"""ONNX Runtime sessions on the CPU EP or the QNN EP, and proof of where their nodes run.
+
+onnxruntime-qnn ships the QNN EP as a plugin library: it must be registered with
+``register_execution_provider_library`` and selected through ``add_provider_for_devices``. Naming it in
+``providers=[...]`` does not fail: it silently runs everything on the CPU EP. So every QNN session here
+records its graph assignment, and ``assert_assignment`` compares it with what the caller asked for.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from quant.errors import ConfigError, ExecutionProviderError
+
+QNN_EP = "QNNExecutionProvider"
+CPU_EP = "CPUExecutionProvider"
+EPS = ("cpu", "qnn")
+# Simulated or real Snapdragon chips by QNN soc_model id (QNN SDK's SocModel list).
+QNN_SOCS: dict[str, str] = {"60": "Snapdragon X Elite (SC8380XP)", "43": "Snapdragon 8 Gen 2 (SM8550)",
+                            "57": "Snapdragon 8 Gen 3 (SM8650)", "69": "Snapdragon 8 Elite (SM8750)"}
+DEFAULT_QNN_SOC = "60"
+
+_registered = threading.Lock()
+_qnn_library: str | None = None
+
+
+@dataclass(frozen=True)
+class QnnOptions:
+    """QNN EP options. Unknown option names are ignored by the EP, so only known ones are exposed here."""
+
+    soc_model: str = DEFAULT_QNN_SOC
+    htp_performance_mode: str = "burst"
+    profiling_level: str | None = None  # "basic" | "detailed"
+    profiling_file_path: str | None = None
+
+    def provider_options(self) -> dict[str, str]:
+        import onnxruntime_qnn
+
+        if self.soc_model not in QNN_SOCS:
+            raise ConfigError(
+                f"QNN soc_model {self.soc_model!r} is not one this project knows; allowed: "
+                + ", ".join(f"{k} ({v})" for k, v in QNN_SOCS.items())
+            )
+        opts = {
+            "backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+            "soc_model": self.soc_model,
+            "htp_performance_mode": self.htp_performance_mode,
+        }
+        if self.profiling_level:
+            opts["profiling_level"] = self.profiling_level
+        if self.profiling_file_path:
+            opts["profiling_file_path"] = self.profiling_file_path
+        return opts
+
+
+def register_qnn() -> str:
+    """Register the QNN plugin EP in this process (idempotent); return its library path."""
+    global _qnn_library
+    with _registered:
+        if _qnn_library is not None:
+            return _qnn_library
+        import onnxruntime as ort
+
+        try:
+            import onnxruntime_qnn
+        except ImportError as e:
+            raise ExecutionProviderError(
+                "the QNN EP needs the onnxruntime-qnn package; install it (pip install onnxruntime-qnn, "
+                "pinned in constraints.txt) or run with --ep cpu"
+            ) from e
+        library = onnxruntime_qnn.get_library_path()
+        if QNN_EP not in ort.get_available_providers():
+            ort.register_execution_provider_library(QNN_EP, library)
+        _qnn_library = library
+        return library
+
+
+def _qnn_devices() -> list[Any]:
+    import onnxruntime as ort
+
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == QNN_EP]
+    if not devices:
+        raise ExecutionProviderError(f"{QNN_EP} is registered but reports no device (get_ep_devices())")
+    return devices
+
+
+def session_options(*, threads: int | None = None, deterministic: bool = True) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.use_deterministic_compute = deterministic
+    so.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    return so
+
+
+def create_session(
+    model: str | Path,
+    *,
+    ep: str = "cpu",
+    qnn: QnnOptions | None = None,
+    cpu_fallback: bool = False,
+    threads: int | None = None,
+    extra_config: dict[str, str] | None = None,
+) -> Any:
+    """An ``InferenceSession`` on ``ep`` ("cpu" or "qnn"). QNN sessions disable CPU fallback unless asked."""
+    import onnxruntime as ort
+
+    if ep not in EPS:
+        raise ConfigError(f"execution provider {ep!r} is not supported; allowed: {', '.join(EPS)}")
+    so = session_options(threads=threads)
+    for key, value in (extra_config or {}).items():
+        so.add_session_config_entry(key, value)
+    if ep == "cpu":
+        return ort.InferenceSession(str(model), sess_options=so, providers=[CPU_EP])
+    register_qnn()
+    if not cpu_fallback:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.add_provider_for_devices(_qnn_devices(), (qnn or QnnOptions()).provider_options())
+    try:
+        return ort.InferenceSession(str(model), sess_options=so)
+    except Exception as e:  # onnxruntime raises bare RuntimeError/Fail subclasses
+        hint = " (CPU fallback is disabled: some node is not supported by QNN)" if not cpu_fallback else ""
+        raise ExecutionProviderError(f"QNN EP could not load {model}{hint}: {e}") from e
+
+
+def graph_assignment(session: Any) -> dict[str, Counter[str]]:
+    """Op types per execution provider, from the session's recorded graph assignment."""
+    result: dict[str, Counter[str]] = {}
+    for sub in session.get_provider_graph_assignment_info():
+        counts = result.setdefault(sub.ep_name, Counter())
+        for node in sub.get_nodes():
+            counts[node.op_type] += 1
+    return result
+
+
+def assert_assignment(session: Any, ep: str) -> dict[str, Counter[str]]:
+    """Raise unless every node of ``session`` is assigned to ``ep``; return the assignment."""
+    want = QNN_EP if ep == "qnn" else CPU_EP
+    assignment = graph_assignment(session)
+    others = {name: dict(ops) for name, ops in assignment.items() if name != want}
+    if others or want not in assignment:
+        raise ExecutionProviderError(
+            f"session claims {session.get_providers()} but its graph assignment is {dict(assignment)}; "
+            f"nodes outside {want}: {others}"
+        )
+    return assignment

@@ -1,0 +1,235 @@
+"""Model sources: where the SDXL pipeline comes from.
+
+- ``tiny`` (default): the real SDXL-turbo architecture at tiny width, built from inline configs with fixed
+  seeds, saved once as a diffusers folder (safetensors) in the cache, with CLIP's real BPE tokenizer built
+  offline from the vendored vocabulary.
+- ``stabilityai/sdxl-turbo`` (any Hugging Face id) or a local diffusers folder: loaded from the local
+  Hugging Face cache; when absent and downloads are not allowed, a ``ModelNotAvailableError`` says where
+  it looked and how to get it.
+
+New sources register in ``SOURCES`` (a name → factory); the rest of the project only uses the
+``ModelSource`` interface.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quant.cache import ArtifactCache, make_key
+from quant.errors import ConfigError, ModelNotAvailableError
+
+DATA_DIR = Path(__file__).parent / "data"
+BPE_VOCAB = DATA_DIR / "clip_bpe_simple_vocab_16e6.txt.gz"
+TOKEN_LENGTH = 77
+REAL_MODEL_ID = "stabilityai/sdxl-turbo"
+
+# The scheduler stabilityai/sdxl-turbo ships (scheduler/scheduler_config.json).
+TURBO_SCHEDULER: dict[str, Any] = {
+    "_class_name": "EulerAncestralDiscreteScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "steps_offset": 1,
+    "timestep_spacing": "trailing",
+    "trained_betas": None,
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved model: a diffusers folder plus the fixed shapes its components are exported at."""
+
+    name: str
+    fingerprint: dict[str, Any]
+    latent_size: int
+    vae_scale_factor: int
+    materialize: Callable[[ArtifactCache], Path] = field(compare=False, repr=False)
+
+    @property
+    def image_size(self) -> int:
+        return self.latent_size * self.vae_scale_factor
+
+    @property
+    def key(self) -> str:
+        return make_key(self.fingerprint)
+
+
+# --------------------------------------------------------------------------------------------- tiny
+# Real SDXL-turbo values in comments; tiny keeps every block type, op type and wiring, shrinks widths.
+TINY_SEED = 0
+TINY_LATENT = 16
+TINY_TEXT_ENCODER: dict[str, Any] = dict(  # CLIP ViT-L/14 text tower: 768 wide, 12 layers, quick_gelu
+    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+    max_position_embeddings=TOKEN_LENGTH, hidden_act="quick_gelu", projection_dim=32,
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, layer_norm_eps=1e-5,
+)
+TINY_TEXT_ENCODER_2: dict[str, Any] = dict(  # OpenCLIP bigG text tower: 1280 wide, 32 layers, gelu, projection
+    vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+    max_position_embeddings=TOKEN_LENGTH, hidden_act="gelu", projection_dim=64,
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=1, layer_norm_eps=1e-5,
+)
+TINY_UNET: dict[str, Any] = dict(  # real: (320, 640, 1280), heads (5, 10, 20), transformer layers (1, 2, 10)
+    sample_size=TINY_LATENT, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(32, 64, 64), norm_num_groups=8,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2),
+    use_linear_projection=True, cross_attention_dim=32 + 64,  # hidden sizes of both text encoders
+    addition_embed_type="text_time", addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 64,  # 6 time ids × embed dim + pooled text_embeds
+)
+TINY_VAE: dict[str, Any] = dict(  # real: (128, 256, 512, 512), 32 groups, factor 8
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+    block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4, sample_size=TINY_LATENT * 8, scaling_factor=0.13025,
+    force_upcast=False,
+)
+TINY_BUILD_VERSION = 1  # bump when the builder changes what it writes
+
+
+def clip_vocab_and_merges(path: Path = BPE_VOCAB) -> tuple[dict[str, int], list[tuple[str, ...]]]:
+    """CLIP's vocabulary and merges, built exactly as OpenAI's ``simple_tokenizer`` builds them."""
+    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    # GPT-2 byte ↔ unicode table
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    byte_chars = [chr(c) for c in cs]
+    vocab = byte_chars + [v + "</w>" for v in byte_chars] + ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    return {tok: i for i, tok in enumerate(vocab)}, merges
+
+
+def build_tokenizers() -> tuple[Any, Any]:
+    """SDXL's two tokenizers (same BPE; the second pads with ``!``), offline."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = clip_vocab_and_merges()
+    tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TOKEN_LENGTH)
+    tok_2 = CLIPTokenizer(vocab=vocab, merges=merges, pad_token="!", model_max_length=TOKEN_LENGTH)
+    return tok, tok_2
+
+
+def build_tiny_pipeline() -> Any:
+    """The tiny SDXL pipeline, deterministic: every component is seeded before it is built."""
+    import torch
+    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    def seeded(factory: Callable[[], Any], seed: int) -> Any:
+        torch.manual_seed(seed)
+        return factory().eval()
+
+    tok, tok_2 = build_tokenizers()
+    scheduler = EulerAncestralDiscreteScheduler.from_config(
+        {k: v for k, v in TURBO_SCHEDULER.items() if not k.startswith("_")}
+    )
+    return StableDiffusionXLPipeline(
+        text_encoder=seeded(lambda: CLIPTextModel(CLIPTextConfig(**TINY_TEXT_ENCODER)), TINY_SEED),
+        text_encoder_2=seeded(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_ENCODER_2)), TINY_SEED + 1),
+        unet=seeded(lambda: UNet2DConditionModel(**TINY_UNET), TINY_SEED + 2),
+        vae=seeded(lambda: AutoencoderKL(**TINY_VAE), TINY_SEED + 3),
+        tokenizer=tok,
+        tokenizer_2=tok_2,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+def _tiny_source() -> ModelSource:
+    fingerprint = {
+        "source": "tiny",
+        "version": TINY_BUILD_VERSION,
+        "seed": TINY_SEED,
+        "configs": [TINY_TEXT_ENCODER, TINY_TEXT_ENCODER_2, TINY_UNET, TINY_VAE, TURBO_SCHEDULER],
+    }
+
+    def materialize(cache: ArtifactCache) -> Path:
+        def build(out: Path) -> None:
+            import torch
+
+            torch.manual_seed(TINY_SEED)
+            build_tiny_pipeline().save_pretrained(out / "pipeline", safe_serialization=True)
+
+        return cache.get_or_build("source", fingerprint, build) / "pipeline"
+
+    return ModelSource("tiny", fingerprint, TINY_LATENT, 8, materialize)
+
+
+# ---------------------------------------------------------------------------------------- pretrained
+def _local_folder_source(path: Path) -> ModelSource:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ConfigError(
+            f"--model {str(path)!r} is a folder without model_index.json; pass a diffusers SDXL folder "
+            "(as saved by StableDiffusionXLPipeline.save_pretrained) or a Hugging Face id such as "
+            f"{REAL_MODEL_ID!r}"
+        )
+    weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"})
+    fingerprint = {
+        "source": "local",
+        "path": str(path.resolve()),
+        # sizes and mtimes, not content hashes: hashing ~7 GB of weights per run would dominate a warm build
+        "files": [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
+    }
+    vae_cfg = json.loads((path / "vae" / "config.json").read_text()) if (path / "vae" / "config.json").is_file() else {}
+    unet_cfg = json.loads((path / "unet" / "config.json").read_text()) if (path / "unet" / "config.json").is_file() else {}
+    scale = 2 ** (len(vae_cfg.get("block_out_channels", (1, 2, 3, 4))) - 1)
+    # sdxl-turbo is trained for 512×512 → 64×64 latents, whatever the UNet's sample_size says
+    latent = 64 if unet_cfg.get("sample_size", 64) >= 64 else unet_cfg["sample_size"]
+    return ModelSource(str(path), fingerprint, latent, scale, lambda cache: path)
+
+
+def _hub_source(repo_id: str, *, allow_download: bool) -> ModelSource:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["model_index.json", "*/config.json", "*/*.json", "*/*.txt", "*/*.safetensors"]
+    ignore = ["*.fp16.safetensors", "*.bin", "*.onnx*", "*.msgpack", "*.ckpt"]
+    try:
+        folder = snapshot_download(
+            repo_id, allow_patterns=patterns, ignore_patterns=ignore, local_files_only=not allow_download
+        )
+    except (LocalEntryNotFoundError, OSError) as e:
+        raise ModelNotAvailableError(
+            f"model {repo_id!r} is not in the local Hugging Face cache (looked in {constants.HF_HUB_CACHE}) and "
+            "downloads are off. Fix: on a machine with network, run "
+            f"`hf download {repo_id} --exclude '*.bin' '*.fp16.safetensors'` (set HF_HOME to share the cache), "
+            f"or pass --allow-download to fetch it now, or pass --model tiny for the embedded offline model."
+        ) from None
+    source = _local_folder_source(Path(folder))
+    return ModelSource(repo_id, {**source.fingerprint, "source": "hub", "repo_id": repo_id}, source.latent_size,
+                       source.vae_scale_factor, source.materialize)
+
+
+SOURCES: dict[str, Callable[[], ModelSource]] = {"tiny": _tiny_source}
+
+
+def resolve_source(name: str, *, allow_download: bool = False) -> ModelSource:
+    """Turn ``--model`` into a ``ModelSource``: a registered name, a local folder, or a Hugging Face id."""
+    if name in SOURCES:
+        return SOURCES[name]()
+    if Path(name).expanduser().is_dir():
+        return _local_folder_source(Path(name).expanduser())
+    if name.count("/") == 1 and not name.startswith((".", "/")) and all(name.split("/")):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" and allow_download:
+            raise ConfigError("--allow-download was given but HF_HUB_OFFLINE=1 forbids downloads; unset one of them")
+        return _hub_source(name, allow_download=allow_download)
+    raise ConfigError(
+        f"--model {name!r} is neither a registered source ({', '.join(sorted(SOURCES))}), an existing folder, "
+        f"nor a Hugging Face id of the form owner/name (e.g. {REAL_MODEL_ID!r})"
+    )
