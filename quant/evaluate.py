@@ -30,10 +30,11 @@ def component_sqnr(
     *,
     ep: str = "cpu",
     qnn: QnnOptions | None = None,
+    components: list[str] | tuple[str, ...] = COMPONENTS,
 ) -> dict[str, dict[str, float]]:
     """SQNR (dB) of each QDQ component's outputs vs float, over all recorded calls (concatenated)."""
     result = {}
-    for component in COMPONENTS:
+    for component in components:
         ref_session = create_session(float_models.models[component])
         test_session = create_session(qdq_models.models[component], ep=ep, qnn=qnn)
         names = [o.name for o in ref_session.get_outputs()]

@@ -69,12 +69,12 @@ TINY_LATENT = 16
 TINY_TEXT_ENCODER: dict[str, Any] = dict(  # CLIP ViT-L/14 text tower: 768 wide, 12 layers, quick_gelu
     vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
     max_position_embeddings=TOKEN_LENGTH, hidden_act="quick_gelu", projection_dim=32,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, layer_norm_eps=1e-5,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,  # sic: the real configs' values
 )
 TINY_TEXT_ENCODER_2: dict[str, Any] = dict(  # OpenCLIP bigG text tower: 1280 wide, 32 layers, gelu, projection
     vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
     max_position_embeddings=TOKEN_LENGTH, hidden_act="gelu", projection_dim=64,
-    bos_token_id=49406, eos_token_id=49407, pad_token_id=1, layer_norm_eps=1e-5,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,
 )
 TINY_UNET: dict[str, Any] = dict(  # real: (320, 640, 1280), heads (5, 10, 20), transformer layers (1, 2, 10)
     sample_size=TINY_LATENT, in_channels=4, out_channels=4, layers_per_block=2,

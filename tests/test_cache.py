@@ -1,0 +1,74 @@
+"""The artifact cache: atomic, locked, content-addressed; warm builds reuse, cold rebuilds reproduce."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+
+import pytest
+
+from quant import COMPONENTS
+from quant.build import build
+from quant.cache import ArtifactCache, make_key
+
+
+def test_key_changes_with_any_input() -> None:
+    base = {"recipe": {"activation_type": "uint16"}, "versions": {"onnxruntime": "1.32.0"}}
+    assert make_key(base) == make_key({"versions": {"onnxruntime": "1.32.0"}, "recipe": {"activation_type": "uint16"}})
+    assert make_key(base) != make_key({**base, "recipe": {"activation_type": "uint8"}})
+    assert make_key(base) != make_key({**base, "versions": {"onnxruntime": "1.33.0"}})
+
+
+def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
+    cache = ArtifactCache(tmp_path)
+
+    def half_written(out: Path) -> None:
+        (out / "model.onnx").write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+
+    with pytest.raises(RuntimeError, match="mid-write"):
+        cache.get_or_build("stage", {"a": 1}, half_written)
+    assert not cache.path("stage", {"a": 1}).exists()
+    assert [p.name for p in (tmp_path / "stage").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_parallel_requests_build_once(tmp_path: Path) -> None:
+    calls = []
+
+    def slow_build(out: Path) -> None:
+        calls.append(1)
+        threading.Event().wait(0.2)
+        (out / "artifact").write_text("done")
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(ArtifactCache(tmp_path).get_or_build("s", {"k": 1}, slow_build)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(results)) == 1
+    assert (results[0] / "artifact").read_text() == "done" and (results[0] / "key.json").is_file()
+
+
+def _digests(models: dict[str, Path]) -> dict[str, str]:
+    return {c: hashlib.sha256(p.read_bytes() + (p.parent / "model.onnx.data").read_bytes()).hexdigest()
+            for c, p in models.items()}
+
+
+def test_second_build_is_a_cache_hit(artifacts, cache) -> None:
+    again_cache = ArtifactCache(cache.root)
+    again = build("tiny", cache=again_cache)
+    assert again_cache.misses == [] and set(again_cache.hits) >= {"source", "export", "calibration", "qdq"}
+    assert again.qdq.models == artifacts.qdq.models
+
+
+def test_cold_rebuild_gives_byte_identical_models(artifacts, tmp_path: Path) -> None:
+    """A second cold build in an empty cache reproduces every float and QDQ model byte for byte."""
+    fresh_cache = ArtifactCache(tmp_path)
+    fresh = build("tiny", cache=fresh_cache)
+    assert "qdq" in fresh_cache.misses
+    assert _digests(fresh.float.models) == _digests(artifacts.float.models)
+    assert _digests(fresh.qdq.models) == _digests(artifacts.qdq.models)
+    assert set(fresh.qdq.models) == set(COMPONENTS)

@@ -1,0 +1,75 @@
+"""Recipe files: validation with clear errors, placeholder filling, and Olive's own schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from quant.errors import ConfigError
+from quant.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe
+
+
+def test_seed_recipe_is_the_documented_one() -> None:
+    recipe = load_recipe()
+    for component, workflow in recipe["workflows"].items():
+        passes = list(workflow["passes"].values())
+        types = [p["type"] for p in passes]
+        expected = ["QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization"] if component.startswith("text_encoder") \
+            else ["QNNPreprocess", "OnnxStaticQuantization"]
+        assert types == expected, f"{component}: passes {types}"
+        assert passes[0]["fuse_layernorm"] is True
+        quant = passes[-1]
+        assert (quant["quant_format"], quant["activation_type"], quant["precision"], quant["calibrate_method"]) == \
+            ("QDQ", "uint16", "uint8", "MinMax")
+        assert quant["quant_preprocess"] is True and quant["prepare_qdq_config"] is True
+        assert workflow["systems"][workflow["target"]]["accelerators"][0]["execution_providers"] == ["QNNExecutionProvider"]
+        if component.startswith("text_encoder"):
+            assert passes[1]["surgeries"] == [{"surgeon": "ReplaceAttentionMaskValue"}]
+
+
+def test_filled_workflows_pass_olive_validation(tmp_path: Path) -> None:
+    from olive.workflows.run.config import RunConfig
+
+    values = {p: str(tmp_path / p) for p in PLACEHOLDERS}
+    values.update(input_names=["x"], input_shapes=[[1, 4]], input_types=["float32"])
+    (tmp_path / "model_path").write_bytes(b"")
+    for workflow in load_recipe()["workflows"].values():
+        config = RunConfig.parse_file_or_obj(fill(workflow, values))
+        assert list(config.passes)
+
+
+def test_fill_keeps_json_types() -> None:
+    filled = fill({"a": "${input_shapes}", "b": ["x-${output_dir}"]}, {"input_shapes": [[1, 77]], "output_dir": "/o"})
+    assert filled == {"a": [[1, 77]], "b": ["x-/o"]}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"name": "x"}', "needs a 'workflows' object"),
+        ('{"workflows": {"unet": {"passes": {"q": {}}}}}', "missing \\['text_encoder'"),
+    ],
+    ids=["bad-json", "no-workflows", "missing-components"],
+)
+def test_bad_recipe_file_is_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "recipe.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(path)
+
+
+def test_unknown_placeholder_is_named(tmp_path: Path) -> None:
+    recipe = json.loads(DEFAULT_RECIPE.read_text())
+    recipe["workflows"]["unet"]["output_dir"] = "${outptu_dir}"
+    path = tmp_path / "typo.json"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match=r"unknown placeholder \$\{outptu_dir\}"):
+        load_recipe(path)
+
+
+def test_missing_recipe_file_names_the_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist.*qnn_w8a16.json"):
+        load_recipe(tmp_path / "nope.json")
