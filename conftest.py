@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from quant.backbones import CLIP_CHOICES, FID_CHOICES
 from quant.build import Build, build
 from quant.cache import ArtifactCache
 from quant.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions
+
+GATE_KEY = pytest.StashKey["object"]()
 
 MARKERS = {
     "quality": "quality gate: metrics of the quantized model against baselines/ (pytest -m quality)",
@@ -32,6 +35,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
     group.addoption("--allow-download", dest="qdq_allow_download", action="store_true", default=False,
                     help="allow Hugging Face downloads of a model that is not cached (default: off)")
+    group.addoption("--clip-backbone", dest="qdq_clip_backbone", default="auto", choices=CLIP_CHOICES, metavar="NAME",
+                    help="CLIP backbone: auto (real ViT-B/16 when cached, else proxy), or a name (default: auto)")
+    group.addoption("--fid-backbone", dest="qdq_fid_backbone", default="auto", choices=FID_CHOICES, metavar="NAME",
+                    help="FID backbone: auto (real Inception-v3 when installed and cached, else proxy) (default: auto)")
+    group.addoption("--coco-dir", dest="qdq_coco_dir", default=None, metavar="DIR",
+                    help="folder of the COCO 2017 train images of the prompts, the FID reference of a real model "
+                         "(default: none; offline models use their own documented reference set)")
+    group.addoption("--update-baselines", dest="qdq_update_baselines", action="store_true", default=False,
+                    help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)")
+    group.addoption("--report", dest="qdq_report", default=None, metavar="DIR",
+                    help="write the quality report (index.html + images) to DIR at the end of the run (default: none)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,3 +88,28 @@ def test_prompt_feeds(artifacts: Build) -> dict:
     from quant.prompts import load_prompts
 
     return record_inputs(artifacts.float, load_prompts("test"))
+
+
+@pytest.fixture(scope="session")
+def gate(pytestconfig: pytest.Config, artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
+    """The evaluated gate of --model against its baseline (written first with --update-baselines)."""
+    from quant.gate import prepare_gate
+
+    result = prepare_gate(
+        artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
+        clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
+        coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
+        progress=lambda msg: print(msg, flush=True),
+    )
+    pytestconfig.stash[GATE_KEY] = result
+    return result
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    report_dir = session.config.getoption("qdq_report")
+    gate = session.config.stash.get(GATE_KEY, None)
+    if report_dir and gate is not None:
+        from quant.report import write_report
+
+        path = write_report(gate, Path(report_dir))
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(f"quality report: {path}")

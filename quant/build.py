@@ -46,6 +46,7 @@ class Build:
 
     source: ModelSource
     recipe_name: str
+    recipe_path: Path
     float: ComponentSet
     qdq: ComponentSet
     calibration_dir: Path
@@ -112,6 +113,7 @@ def build(
     return Build(
         source=source,
         recipe_name=str(recipe_data.get("name", recipe_path.stem)),
+        recipe_path=recipe_path,
         float=float_set,
         qdq=ComponentSet(qdq_models, pipeline_dir),
         calibration_dir=calib_dir,

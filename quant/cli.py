@@ -1,4 +1,4 @@
-"""Command line: ``python -m quant build|sqnr`` (also installed as ``sdxl-qdq``)."""
+"""Command line: ``python -m quant build|sqnr|study-baseline`` (also installed as ``sdxl-qdq``)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,18 @@ def main(argv: list[str] | None = None) -> int:
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the 50 test prompts")
     _common(sq)
     sq.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
+    sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
     args = parser.parse_args(argv)
+
+    if args.command == "study-baseline":
+        from quant.gate import baseline_path, write_baseline
+        from quant.backbones import REAL_CLIP, REAL_FID, Backbones
+        from quant.study import study_baseline
+
+        path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID))
+        write_baseline(study_baseline(), path)
+        print(f"wrote {path}")
+        return 0
 
     from quant.build import build
     from quant.cache import ArtifactCache

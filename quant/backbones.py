@@ -1,0 +1,203 @@
+"""Pluggable CLIP and FID backbones.
+
+- Real: CLIP ViT-B/16 (``openai/clip-vit-base-patch16``, what the study used) when its weights are in the
+  local Hugging Face cache; Inception-v3 (2048 features, torchmetrics/torch-fidelity) when torch-fidelity
+  is installed (extra ``real-backbones``) and its weights are in the torch hub cache.
+- Proxy: seeded embedded networks, so the gate runs offline. A proxy number says nothing about semantics
+  (the weights are random); it is a stable, deterministic function of the images, comparable only with
+  numbers of the same proxy. Every metric records its backbone's name, and a baseline of one backbone
+  never gates another.
+
+``Backbones`` are resolved by name: ``auto`` picks the real one when available, else the proxy.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+from quant.errors import ConfigError, ModelNotAvailableError
+
+REAL_CLIP = "openai/clip-vit-base-patch16"
+PROXY_CLIP = "proxy-clip-s0-v1"
+REAL_FID = "inception-v3-2048"
+PROXY_FID = "proxy-conv64-s0-v2"
+CLIP_CHOICES = ("auto", REAL_CLIP, PROXY_CLIP)
+FID_CHOICES = ("auto", REAL_FID, PROXY_FID)
+INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+
+
+@dataclass(frozen=True)
+class Backbones:
+    clip: str
+    fid: str
+
+    @property
+    def name(self) -> str:
+        """A file-name-safe id of the pair, used to file baselines."""
+        return f"{self.clip.replace('/', '--')}__{self.fid}"
+
+
+def real_clip_available() -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return all(isinstance(try_to_load_from_cache(REAL_CLIP, f), str) for f in ("config.json", "model.safetensors"))
+
+
+def real_fid_available() -> bool:
+    import importlib.util
+    from pathlib import Path
+
+    import torch
+
+    if importlib.util.find_spec("torch_fidelity") is None:
+        return False
+    return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).is_file()
+
+
+def resolve_backbones(clip: str = "auto", fid: str = "auto") -> Backbones:
+    """Names → Backbones; ``auto`` prefers the real backbone when its weights are here."""
+    if clip not in CLIP_CHOICES:
+        raise ConfigError(f"CLIP backbone {clip!r} is not one of {CLIP_CHOICES}")
+    if fid not in FID_CHOICES:
+        raise ConfigError(f"FID backbone {fid!r} is not one of {FID_CHOICES}")
+    if clip == "auto":
+        clip = REAL_CLIP if real_clip_available() else PROXY_CLIP
+    elif clip == REAL_CLIP and not real_clip_available():
+        raise ModelNotAvailableError(
+            f"CLIP backbone {REAL_CLIP!r} is not in the local Hugging Face cache; on a machine with network run "
+            f"`hf download {REAL_CLIP} config.json model.safetensors preprocessor_config.json tokenizer.json "
+            f"tokenizer_config.json vocab.json merges.txt special_tokens_map.json`, or use --clip-backbone {PROXY_CLIP}"
+        )
+    if fid == "auto":
+        fid = REAL_FID if real_fid_available() else PROXY_FID
+    elif fid == REAL_FID and not real_fid_available():
+        raise ModelNotAvailableError(
+            f"FID backbone {REAL_FID!r} needs torch-fidelity (pip install '.[real-backbones]' with a torch + "
+            f"torchvision pair) and {INCEPTION_WEIGHTS} in the torch hub cache; or use --fid-backbone {PROXY_FID}"
+        )
+    return Backbones(clip, fid)
+
+
+# ------------------------------------------------------------------------------------------------- CLIP
+class _FeatureTensors:
+    """transformers 5 returns model outputs from ``get_*_features`` where torchmetrics 1.9 expects tensors;
+    this adapter hands torchmetrics the projected embeddings (``pooler_output``) it expects."""
+
+    def __init__(self, model: Any) -> None:
+        self.model, self.config = model, model.config
+
+    def to(self, device: Any) -> _FeatureTensors:
+        self.model.to(device)
+        return self
+
+    def get_image_features(self, *args: Any, **kwargs: Any) -> Any:
+        return _tensor(self.model.get_image_features(*args, **kwargs))
+
+    def get_text_features(self, *args: Any, **kwargs: Any) -> Any:
+        return _tensor(self.model.get_text_features(*args, **kwargs))
+
+
+def _tensor(output: Any) -> Any:
+    return getattr(output, "pooler_output", output)
+
+
+def clip_model_and_processor(name: str) -> tuple[Any, Any]:
+    """(model, processor) in the form torchmetrics' ``clip_score`` takes from a callable."""
+    model, processor = _clip_model_and_processor(name)
+    return _FeatureTensors(model), processor
+
+
+@functools.lru_cache(maxsize=2)
+def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
+    """(CLIPModel, CLIPProcessor) for torchmetrics' ``clip_score``; built once per process."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+
+    if name == REAL_CLIP:
+        model = CLIPModel.from_pretrained(REAL_CLIP, local_files_only=True, use_safetensors=True)
+        processor = CLIPProcessor.from_pretrained(REAL_CLIP, local_files_only=True)
+        return model.eval(), processor
+    if name != PROXY_CLIP:
+        raise ConfigError(f"CLIP backbone {name!r} is not one of {CLIP_CHOICES[1:]}")
+    from quant.source import build_tokenizers
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=64, patch_size=8),
+        projection_dim=64,
+    )
+    model = CLIPModel(config).eval()
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    return model, CLIPProcessor(image_processor=image_processor, tokenizer=build_tokenizers()[0])
+
+
+def clip_scores(images: list[Any], prompts: list[str], backbone: str) -> list[float]:
+    """Per-image CLIP score (torchmetrics: 100 · max(cos, 0)) of uint8 H×W×3 ``images`` against ``prompts``."""
+    import torch
+    from torchmetrics.functional.multimodal import clip_score
+
+    if len(images) != len(prompts):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+    factory = functools.partial(clip_model_and_processor, backbone)
+    with torch.inference_mode():
+        return [
+            float(clip_score(torch.from_numpy(img).permute(2, 0, 1), text, model_name_or_path=factory))
+            for img, text in zip(images, prompts)
+        ]
+
+
+# -------------------------------------------------------------------------------------------------- FID
+class ProxyFeatures:
+    """Factory of the seeded proxy FID feature extractor: 64 features (16 random-conv channels × 2×2 cells)."""
+
+    @staticmethod
+    def build() -> Any:
+        import torch
+
+        class Net(torch.nn.Module):
+            num_features = 64
+
+            def __init__(self) -> None:
+                super().__init__()
+                torch.manual_seed(0)
+                self.body = torch.nn.Sequential(
+                    torch.nn.Conv2d(3, 32, 4, stride=2, padding=1), torch.nn.GELU(),
+                    torch.nn.Conv2d(32, 32, 4, stride=2, padding=1), torch.nn.GELU(),
+                    torch.nn.Conv2d(32, 16, 3, padding=1),
+                    torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),  # 16 channels × 2×2 cells: colour and layout
+                )
+                self.eval()
+
+            def forward(self, images: torch.Tensor) -> torch.Tensor:
+                x = images.float() / 127.5 - 1.0
+                x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+                return self.body(x).double()
+
+        return Net()
+
+
+def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
+    """FID (torchmetrics) between two sets of uint8 H×W×3 images, with features from ``backbone``."""
+    import numpy as np
+    import torch
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    if backbone == REAL_FID:
+        metric = FrechetInceptionDistance(feature=2048)
+    elif backbone == PROXY_FID:
+        metric = FrechetInceptionDistance(feature=ProxyFeatures.build())
+    else:
+        raise ConfigError(f"FID backbone {backbone!r} is not one of {FID_CHOICES[1:]}")
+
+    def batch(images: list[Any]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+    with torch.inference_mode():
+        metric.update(batch(reference), real=True)
+        metric.update(batch(generated), real=False)
+        return float(metric.compute())

@@ -1,0 +1,87 @@
+"""Image generation for the gate: every prompt × variant, saved as PNG under names made safe from the prompt.
+
+A variant is (components, steps, seed base, EP): ``float@1`` is the float model at 1 step, ``qdq@2`` the
+QDQ model at 2 steps, ``float@1~s1`` the float model drawn with another seed base (the FID reference set
+of an offline model, and the seed-to-seed noise that tolerances are derived from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from quant.build import Build
+from quant.cache import ArtifactCache, package_versions
+from quant.pipeline import OrtSDXLPipeline, prompt_seed
+from quant.prompts import Prompt, slugify
+from quant.runtime import QnnOptions
+
+GENERATE_REVISION = 1
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str  # "float" or "qdq"
+    steps: int
+    seed_base: int = 0
+    ep: str = "cpu"
+
+    @property
+    def label(self) -> str:
+        suffix = f"~s{self.seed_base}" if self.seed_base else ""
+        return f"{self.model}@{self.steps}{suffix}" + ("" if self.ep == "cpu" else f"[{self.ep}]")
+
+
+def image_name(prompt: Prompt) -> str:
+    """``<index>-<slug>.png``: the prompt never reaches the file system unsanitized."""
+    return f"{prompt.index:03d}-{slugify(prompt.text)}.png"
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    tmp = path.with_suffix(".tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    tmp.replace(path)
+
+
+def load_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.array(im.convert("RGB"))
+
+
+def generate(
+    build: Build,
+    variant: Variant,
+    prompts: list[Prompt],
+    *,
+    cache: ArtifactCache,
+    qnn: QnnOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Folder of ``variant``'s images for ``prompts`` (cached; built once)."""
+    components = build.float if variant.model == "float" else build.qdq
+    inputs = {
+        "build": {k: build.keys[k] for k in ("export", "calibration")},
+        "models": build.keys["qdq"] if variant.model == "qdq" else build.keys["export"],
+        "variant": variant.label,
+        "qnn": qnn.soc_model if (variant.ep == "qnn" and qnn) else None,
+        "prompts": [[p.index, p.text] for p in prompts],
+        "revision": GENERATE_REVISION,
+        "versions": package_versions(),
+    }
+
+    def run(out: Path) -> None:
+        pipe = OrtSDXLPipeline(components, ep=variant.ep, qnn=qnn)
+        for i, prompt in enumerate(prompts):
+            image = pipe(prompt.text, steps=variant.steps, seed=prompt_seed(prompt.text, variant.seed_base))
+            save_png(image, out / image_name(prompt))
+            if progress and ((i + 1) % 25 == 0 or i + 1 == len(prompts)):
+                progress(f"{variant.label}: {i + 1}/{len(prompts)} images")
+
+    return cache.get_or_build("images", inputs, run)
