@@ -20,9 +20,9 @@ setup: $(BIN)/sdxl-qdq
 gate: setup
 	$(PYTEST) -m quality --report reports/quality
 
-# The tests: everything but real-size (slow) tests and benchmarks, on 2 workers.
+# The tests: everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed, under xdist).
 test: setup
-	$(PYTEST) -n 2 -m "not slow" --benchmark-skip
+	$(PYTEST) -n 2 -m "not slow"
 
 # Latency and build-time benchmarks (pytest-benchmark).
 bench: setup
