@@ -13,6 +13,7 @@ from quant.cache import ArtifactCache
 from quant.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions
 
 GATE_KEY = pytest.StashKey["object"]()
+BUILD_KEY = pytest.StashKey["object"]()
 
 MARKERS = {
     "quality": "quality gate: metrics of the quantized model against baselines/ (pytest -m quality)",
@@ -72,13 +73,14 @@ def qnn_options(pytestconfig: pytest.Config) -> QnnOptions:
 @pytest.fixture(scope="session")
 def artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
     """Float and QDQ components of --model built with --recipe (from the cache when warm)."""
-    return build(
+    pytestconfig.stash[BUILD_KEY] = result = build(
         pytestconfig.getoption("qdq_model"),
         recipe=pytestconfig.getoption("qdq_recipe"),
         cache=cache,
         allow_download=pytestconfig.getoption("qdq_allow_download"),
         progress=lambda msg: print(msg, flush=True),
     )
+    return result
 
 
 @pytest.fixture(scope="session")
@@ -113,3 +115,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
         path = write_report(gate, Path(report_dir))
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(f"quality report: {path}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """On a failing quality or parity check, name the layers with the largest quantization error."""
+    failed = [r for r in terminalreporter.stats.get("failed", []) if "quality" in r.keywords or "parity" in r.nodeid]
+    built = config.stash.get(BUILD_KEY, None)
+    if not failed or built is None:
+        return
+    from quant.localize import localize_build
+
+    terminalreporter.section("worst layers by SQNR, float vs QDQ (CPU EP, 4 calibration samples)")
+    for component, layers in localize_build(built).items():
+        for layer in layers:
+            terminalreporter.write_line(f"{component:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")

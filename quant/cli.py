@@ -1,4 +1,4 @@
-"""Command line: ``python -m quant build|sqnr|study-baseline`` (also installed as ``sdxl-qdq``)."""
+"""Command line: ``python -m quant build|sqnr|coverage|layers|study-baseline`` (also installed as ``sdxl-qdq``)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the 50 test prompts")
     _common(sq)
     sq.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
+    _common(sub.add_parser("coverage", help="QDQ coverage and float islands of each component"))
+    lay = sub.add_parser("layers", help="layers with the largest quantization error (float vs QDQ SQNR), worst first")
+    _common(lay)
+    lay.add_argument("--top", type=int, default=3, metavar="N", help="layers per component (default: %(default)s)")
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
     args = parser.parse_args(argv)
 
@@ -54,6 +58,19 @@ def main(argv: list[str] | None = None) -> int:
             for c, path in result.qdq.models.items():
                 print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")
             print(f"build took {time.perf_counter() - start:.1f}s")
+        elif args.command == "coverage":
+            from quant.coverage import qdq_coverage
+
+            for c, path in result.qdq.models.items():
+                cov = qdq_coverage(path)
+                print(f"{c:15s} compute {cov.compute:5d}  covered {cov.covered:5d}  coverage {cov.ratio:7.2%}  "
+                      f"float islands {[list(i.op_types) for i in cov.islands]}")
+        elif args.command == "layers":
+            from quant.localize import localize_build
+
+            for c, layers in localize_build(result, top=args.top).items():
+                for layer in layers:
+                    print(f"{c:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
         else:
             from quant.evaluate import component_sqnr, record_inputs
             from quant.prompts import load_prompts

@@ -25,6 +25,13 @@ QNN_SOCS: dict[str, str] = {"60": "Snapdragon X Elite (SC8380XP)", "43": "Snapdr
 DEFAULT_QNN_SOC = "60"
 
 _registered = threading.Lock()
+
+
+def qnn_is_simulated() -> bool:
+    """On x86_64 the QNN HTP backend is a simulator (slow, ~4 s per GMAC); on Snapdragon it is the NPU."""
+    import platform
+
+    return platform.machine().lower() in {"x86_64", "amd64"}
 _qnn_library: str | None = None
 
 
@@ -131,6 +138,15 @@ def create_session(
         raise ExecutionProviderError(f"QNN EP could not load {model}{hint}: {e}") from e
 
 
+def graph_io_counts(model: str | Path) -> dict[str, int]:
+    """How many float graph inputs (each may get a QuantizeLinear) and outputs (a DequantizeLinear) ``model`` has."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    is_float = lambda v: v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # noqa: E731
+    return {"QuantizeLinear": sum(map(is_float, graph.input)), "DequantizeLinear": sum(map(is_float, graph.output))}
+
+
 def graph_assignment(session: Any) -> dict[str, Counter[str]]:
     """Op types per execution provider, from the session's recorded graph assignment."""
     result: dict[str, Counter[str]] = {}
@@ -152,3 +168,17 @@ def assert_assignment(session: Any, ep: str) -> dict[str, Counter[str]]:
             f"nodes outside {want}: {others}"
         )
     return assignment
+
+
+def compile_ep_context(model: str | Path, out: Path, *, qnn: QnnOptions | None = None) -> Path:
+    """Compile ``model`` for QNN HTP into an EP-context model (context binary embedded) at ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp.onnx")
+    create_session(model, ep="qnn", qnn=qnn, extra_config={
+        "ep.context_enable": "1", "ep.context_file_path": str(tmp), "ep.context_embed_mode": "1",
+    })
+    if not tmp.is_file():
+        raise ExecutionProviderError(f"QNN EP did not write an EP-context model for {model} (expected {tmp})")
+    tmp.replace(out)
+    return out

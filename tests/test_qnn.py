@@ -65,3 +65,73 @@ def test_node_qnn_cannot_run_is_refused_without_fallback(tmp_path, qnn_options) 
         assert_assignment(session, "qnn")
     supported = create_session(_qdq_unary("Sigmoid", tmp_path / "sigmoid.onnx"), ep="qnn", qnn=qnn_options)
     assert set(assert_assignment(supported, "qnn")) == {QNN_EP}
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts, qnn_options, component: str) -> None:
+    """With CPU fallback allowed, ORT keeps the Q of graph inputs and the DQ of graph outputs on the CPU EP;
+    every other node must still be taken by QNN."""
+    from quant.runtime import graph_io_counts
+
+    model = artifacts.qdq.models[component]
+    assignment = graph_assignment(create_session(model, ep="qnn", qnn=qnn_options, cpu_fallback=True))
+    on_cpu = dict(assignment.get(CPU_EP, {}))
+    io = graph_io_counts(model)
+    assert set(on_cpu) <= set(io) and all(on_cpu[op] <= io[op] for op in on_cpu), (
+        f"{component}: CPU nodes {on_cpu} go beyond the Q/DQ of its float graph inputs/outputs {io}")
+    assert sum(assignment[QNN_EP].values()) > 10 * max(sum(on_cpu.values()), 1)
+
+
+def _parity_bounds(artifacts) -> dict:
+    import json
+
+    from quant.gate import BASELINES_DIR, baseline_model_name
+
+    path = BASELINES_DIR / baseline_model_name(artifacts.source.name) / "parity.json"
+    if not path.is_file():
+        pytest.skip(f"no {path}: state the QNN-vs-CPU SQNR bound per output of this model there")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: str) -> None:
+    """QNN output vs CPU-EP output of the same QDQ model. On the simulator the first few test prompts (as the
+    bounds were measured); on an NPU all 50."""
+    import numpy as np
+
+    from quant.evaluate import record_inputs
+    from quant.metrics import sqnr_db
+    from quant.prompts import load_prompts
+    from quant.runtime import qnn_is_simulated
+
+    bounds = _parity_bounds(artifacts)
+    prompts = load_prompts("test")[: bounds["prompts"]] if qnn_is_simulated() else load_prompts("test")
+    feeds = record_inputs(artifacts.float, prompts)[component]
+    cpu = create_session(artifacts.qdq.models[component])
+    qnn = create_session(artifacts.qdq.models[component], ep="qnn", qnn=qnn_options)
+    names = [o.name for o in cpu.get_outputs()]
+    runs = [(cpu.run(None, f), qnn.run(None, f)) for f in feeds]
+    for i, name in enumerate(names):
+        value = sqnr_db(np.stack([c[i] for c, _ in runs]), np.stack([q[i] for _, q in runs]))
+        bound = bounds["outputs"][component][name]["bound_db"]
+        assert value >= bound, (f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
+                                f"{bounds['outputs'][component][name]['measured_db']} dB, limit {bound} dB (must be at least)")
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_ep_context_model_matches_uncompiled_qnn(artifacts, qnn_options, tmp_path, component: str) -> None:
+    import numpy as np
+
+    from quant.calibration import load_calibration
+    from quant.runtime import compile_ep_context
+
+    context = compile_ep_context(artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qnn_options)
+    import onnx
+
+    assert {n.op_type for n in onnx.load(str(context), load_external_data=False).graph.node} == {"EPContext"}
+    compiled = create_session(context, ep="qnn", qnn=qnn_options)
+    assert_assignment(compiled, "qnn")
+    plain = create_session(artifacts.qdq.models[component], ep="qnn", qnn=qnn_options)
+    feed = load_calibration(artifacts.calibration_dir, component)[0]
+    for a, b in zip(plain.run(None, feed), compiled.run(None, feed)):
+        np.testing.assert_array_equal(a, b)
