@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: setup gate test bench clean
+.PHONY: setup gate test bench bench-save bench-compare clean
 
 $(BIN)/sdxl-qdq: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,17 @@ gate: setup
 test: setup
 	$(PYTEST) -n 2 -m "not slow"
 
-# Latency and build-time benchmarks (pytest-benchmark).
+# Latency and build-time benchmarks (pytest-benchmark); JSON under baselines/benchmarks/<machine>/.
 bench: setup
-	$(PYTEST) --benchmark-only
+	$(PYTEST) --benchmark-only --benchmark-json=reports/benchmarks.json
+
+# Store this machine's run as its baseline (review, then commit baselines/benchmarks/).
+bench-save: setup
+	$(PYTEST) --benchmark-only --benchmark-save=baseline
+
+# Gate: fail when a median regresses by more than 25 % against the latest stored run of this machine.
+bench-compare: setup
+	$(PYTEST) --benchmark-only --benchmark-compare --benchmark-compare-fail=median:25% --benchmark-json=reports/benchmarks.json
 
 clean:
 	rm -rf $(VENV) reports .benchmarks

@@ -52,6 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
+    _check_stored_benchmarks(config)
     if not config.getoption("qdq_allow_download"):
         # No network at test time unless the user opts in. quant imports no Hugging Face library at module
         # level, so these are read when the first one is imported, after this hook.
@@ -129,3 +130,33 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for component, layers in localize_build(built).items():
         for layer in layers:
             terminalreporter.write_line(f"{component:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
+
+
+def _check_stored_benchmarks(config: pytest.Config) -> None:
+    """--benchmark-compare with no stored run for this machine: say so and how to record one, up front."""
+    if not config.getoption("benchmark_compare", None) or not config.getoption("benchmark_storage", None):
+        return
+    from pytest_benchmark.utils import get_machine_id
+
+    storage = str(config.getoption("benchmark_storage")).removeprefix("file://")
+    folder = Path(storage) / get_machine_id()
+    if not any(folder.glob("*.json")):
+        raise pytest.UsageError(
+            f"--benchmark-compare: no stored benchmark run for this machine ({get_machine_id()}) in {folder}. "
+            "Record one first with `make bench-save` (pytest --benchmark-only --benchmark-save=baseline), "
+            "review it and commit it."
+        )
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """What makes numbers comparable: package versions, QNN chip and whether it is simulated."""
+    from quant.cache import package_versions
+    from quant.runtime import QNN_SOCS, qnn_is_simulated
+
+    soc = config.getoption("qdq_qnn_soc")
+    machine_info["sdxl_qdq"] = {
+        "model": config.getoption("qdq_model"),
+        "versions": package_versions(),
+        "qnn_soc": f"{soc} ({QNN_SOCS[soc]})",
+        "qnn_backend": "htp simulator" if qnn_is_simulated() else "htp device",
+    }

@@ -1,5 +1,9 @@
-"""Build-time benchmarks (pytest --benchmark-only). Goals live here, never in timed assertions:
-a cold build of the tiny model ≤ 90 s on 2 cores; a warm build ≤ 5 s that never invokes Olive."""
+"""Benchmarks (pytest --benchmark-only runs exactly these). Speed goals live here, never in timed assertions.
+
+Build: a cold build of the tiny model ≤ 90 s on 2 cores; a warm build ≤ 5 s that never invokes Olive.
+Latency: per component (float on CPU EP, QDQ on CPU EP, QDQ on QNN) and the end-to-end pipeline at 1 and
+2 steps. Stored runs in baselines/benchmarks/<machine>/ gate regressions through --benchmark-compare-fail.
+"""
 
 from __future__ import annotations
 
@@ -8,30 +12,75 @@ from pathlib import Path
 
 import pytest
 
+from quant import COMPONENTS
 from quant.build import build
 from quant.cache import ArtifactCache, package_versions
 
+VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
 
-def _info(benchmark, model: str, **extra) -> None:
-    benchmark.extra_info.update(model=model, versions=package_versions(), **extra)
+
+def _info(benchmark, artifacts, **extra) -> None:
+    benchmark.extra_info.update(model=artifacts.source.name, versions=package_versions(), **extra)
 
 
 def test_build_warm(benchmark, artifacts, cache) -> None:
-    _info(benchmark, "tiny", stage="build", cache="warm")
+    _info(benchmark, artifacts, stage="build", cache="warm")
     sys.modules.pop("olive.workflows", None)
-    result = benchmark(lambda: build("tiny", cache=ArtifactCache(cache.root)))
+    result = benchmark(lambda: build(artifacts.source.name, cache=ArtifactCache(cache.root)))
     assert result.qdq.models == artifacts.qdq.models
     assert "olive.workflows" not in sys.modules, "a warm build imported Olive's workflow runner"
 
 
-def test_build_cold(benchmark, tmp_path: Path) -> None:
-    _info(benchmark, "tiny", stage="build", cache="cold")
+def test_build_cold(benchmark, artifacts, tmp_path: Path) -> None:
+    _info(benchmark, artifacts, stage="build", cache="cold")
     roots = iter(range(100))
 
     def cold() -> ArtifactCache:
         cache = ArtifactCache(tmp_path / str(next(roots)))
-        build("tiny", cache=cache)
+        build(artifacts.source.name, cache=cache)
         return cache
 
     cache = benchmark.pedantic(cold, rounds=1, iterations=1)
     assert cache.hits == [] and "qdq" in cache.misses
+
+
+@pytest.mark.parametrize(("variant", "ep"), VARIANTS, ids=[f"{v}-{e}" for v, e in VARIANTS])
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
+    from quant.calibration import load_calibration
+    from quant.qnn_profile import htp_execute_us
+    from quant.runtime import QnnOptions, create_session, qnn_is_simulated
+
+    if ep == "qnn":
+        pytest.importorskip("onnxruntime_qnn", reason="the QNN EP needs onnxruntime-qnn (pip install onnxruntime-qnn)")
+    model = getattr(artifacts, variant).models[component]
+    profile = tmp_path / "qnn_profile.csv"
+    options = QnnOptions(soc_model=qnn_options.soc_model, profiling_level="basic", profiling_file_path=str(profile))
+    session = create_session(model, ep=ep, qnn=options if ep == "qnn" else None)
+    feed = load_calibration(artifacts.calibration_dir, component)[0]
+    io = artifacts.float.io(component)
+    _info(benchmark, artifacts, component=component, variant=variant, ep=ep,
+          backend="htp" if ep == "qnn" else "cpu",
+          chip=(f"soc {qnn_options.soc_model} ({'simulated' if qnn_is_simulated() else 'device'})" if ep == "qnn" else None),
+          shapes={t.name: list(t.shape) for t in io.inputs})
+    rounds = 3 if (ep == "qnn" and qnn_is_simulated()) else 10
+    outputs = benchmark.pedantic(session.run, args=(None, feed), rounds=rounds, warmup_rounds=1)
+    assert [o.shape for o in outputs] == [t.shape for t in io.outputs]
+    if ep == "qnn":
+        del session  # QNN writes its profile when the session ends
+        times = htp_execute_us(profile)
+        assert len(times) >= rounds, f"QNN profile {profile} holds {len(times)} executions, expected >= {rounds}"
+        benchmark.extra_info["htp_execute_ms_median"] = sorted(times)[len(times) // 2] / 1000
+
+
+@pytest.mark.parametrize("steps", [1, 2], ids=lambda k: f"{k}step")
+@pytest.mark.parametrize("variant", ["float", "qdq"])
+def test_pipeline_latency(benchmark, artifacts, variant: str, steps: int) -> None:
+    from quant.pipeline import OrtSDXLPipeline
+
+    pipe = OrtSDXLPipeline(getattr(artifacts, variant))
+    _info(benchmark, artifacts, stage="pipeline", variant=variant, ep="cpu", steps=steps,
+          image=[artifacts.source.image_size] * 2)
+    image = benchmark.pedantic(pipe, args=("A young boy standing in front of a computer keyboard",),
+                               kwargs={"steps": steps}, rounds=5, warmup_rounds=1)
+    assert image.shape == (artifacts.source.image_size, artifacts.source.image_size, 3)
