@@ -16,8 +16,14 @@ def test_sleep(benchmark):
 """
 
 
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pytest-benchmark disables itself in a process that inherits PYTEST_XDIST_WORKER."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+
+
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "--benchmark-storage=stored", *args)
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "--benchmark-storage=stored", *args)
 
 
 def _stored(pytester: pytest.Pytester) -> list[Path]:

@@ -48,7 +48,7 @@ def test_build_cold(benchmark, artifacts, tmp_path: Path) -> None:
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
     from quant.calibration import load_calibration
-    from quant.qnn_profile import htp_execute_us
+    from quant.qnn_profile import EXECUTE_EVENT, htp_execute_us
     from quant.runtime import QnnOptions, create_session, qnn_is_simulated
 
     if ep == "qnn":
@@ -69,7 +69,7 @@ def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, componen
     if ep == "qnn":
         del session  # QNN writes its profile when the session ends
         times = htp_execute_us(profile)
-        assert len(times) >= rounds, f"QNN profile {profile} holds {len(times)} executions, expected >= {rounds}"
+        assert times, f"QNN profile {profile} holds no '{EXECUTE_EVENT}' event"
         benchmark.extra_info["htp_execute_ms_median"] = sorted(times)[len(times) // 2] / 1000
 
 
