@@ -24,8 +24,9 @@ MARKERS = {
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("sdxl-qdq", "SDXL-turbo QDQ quality gate")
-    group.addoption("--model", dest="qdq_model", default="tiny", metavar="NAME",
-                    help="model source: tiny, stabilityai/sdxl-turbo or a local diffusers folder (default: tiny)")
+    group.addoption("--model", dest="qdq_model", default=None, metavar="NAME",
+                    help="model source: tiny, canary, stabilityai/sdxl-turbo or a local diffusers folder (default: "
+                         "canary for the quality gate, tiny for every other test)")
     group.addoption("--recipe", dest="qdq_recipe", default=None, metavar="FILE",
                     help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)")
     group.addoption("--ep", dest="qdq_ep", default="cpu", choices=EPS, metavar="EP",
@@ -71,17 +72,28 @@ def qnn_options(pytestconfig: pytest.Config) -> QnnOptions:
     return QnnOptions(soc_model=pytestconfig.getoption("qdq_qnn_soc"))
 
 
-@pytest.fixture(scope="session")
-def artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
-    """Float and QDQ components of --model built with --recipe (from the cache when warm)."""
-    pytestconfig.stash[BUILD_KEY] = result = build(
-        pytestconfig.getoption("qdq_model"),
-        recipe=pytestconfig.getoption("qdq_recipe"),
+def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> Build:
+    result = build(
+        config.getoption("qdq_model") or default_model,
+        recipe=config.getoption("qdq_recipe"),
         cache=cache,
-        allow_download=pytestconfig.getoption("qdq_allow_download"),
+        allow_download=config.getoption("qdq_allow_download"),
         progress=lambda msg: print(msg, flush=True),
     )
+    config.stash[BUILD_KEY] = result
     return result
+
+
+@pytest.fixture(scope="session")
+def artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
+    """Float and QDQ components of --model (default tiny: the structural check) built with --recipe."""
+    return _build(pytestconfig, cache, "tiny")
+
+
+@pytest.fixture(scope="session")
+def quality_artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
+    """The build the quality gate judges: --model, by default the canary (a model whose prompts matter)."""
+    return _build(pytestconfig, cache, "canary")
 
 
 @pytest.fixture(scope="session")
@@ -94,18 +106,28 @@ def test_prompt_feeds(artifacts: Build) -> dict:
 
 
 @pytest.fixture(scope="session")
-def gate(pytestconfig: pytest.Config, artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
-    """The evaluated gate of --model against its baseline (written first with --update-baselines)."""
+def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
+    """The evaluated gate of --model (default canary) against its baseline (written first with --update-baselines)."""
     from quant.gate import prepare_gate
 
     result = prepare_gate(
-        artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
+        quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
         clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
         coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
         progress=lambda msg: print(msg, flush=True),
     )
     pytestconfig.stash[GATE_KEY] = result
     return result
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``quality_prompt``: every prompt of the quality model's own prompt set (COCO, or the canary world's)."""
+    if "quality_prompt" in metafunc.fixturenames:
+        from quant.prompts import load_prompts
+        from quant.source import prompts_for
+
+        prompts = load_prompts("all", path=prompts_for(metafunc.config.getoption("qdq_model") or "canary"))
+        metafunc.parametrize("quality_prompt", prompts, ids=[p.id for p in prompts])
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -155,7 +177,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
     soc = config.getoption("qdq_qnn_soc")
     machine_info["sdxl_qdq"] = {
-        "model": config.getoption("qdq_model"),
+        "model": config.getoption("qdq_model") or "tiny",
         "versions": package_versions(),
         "qnn_soc": f"{soc} ({QNN_SOCS[soc]})",
         "qnn_backend": "htp simulator" if qnn_is_simulated() else "htp device",

@@ -3,6 +3,9 @@
 - Real: CLIP ViT-B/16 (``openai/clip-vit-base-patch16``, what the study used) when its weights are in the
   local Hugging Face cache; Inception-v3 (2048 features, torchmetrics/torch-fidelity) when torch-fidelity
   is installed (extra ``real-backbones``) and its weights are in the torch hub cache.
+- Canary: the scorer trained with the ``canary`` model in its synthetic world (quant.canary): its image and
+  text towers give a CLIP score that means "shows the caption", its image tower FID features. ``auto``
+  picks it for the canary model.
 - Proxy: seeded embedded networks, so the gate runs offline. A proxy number says nothing about semantics
   (the weights are random); it is a stable, deterministic function of the images, comparable only with
   numbers of the same proxy. Every metric records its backbone's name, and a baseline of one backbone
@@ -21,10 +24,12 @@ from quant.errors import ConfigError, ModelNotAvailableError
 
 REAL_CLIP = "openai/clip-vit-base-patch16"
 PROXY_CLIP = "proxy-clip-s0-v1"
+CANARY_CLIP = "canary-scorer-v1"
 REAL_FID = "inception-v3-2048"
 PROXY_FID = "proxy-conv64-s0-v2"
-CLIP_CHOICES = ("auto", REAL_CLIP, PROXY_CLIP)
-FID_CHOICES = ("auto", REAL_FID, PROXY_FID)
+CANARY_FID = "canary-image-tower-v1"
+CLIP_CHOICES = ("auto", REAL_CLIP, PROXY_CLIP, CANARY_CLIP)
+FID_CHOICES = ("auto", REAL_FID, PROXY_FID, CANARY_FID)
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 
 
@@ -56,12 +61,16 @@ def real_fid_available() -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).is_file()
 
 
-def resolve_backbones(clip: str = "auto", fid: str = "auto") -> Backbones:
-    """Names → Backbones; ``auto`` prefers the real backbone when its weights are here."""
+def resolve_backbones(clip: str = "auto", fid: str = "auto", *, model: str = "") -> Backbones:
+    """Names → Backbones; ``auto`` picks the canary scorer for the canary, else the real backbone when its
+    weights are here, else the proxy."""
     if clip not in CLIP_CHOICES:
         raise ConfigError(f"CLIP backbone {clip!r} is not one of {CLIP_CHOICES}")
     if fid not in FID_CHOICES:
         raise ConfigError(f"FID backbone {fid!r} is not one of {FID_CHOICES}")
+    canary = model.split(":")[0] == "canary"
+    clip = CANARY_CLIP if (clip == "auto" and canary) else clip
+    fid = CANARY_FID if (fid == "auto" and canary) else fid
     if clip == "auto":
         clip = REAL_CLIP if real_clip_available() else PROXY_CLIP
     elif clip == REAL_CLIP and not real_clip_available():
@@ -106,7 +115,45 @@ def _tensor(output: Any) -> Any:
 def clip_model_and_processor(name: str) -> tuple[Any, Any]:
     """(model, processor) in the form torchmetrics' ``clip_score`` takes from a callable."""
     model, processor = _clip_model_and_processor(name)
-    return _FeatureTensors(model), processor
+    return (model if name == CANARY_CLIP else _FeatureTensors(model)), processor
+
+
+class _CanaryProcessor:
+    """CLIPProcessor's calling convention over the canary scorer's inputs."""
+
+    def __call__(self, *, images: Any = None, text: Any = None, **_: Any) -> dict[str, Any]:
+        import torch
+
+        from quant.canary import scorer_token_ids
+
+        if images is not None:
+            x = torch.stack([torch.as_tensor(i) for i in images]).float()
+            x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+            return {"pixel_values": x / 127.5 - 1.0}
+        ids = scorer_token_ids(list(text))
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+class _CanaryModel:
+    def __init__(self, scorer: Any) -> None:
+        self.scorer = scorer
+        self.config = None
+
+    def to(self, device: Any) -> _CanaryModel:
+        return self
+
+    def get_image_features(self, pixel_values: Any) -> Any:
+        return self.scorer.image_features(pixel_values)
+
+    def get_text_features(self, input_ids: Any, attention_mask: Any = None) -> Any:
+        return self.scorer.text_features(input_ids)
+
+
+@functools.lru_cache(maxsize=1)
+def canary_scorer() -> Any:
+    from quant.canary import load_models
+
+    return load_models()[0]["scorer"]
 
 
 @functools.lru_cache(maxsize=2)
@@ -115,6 +162,8 @@ def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
+    if name == CANARY_CLIP:
+        return _CanaryModel(canary_scorer()), _CanaryProcessor()
     if name == REAL_CLIP:
         model = CLIPModel.from_pretrained(REAL_CLIP, local_files_only=True, use_safetensors=True)
         processor = CLIPProcessor.from_pretrained(REAL_CLIP, local_files_only=True)
@@ -152,6 +201,28 @@ def clip_scores(images: list[Any], prompts: list[str], backbone: str) -> list[fl
 
 
 # -------------------------------------------------------------------------------------------------- FID
+class CanaryFeatures:
+    """FID features from the canary scorer's image tower (64-d), on uint8 N×3×H×W images."""
+
+    @staticmethod
+    def build() -> Any:
+        import torch
+
+        class Net(torch.nn.Module):
+            num_features = 64
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.scorer = canary_scorer()
+
+            def forward(self, images: torch.Tensor) -> torch.Tensor:
+                x = torch.nn.functional.interpolate(images.float(), size=(64, 64), mode="bilinear", antialias=True,
+                                                    align_corners=False)
+                return self.scorer.image_features(x / 127.5 - 1.0).double()
+
+        return Net()
+
+
 class ProxyFeatures:
     """Factory of the seeded proxy FID feature extractor: 64 features (16 random-conv channels × 2×2 cells)."""
 
@@ -189,6 +260,8 @@ def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
 
     if backbone == REAL_FID:
         metric = FrechetInceptionDistance(feature=2048)
+    elif backbone == CANARY_FID:
+        metric = FrechetInceptionDistance(feature=CanaryFeatures.build())
     elif backbone == PROXY_FID:
         metric = FrechetInceptionDistance(feature=ProxyFeatures.build())
     else:

@@ -74,7 +74,7 @@ def build(
     source = resolve_source(model, allow_download=allow_download)
     recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
     recipe_data = load_recipe(recipe_path)
-    prompts = calibration_prompts if calibration_prompts is not None else load_prompts("train")
+    prompts = calibration_prompts if calibration_prompts is not None else load_prompts("train", path=source.prompts)
     versions = package_versions()
 
     pipeline_dir = _source_dir(source, cache, clock("source"))
@@ -83,15 +83,17 @@ def build(
     export_dir = cache.get_or_build("export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export")))
     float_set = ComponentSet({c: export_dir / c / "model.onnx" for c in COMPONENTS}, pipeline_dir)
 
-    from quant.calibration import CALIBRATION_STEPS
+    from quant.recipe import calibration_steps
 
+    steps = calibration_steps(recipe_data)
     calib_inputs = {
         "export": export_inputs,
         "prompts": [p.text for p in prompts],
-        "steps": CALIBRATION_STEPS,
+        "steps": list(steps),
         "revision": STAGE_REVISION["calibration"],
     }
-    calib_dir = cache.get_or_build("calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, out, clock("calibration")))
+    calib_dir = cache.get_or_build(
+        "calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration")))
 
     qdq_models = {}
     qdq_keys = {}
@@ -121,6 +123,15 @@ def build(
     )
 
 
+def with_qdq_component(base: Build, other: Build, component: str) -> Build:
+    """``base`` with one QDQ component taken from ``other`` (e.g. a degraded UNet), keys updated to match."""
+    from dataclasses import replace
+
+    models = {**base.qdq.models, component: other.qdq.models[component]}
+    keys = {**base.keys, "qdq": {**base.keys["qdq"], component: other.keys["qdq"][component]}}
+    return replace(base, qdq=ComponentSet(models, base.pipeline_dir), keys=keys)
+
+
 def _source_dir(source: ModelSource, cache: ArtifactCache, progress: Progress) -> Path:
     before = len(cache.misses)
     folder = source.materialize(cache)
@@ -135,11 +146,11 @@ def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progre
     export_components(pipeline_dir, source, out, progress=progress)
 
 
-def _calibrate(float_set: ComponentSet, prompts: list[Prompt], out: Path, progress: Progress) -> None:
+def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int, ...], out: Path, progress: Progress) -> None:
     from quant.calibration import record_calibration
 
-    progress(f"running the float pipeline on {len(prompts)} train prompts")
-    record_calibration(float_set, prompts, out, progress=progress)
+    progress(f"running the float pipeline on {len(prompts)} train prompts at {', '.join(map(str, steps))} step(s)")
+    record_calibration(float_set, prompts, out, steps=steps, progress=progress)
 
 
 def _quantize(recipe: dict[str, Any], component: str, model: Path, calib_dir: Path, out: Path, progress: Progress) -> None:

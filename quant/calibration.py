@@ -17,7 +17,6 @@ from quant import COMPONENTS
 from quant.pipeline import ComponentSet, OrtSDXLPipeline
 from quant.prompts import Prompt
 
-CALIBRATION_STEPS = 1  # sdxl-turbo's default; the UNet therefore sees t=999 only
 
 
 def record_calibration(
@@ -25,10 +24,11 @@ def record_calibration(
     prompts: list[Prompt],
     out: Path,
     *,
-    steps: int = CALIBRATION_STEPS,
+    steps: tuple[int, ...] = (1,),
     progress: Callable[[str], None] | None = None,
 ) -> None:
-    """Run the float pipeline on ``prompts`` and write every component's inputs under ``out``."""
+    """Run the float pipeline on ``prompts`` at each step count in ``steps``; write every component's inputs
+    under ``out`` (at 2 steps the UNet sees t=999 and t=499)."""
     counts: dict[str, int] = defaultdict(int)
 
     def record(component: str, feeds: dict[str, np.ndarray]) -> None:
@@ -41,7 +41,8 @@ def record_calibration(
 
     pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=record)
     for i, prompt in enumerate(prompts):
-        pipe(prompt.text, steps=steps)
+        for k in steps:
+            pipe(prompt.text, steps=k)
         if progress and ((i + 1) % 10 == 0 or i + 1 == len(prompts)):
             progress(f"calibration: {i + 1}/{len(prompts)} prompts")
     for component in COMPONENTS:

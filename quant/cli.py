@@ -19,6 +19,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
     p.add_argument("--allow-download", action="store_true",
                    help="let a Hugging Face model be downloaded when it is not cached (default: off)")
+    p.add_argument("--prompts-from-hub", action="store_true",
+                   help="calibrate on rows 0-49 of phiyodr/coco2017 streamed from the hub instead of the bundled "
+                        "fixture (needs network; default: off)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,8 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         start = time.perf_counter()
+        calibration = None
+        if args.prompts_from_hub:
+            from quant.prompts import load_prompts
+
+            calibration = load_prompts("train", stream_from_hub=True)
         result = build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
-                       allow_download=args.allow_download, progress=lambda m: print(m, flush=True))
+                       calibration_prompts=calibration, allow_download=args.allow_download,
+                       progress=lambda m: print(m, flush=True))
         if args.command == "build":
             from quant.evaluate import model_size_mb
 

@@ -38,8 +38,9 @@ FID_SIGMA = 3.0  # FID: 3 σ of FID over the float sets drawn with different see
 
 
 def baseline_model_name(model: str) -> str:
-    """The folder under baselines/ for ``--model``: ``stabilityai/sdxl-turbo`` → ``sdxl-turbo``."""
-    return Path(model.rstrip("/")).name
+    """The folder under baselines/ for ``--model``: ``stabilityai/sdxl-turbo`` → ``sdxl-turbo``; a variant
+    (``canary:no-xattn``) is gated by its parent's baseline."""
+    return Path(model.rstrip("/")).name.split(":")[0]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ def evaluate(
     qnn: QnnOptions | None = None,
     with_noise: bool = False,
     reference_images: list[np.ndarray] | None = None,
+    reference_name: str | None = None,
     progress: Callable[[str], None] = lambda _: None,
 ) -> Evaluation:
     """Generate every variant (cached), then compute MSE, CLIP and FID. ``with_noise`` adds seed-noise sets."""
@@ -109,7 +111,7 @@ def evaluate(
         reference_images = [load_png(ref_dir / image_name(p)) for p in prompts]
         reference = f"float@1 images of the same prompts drawn with seed base {REFERENCE_SEED}"
     else:
-        reference = "COCO 2017 images of the prompts, center-cropped"
+        reference = reference_name or "given reference images"
     progress(f"FID with {backbones.fid}")
     fids = {label: fid(images[label], reference_images, backbones.fid) for label in ("float@1", "qdq@1", "qdq@2")}
     noise = None
@@ -129,7 +131,8 @@ def _seed_noise(build, prompts, backbones, images, reference_images, *, cache, p
 
     texts = [p.text for p in prompts]
     noise: dict[str, Any] = {"seeds": list(NOISE_SEEDS)}
-    recal = build_model(build.source.name, recipe=build.recipe_path, cache=cache, calibration_prompts=load_prompts("test"))
+    recal = build_model(build.source.name, recipe=build.recipe_path, cache=cache,
+                        calibration_prompts=load_prompts("test", path=build.source.prompts))
     noise["recalibrated_mse"] = {}
     for k in STEPS:
         d = generate(recal, Variant("qdq", k), prompts, cache=cache, progress=progress)
@@ -155,6 +158,7 @@ def _seed_noise(build, prompts, backbones, images, reference_images, *, cache, p
 
 # -------------------------------------------------------------------------------------------- baselines
 def baseline_path(model: str, backbones: Backbones, root: Path = BASELINES_DIR) -> Path:
+    """``<root>/<model>/<clip>__<fid>.json``."""
     return root / baseline_model_name(model) / f"{backbones.name}.json"
 
 
@@ -322,13 +326,17 @@ def prepare_gate(
     from quant.backbones import resolve_backbones
     from quant.prompts import load_prompts
 
-    backbones = resolve_backbones(clip_backbone, fid_backbone)
-    prompts = load_prompts("all")
+    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
+    prompts = load_prompts("all", path=build.source.prompts)
     if not update:
         baseline = load_baseline(build.source.name, backbones, baselines_root)  # fail before generating anything
-    reference = load_coco_reference(Path(coco_dir), prompts) if coco_dir else None
+    reference, described = None, None
+    if coco_dir:
+        reference, described = load_coco_reference(Path(coco_dir), prompts), "COCO 2017 images of the prompts, center-cropped to 256"
+    elif build.source.reference is not None:
+        reference, described = build.source.reference([p.text for p in prompts]), "the world's own rendering of each caption"
     ev = evaluate(build, prompts, backbones, cache=cache, ep=ep, qnn=qnn, with_noise=update,
-                  reference_images=reference, progress=progress)
+                  reference_images=reference, reference_name=described, progress=progress)
     if update:
         baseline = baseline_from_evaluation(ev)
         write_baseline(baseline, baseline_path(build.source.name, backbones, baselines_root))

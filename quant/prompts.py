@@ -42,7 +42,7 @@ def sanitize_caption(caption: str) -> str:
 
 
 def load_prompts(split: str = "all", *, path: Path = FIXTURE, stream_from_hub: bool = False) -> list[Prompt]:
-    """Prompts of ``split`` ("train", "test" or "all"), in row order."""
+    """Prompts of ``split`` ("train", "test" or "all"), in row order, from the JSONL at ``path``."""
     if split not in SPLITS:
         raise ConfigError(f"prompt split {split!r} is not one of {SPLITS}")
     if stream_from_hub:

@@ -1,6 +1,8 @@
 """Recipes: Olive workflows as JSON data, one per component, run through Olive's Python API.
 
-A recipe file is ``{"name", "description", "workflows": {<component>: <Olive run config>}}``. String values
+A recipe file is ``{"name", "description", "calibration": {"steps": [...]}, "workflows": {<component>: <Olive
+run config>}}``; ``calibration.steps`` (default ``[1]``) lists the step counts whose float trajectories are
+recorded as calibration data. String values
 of the form ``${name}`` are filled in before the run (``model_path``, ``calibration_dir``, ``input_names``,
 ``input_shapes``, ``input_types``, ``output_dir``, ``olive_cache_dir``); a value that is exactly one
 placeholder is replaced by a JSON value (lists stay lists). With those filled by hand, a workflow also
@@ -45,6 +47,9 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
         raise ConfigError(
             f"recipe file {path}: workflows must be exactly {list(COMPONENTS)}; missing {missing}, unknown {unknown}"
         )
+    steps = recipe.get("calibration", {}).get("steps", [1])
+    if not (isinstance(steps, list) and steps and all(isinstance(k, int) and k >= 1 for k in steps)):
+        raise ConfigError(f"recipe file {path}: calibration.steps must be a non-empty list of step counts >= 1, got {steps!r}")
     for component, workflow in workflows.items():
         if not isinstance(workflow, dict) or not isinstance(workflow.get("passes"), dict) or not workflow["passes"]:
             raise ConfigError(f"recipe file {path}: workflow {component!r} needs a non-empty 'passes' object")
@@ -54,6 +59,11 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
                 f"allowed: {', '.join('${' + p + '}' for p in PLACEHOLDERS)}"
             )
     return recipe
+
+
+def calibration_steps(recipe: dict[str, Any]) -> tuple[int, ...]:
+    """The step counts whose float trajectories the recipe calibrates on."""
+    return tuple(recipe.get("calibration", {}).get("steps", [1]))
 
 
 def fill(value: Any, values: dict[str, Any]) -> Any:

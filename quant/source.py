@@ -25,6 +25,9 @@ from quant.cache import ArtifactCache, make_key
 from quant.errors import ConfigError, ModelNotAvailableError
 
 DATA_DIR = Path(__file__).parent / "data"
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "prompts"
+PROMPTS_COCO = PROMPTS_DIR / "coco2017_first100.jsonl"
+PROMPTS_CANARY = PROMPTS_DIR / "canary_world.jsonl"
 BPE_VOCAB = DATA_DIR / "clip_bpe_simple_vocab_16e6.txt.gz"
 TOKEN_LENGTH = 77
 REAL_MODEL_ID = "stabilityai/sdxl-turbo"
@@ -45,13 +48,21 @@ TURBO_SCHEDULER: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A resolved model: a diffusers folder plus the fixed shapes its components are exported at."""
+    """A resolved model: a diffusers folder plus the fixed shapes its components are exported at.
+
+    ``prompts`` is the JSONL prompt set of this model (50 train for calibration + 50 test); ``reference``
+    optionally renders the model's own FID reference images for given prompt texts (offline models);
+    ``baseline`` names its folder under baselines/ (variants of a model share their parent's baseline).
+    """
 
     name: str
     fingerprint: dict[str, Any]
     latent_size: int
     vae_scale_factor: int
     materialize: Callable[[ArtifactCache], Path] = field(compare=False, repr=False)
+    prompts: Path = PROMPTS_COCO
+    reference: Callable[[list[str]], list[Any]] | None = field(default=None, compare=False, repr=False)
+    baseline: str | None = None
 
     @property
     def image_size(self) -> int:
@@ -216,7 +227,53 @@ def _hub_source(repo_id: str, *, allow_download: bool) -> ModelSource:
                        source.vae_scale_factor, source.materialize)
 
 
-SOURCES: dict[str, Callable[[], ModelSource]] = {"tiny": _tiny_source}
+# ------------------------------------------------------------------------------------------- canary
+CANARY_VARIANTS = ("unet-noise5", "no-xattn")  # degraded UNets: the gate must fail them (gate power)
+
+
+def _canary_source(variant: str | None = None) -> ModelSource:
+    from quant.cache import file_digest
+    from quant.canary import TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, WEIGHTS_DIR
+
+    files = sorted(WEIGHTS_DIR.glob("*"))
+    if not (WEIGHTS_DIR / "canary.json").is_file():
+        raise ModelNotAvailableError(
+            f"canary weights are missing from {WEIGHTS_DIR}; regenerate them with `python -m quant.canary train`"
+        )
+    fingerprint = {
+        "source": "canary", "variant": variant, "version": 1,
+        "weights": {p.name: file_digest(p) for p in files},
+        "configs": [TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, TURBO_SCHEDULER],
+    }
+
+    def materialize(cache: ArtifactCache) -> Path:
+        def build(out: Path) -> None:
+            from quant.canary import pipeline_from_weights
+
+            pipeline_from_weights(variant).save_pretrained(out / "pipeline", safe_serialization=True)
+
+        return cache.get_or_build("source", fingerprint, build) / "pipeline"
+
+    def reference(texts: list[str]) -> list[Any]:
+        from quant import world
+
+        return [world.render(world.parse(t)) for t in texts]
+
+    name = "canary" if variant is None else f"canary:{variant}"
+    return ModelSource(name, fingerprint, 8, 8, materialize, prompts=PROMPTS_CANARY, reference=reference,
+                       baseline="canary")
+
+
+SOURCES: dict[str, Callable[[], ModelSource]] = {
+    "tiny": _tiny_source,
+    "canary": _canary_source,
+    **{f"canary:{v}": (lambda v=v: _canary_source(v)) for v in CANARY_VARIANTS},
+}
+
+
+def prompts_for(name: str) -> Path:
+    """The prompt set of ``--model`` without loading it: a registered source's own, else the COCO prompts."""
+    return SOURCES[name]().prompts if name in SOURCES else PROMPTS_COCO
 
 
 def resolve_source(name: str, *, allow_download: bool = False) -> ModelSource:

@@ -9,10 +9,9 @@ from __future__ import annotations
 import pytest
 
 from quant.gate import STEPS
-from quant.prompts import load_prompts
 
 pytestmark = pytest.mark.quality
-PROMPTS = load_prompts("all")
+# `quality_prompt` is parametrized by conftest.py with the prompt set of the model under test
 
 
 def _assert(check) -> None:
@@ -26,10 +25,9 @@ def _needs(gate, metric: str, key: str) -> None:
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: p.id)
-def test_image_mse_within_bound(gate, prompt, steps: int) -> None:
+def test_image_mse_within_bound(gate, quality_prompt, steps: int) -> None:
     _needs(gate, "mse", str(steps))
-    _assert(gate.mse(prompt, steps))
+    _assert(gate.mse(quality_prompt, steps))
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
@@ -39,10 +37,9 @@ def test_mean_clip_difference_vs_float(gate, steps: int) -> None:
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-@pytest.mark.parametrize("prompt", PROMPTS, ids=lambda p: p.id)
-def test_image_clip_floor(gate, prompt, steps: int) -> None:
+def test_image_clip_floor(gate, quality_prompt, steps: int) -> None:
     _needs(gate, "clip_floor", str(steps))
-    _assert(gate.clip_floor(prompt, steps))
+    _assert(gate.clip_floor(quality_prompt, steps))
 
 
 @pytest.mark.parametrize("label", ["qdq@1", "qdq@2"])

@@ -1,0 +1,137 @@
+"""The canary: a trained SDXL-architecture model whose prompts matter, its world, scorer and gate power."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from quant import world
+from quant.source import PROMPTS_CANARY
+
+CORRECT_TARGET = 0.80  # float, 1 step: share of test images the procedural checker accepts
+
+
+def test_world_checker_accepts_truth_and_rejects_every_other_caption() -> None:
+    scenes = world.all_scenes()
+    assert len(scenes) == 108 and sum(s.held_out for s in scenes) == len(world.HELD_OUT)
+    assert all(world.check(world.render(s), s.caption)["correct"] for s in scenes)
+    assert not any(world.check(world.render(a), b.caption)["correct"] for a in scenes for b in scenes if a != b)
+    assert all(world.parse(s.caption) == s for s in scenes)
+
+
+def test_prompt_fixture_is_the_world_prompt_set() -> None:
+    rows = [json.loads(line) for line in PROMPTS_CANARY.read_text().splitlines()]
+    assert rows == world.prompt_rows()
+    assert len({r["prompt"] for r in rows}) == 100
+    held = {s.caption for s in world.all_scenes() if s.held_out}
+    assert held <= {r["prompt"] for r in rows[50:]} and not held & {r["prompt"] for r in rows[:50]}
+
+
+def test_short_training_reproduces_the_first_steps() -> None:
+    """The committed weights came from this code: the VAE and scorer stages replay their logged first
+    losses exactly; the joint UNet stage is deterministic run to run."""
+    from quant import canary
+    from quant.source import build_tokenizers
+
+    logged = json.loads((canary.WEIGHTS_DIR / "canary.json").read_text())["first_losses"]
+
+    def run(stage: str, steps: int = 3) -> list[float]:
+        losses: list[float] = []
+        models = canary.build_models()
+        log = lambda s, i, loss: losses.append(loss)  # noqa: E731
+        canary._seed_everything(canary.SEED)
+        scaling = canary.train_vae(models["vae"], steps if stage == "vae" else 1, log)
+        if stage == "unet":
+            losses.clear()
+            canary._seed_everything(canary.SEED + 1)
+            canary.train_unet(models, build_tokenizers(), scaling, steps, log)
+        if stage == "scorer":
+            losses.clear()
+            canary._seed_everything(canary.SEED + 2)
+            canary.train_scorer(models["scorer"], steps, log)
+        return losses
+
+    assert run("vae") == logged["vae"][:3]
+    assert run("scorer") == logged["scorer"][:3]
+    first, again = run("unet", 2), run("unet", 2)
+    assert first == again and len(first) == 2
+
+
+def test_committed_weights_are_small_fp16_safetensors() -> None:
+    from quant.canary import WEIGHTS_DIR
+
+    files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
+    assert {f.stem for f in files} == {"vae", "text_encoder", "text_encoder_2", "unet", "scorer"}
+    assert sum(f.stat().st_size for f in files) <= 10 * 2**20
+    from safetensors import safe_open
+
+    for f in files:
+        with safe_open(str(f), framework="pt") as st:
+            assert {str(st.get_slice(k).get_dtype()) for k in st.keys()} == {"F16"}, f.name
+
+
+@pytest.fixture(scope="module")
+def canary_build(cache):
+    from quant.build import build
+
+    return build("canary", cache=cache)
+
+
+@pytest.fixture(scope="module")
+def test_images(canary_build, cache):
+    from quant.generate import Variant, generate, image_name, load_png
+    from quant.prompts import load_prompts
+
+    prompts = load_prompts("test", path=PROMPTS_CANARY)
+    images = {}
+    for variant in (Variant("float", 1), Variant("qdq", 1), Variant("qdq", 2)):
+        folder = generate(canary_build, variant, prompts, cache=cache)
+        images[variant.label] = [load_png(folder / image_name(p)) for p in prompts]
+    return prompts, images
+
+
+@pytest.mark.parametrize("label", ["float@1", "qdq@1", "qdq@2"])
+def test_canary_draws_the_prompt(test_images, label: str) -> None:
+    prompts, images = test_images
+    results = [world.check(img, p.text)["correct"] for img, p in zip(images[label], prompts)]
+    rate = float(np.mean(results))
+    held = [r for r, p in zip(results, prompts) if world.parse(p.text).held_out]
+    assert rate >= CORRECT_TARGET, f"{label}: {rate:.0%} of test images correct (held-out {np.mean(held):.0%}), target {CORRECT_TARGET:.0%}"
+
+
+def test_scorer_separates_captions() -> None:
+    from quant.backbones import CANARY_CLIP, clip_scores
+
+    scenes = world.all_scenes()
+    images = [world.render(s) for s in scenes]
+    captions = [s.caption for s in scenes]
+    matched = clip_scores(images, captions, CANARY_CLIP)
+    wrong = clip_scores(images, captions[7:] + captions[:7], CANARY_CLIP)
+    assert np.mean(matched) >= 90 and np.mean(wrong) <= 15, (np.mean(matched), np.mean(wrong))
+    from quant.backbones import canary_scorer
+    from quant.canary import _to_tensor, scorer_token_ids
+
+    import torch
+
+    scorer = canary_scorer()
+    with torch.no_grad():
+        img = torch.nn.functional.normalize(scorer.image_features(_to_tensor(np.stack(images))), dim=-1)
+        txt = torch.nn.functional.normalize(scorer.text_features(scorer_token_ids(captions)), dim=-1)
+    retrieved = (img @ txt.T).argmax(dim=1) == torch.arange(len(scenes))
+    assert float(retrieved.float().mean()) >= 0.95
+
+
+@pytest.mark.parametrize("variant", ["unet-noise5", "no-xattn"])
+def test_gate_fails_a_degraded_unet(canary_build, cache, variant: str) -> None:
+    """A quantized UNet that is noised, or no longer reads the prompt, fails the CLIP and FID checks."""
+    from quant.build import build, with_qdq_component
+    from quant.gate import prepare_gate
+
+    degraded = with_qdq_component(canary_build, build(f"canary:{variant}", cache=cache), "unet")
+    gate = prepare_gate(degraded, cache=cache)
+    failed = [c.metric for c in gate.all_checks() if c.failure]
+    assert any(m.startswith("mean CLIP") for m in failed), f"mean-CLIP check passed for {variant}"
+    assert any(m.startswith("CLIP qdq@1") for m in failed), f"no per-image CLIP floor failed for {variant}"
+    assert any(m.startswith("FID qdq@1") for m in failed), f"FID check passed for {variant}"
