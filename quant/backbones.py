@@ -201,55 +201,36 @@ def clip_scores(images: list[Any], prompts: list[str], backbone: str) -> list[fl
 
 
 # -------------------------------------------------------------------------------------------------- FID
-class CanaryFeatures:
-    """FID features from the canary scorer's image tower (64-d), on uint8 N×3×H×W images."""
+def feature_net(body: Any) -> Any:
+    """A torchmetrics FID feature extractor: uint8 N×3×H×W → [-1, 1] at 64×64 → ``body`` → 64 float64 features."""
+    import torch
 
-    @staticmethod
-    def build() -> Any:
-        import torch
+    class Net(torch.nn.Module):
+        num_features = 64
 
-        class Net(torch.nn.Module):
-            num_features = 64
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = body
 
-            def __init__(self) -> None:
-                super().__init__()
-                self.scorer = canary_scorer()
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            x = images.float() / 127.5 - 1.0
+            x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
+            return self.body(x).double()
 
-            def forward(self, images: torch.Tensor) -> torch.Tensor:
-                x = torch.nn.functional.interpolate(images.float(), size=(64, 64), mode="bilinear", antialias=True,
-                                                    align_corners=False)
-                return self.scorer.image_features(x / 127.5 - 1.0).double()
-
-        return Net()
+    return Net().eval()
 
 
-class ProxyFeatures:
-    """Factory of the seeded proxy FID feature extractor: 64 features (16 random-conv channels × 2×2 cells)."""
+def proxy_features_body() -> Any:
+    """Seeded random convolutions: 16 channels × 2×2 cells (colour and layout)."""
+    import torch
 
-    @staticmethod
-    def build() -> Any:
-        import torch
-
-        class Net(torch.nn.Module):
-            num_features = 64
-
-            def __init__(self) -> None:
-                super().__init__()
-                torch.manual_seed(0)
-                self.body = torch.nn.Sequential(
-                    torch.nn.Conv2d(3, 32, 4, stride=2, padding=1), torch.nn.GELU(),
-                    torch.nn.Conv2d(32, 32, 4, stride=2, padding=1), torch.nn.GELU(),
-                    torch.nn.Conv2d(32, 16, 3, padding=1),
-                    torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),  # 16 channels × 2×2 cells: colour and layout
-                )
-                self.eval()
-
-            def forward(self, images: torch.Tensor) -> torch.Tensor:
-                x = images.float() / 127.5 - 1.0
-                x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
-                return self.body(x).double()
-
-        return Net()
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 32, 4, stride=2, padding=1), torch.nn.GELU(),
+        torch.nn.Conv2d(32, 32, 4, stride=2, padding=1), torch.nn.GELU(),
+        torch.nn.Conv2d(32, 16, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+    )
 
 
 def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
@@ -261,9 +242,9 @@ def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
     if backbone == REAL_FID:
         metric = FrechetInceptionDistance(feature=2048)
     elif backbone == CANARY_FID:
-        metric = FrechetInceptionDistance(feature=CanaryFeatures.build())
+        metric = FrechetInceptionDistance(feature=feature_net(canary_scorer().image))
     elif backbone == PROXY_FID:
-        metric = FrechetInceptionDistance(feature=ProxyFeatures.build())
+        metric = FrechetInceptionDistance(feature=feature_net(proxy_features_body()))
     else:
         raise ConfigError(f"FID backbone {backbone!r} is not one of {FID_CHOICES[1:]}")
 

@@ -216,9 +216,10 @@ def _hub_source(repo_id: str, *, allow_download: bool) -> ModelSource:
             repo_id, allow_patterns=patterns, ignore_patterns=ignore, local_files_only=not allow_download
         )
     except (LocalEntryNotFoundError, OSError) as e:
+        why = f"could not be downloaded ({type(e).__name__}: {e})" if allow_download else "downloads are off"
         raise ModelNotAvailableError(
             f"model {repo_id!r} is not in the local Hugging Face cache (looked in {constants.HF_HUB_CACHE}) and "
-            "downloads are off. Fix: on a machine with network, run "
+            f"{why}. Fix: on a machine with network, run "
             f"`hf download {repo_id} --exclude '*.bin' '*.fp16.safetensors'` (set HF_HOME to share the cache), "
             f"or pass --allow-download to fetch it now, or pass --model tiny for the embedded offline model."
         ) from None

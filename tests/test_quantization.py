@@ -8,7 +8,6 @@ import pytest
 from onnx import numpy_helper
 
 from quant import COMPONENTS
-from quant.metrics import sqnr_db
 
 WEIGHT_OPS = {"Conv", "MatMul", "Gemm"}
 MASK_THRESHOLD = -3e30  # ReplaceAttentionMaskValue's default threshold
