@@ -13,6 +13,7 @@ New sources register in ``SOURCES`` (a name → factory); the rest of the projec
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import os
@@ -125,8 +126,10 @@ def clip_vocab_and_merges(path: Path = BPE_VOCAB) -> tuple[dict[str, int], list[
     return {tok: i for i, tok in enumerate(vocab)}, merges
 
 
+@functools.lru_cache(maxsize=1)
 def build_tokenizers() -> tuple[Any, Any]:
-    """SDXL's two tokenizers (same BPE; the second pads with ``!``), offline."""
+    """SDXL's two tokenizers (same BPE; the second pads with ``!``), offline; built once per process
+    (treat them as read-only)."""
     from transformers import CLIPTokenizer
 
     vocab, merges = clip_vocab_and_merges()
