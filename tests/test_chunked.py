@@ -1,0 +1,60 @@
+"""Memory-bounded calibration: K passes over 1/K of the tensors give the stock ranges and the same QDQ model."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quant.calibration import load_calibration
+from quant.chunked import _Reader, chunked_minmax_ranges, quantize_with_ranges
+
+
+def _qnn_config(model: Path, feeds: list):
+    from onnxruntime.quantization import QuantType
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    return get_qnn_qdq_config(str(model), _Reader(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8)
+
+
+def _digest(folder: Path) -> str:
+    return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.iterdir()))).hexdigest()
+
+
+@pytest.fixture(scope="module", params=["text_encoder", "vae_decoder"])
+def stock(request, artifacts, tmp_path_factory):
+    """The stock onnxruntime path (one calibration pass over every tensor), with its ranges cached to JSON."""
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    component = request.param
+    model = artifacts.float.models[component]
+    feeds = load_calibration(artifacts.calibration_dir, component)[:8]
+    out = tmp_path_factory.mktemp(f"stock-{component}")
+    config = _qnn_config(model, feeds)
+    kwargs = {k: v for k, v in inspect.getmembers(config) if not k.startswith("_")}
+    kwargs["calibration_data_reader"] = _Reader(feeds)
+    (out / "model").mkdir()
+    quantize_static(str(model), str(out / "model" / "model.onnx"), calibration_cache_path=str(out / "ranges.json"), **kwargs)
+    return model, feeds, config, load_tensors_data(out / "ranges.json"), _digest(out / "model")
+
+
+@pytest.mark.parametrize("chunks", [1, 2, 4])
+def test_chunked_calibration_equals_the_stock_path(stock, tmp_path: Path, chunks: int) -> None:
+    model, feeds, config, ranges, digest = stock
+    chunked = chunked_minmax_ranges(model, lambda: feeds, chunks=chunks, op_types_to_calibrate=config.op_types_to_quantize)
+    assert set(chunked.data) == set(ranges.data) and len(ranges.data) > 50
+    for name, expected in ranges.data.items():
+        for got, want in zip(chunked.data[name].range_value, expected.range_value):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+    (tmp_path / "model").mkdir()
+    quantize_with_ranges(model, tmp_path / "model" / "model.onnx", chunked, _qnn_config(model, feeds))
+    assert _digest(tmp_path / "model") == digest
+
+
+def test_chunks_must_be_positive(artifacts) -> None:
+    with pytest.raises(ValueError, match="chunks must be >= 1, got 0"):
+        chunked_minmax_ranges(artifacts.float.models["vae_decoder"], lambda: [], chunks=0)
