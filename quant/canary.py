@@ -259,7 +259,7 @@ def used_token_ids() -> list[int]:
 
     tok, tok_2 = build_tokenizers()
     captions = [s.caption for s in world.all_scenes()]
-    ids = set(tok(captions, padding="max_length", max_length=77).input_ids[0])
+    ids: set[int] = set()
     for t in (tok, tok_2):
         for row in t(captions, padding="max_length", max_length=77).input_ids:
             ids.update(row)

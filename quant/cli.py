@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _common(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
-    sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the 50 test prompts")
+    sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
     _common(sq)
     sq.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
     _common(sub.add_parser("coverage", help="QDQ coverage and float islands of each component"))
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             from quant.evaluate import component_sqnr, record_inputs
             from quant.prompts import load_prompts
 
-            feeds = record_inputs(result.float, load_prompts("test"))
+            feeds = record_inputs(result.float, load_prompts("test", path=result.source.prompts))
             for c, outputs in component_sqnr(result.float, result.qdq, feeds, ep=args.ep).items():
                 for name, value in outputs.items():
                     print(f"{c:15s} {name:26s} SQNR {value:6.2f} dB")
