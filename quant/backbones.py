@@ -153,7 +153,7 @@ class _CanaryModel:
 def canary_scorer() -> Any:
     from quant.canary import load_models
 
-    return load_models()[0]["scorer"]
+    return load_models(names=("scorer",))[0]["scorer"]
 
 
 @functools.lru_cache(maxsize=2)

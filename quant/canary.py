@@ -286,13 +286,13 @@ def save(models: dict[str, Any], scaling: float, out: Path, log_rows: dict[str, 
     (out / "canary.json").write_text(json.dumps(meta, indent=1))
 
 
-def load_models(folder: Path = WEIGHTS_DIR) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The trained models (float32) from the committed weights, and their metadata."""
+def load_models(folder: Path = WEIGHTS_DIR, names: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The trained models (float32) from the committed weights (all, or only ``names``), and their metadata."""
     import torch
     from safetensors.torch import load_file
 
     meta = json.loads((folder / "canary.json").read_text())
-    models = build_models()
+    models = {k: v for k, v in build_models().items() if names is None or k in names}
     keep = torch.tensor(meta["token_ids"])
     for name, model in models.items():
         state = {k: v.float() for k, v in load_file(str(folder / f"{name}.safetensors")).items()}

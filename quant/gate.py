@@ -116,14 +116,16 @@ def evaluate(
     fids = {label: fid(images[label], reference_images, backbones.fid) for label in ("float@1", "qdq@1", "qdq@2")}
     noise = None
     if with_noise:
-        noise = _seed_noise(build, prompts, backbones, images, reference_images, cache=cache, progress=progress)
+        noise = _seed_noise(build, prompts, backbones, images, reference_images, clip["float@1"], fids["float@1"],
+                            cache=cache, progress=progress)
     return Evaluation(
         model=baseline_model_name(build.source.name), backbones=backbones, prompts=prompts, ep=ep,
         recipe=build.recipe_name, image_dirs=dirs, mse=mse, clip=clip, fid=fids, fid_reference=reference, noise=noise,
     )
 
 
-def _seed_noise(build, prompts, backbones, images, reference_images, *, cache, progress) -> dict[str, Any]:
+def _seed_noise(build, prompts, backbones, images, reference_images, float_clip, float_fid, *, cache,
+                progress) -> dict[str, Any]:
     """What a user cannot call a regression: the float model's seed-to-seed variation, and how much the
     quantization error moves when the same recipe is calibrated on other, equally valid prompts."""
     from quant.build import build as build_model
@@ -149,8 +151,8 @@ def _seed_noise(build, prompts, backbones, images, reference_images, *, cache, p
         2: [image_mse(a, b) for a, b in zip(images["float@2"], other2)],
     }
     clip_other = clip_scores(first, texts, backbones.clip)
-    noise["clip_diff_std"] = float(np.std(np.asarray(clip_other) - np.asarray(clip_scores(images["float@1"], texts, backbones.clip)), ddof=1))
-    fids = [fid(images["float@1"], reference_images, backbones.fid)] + [fid(sets[s], reference_images, backbones.fid) for s in NOISE_SEEDS]
+    noise["clip_diff_std"] = float(np.std(np.asarray(clip_other) - np.asarray(float_clip), ddof=1))
+    fids = [float_fid] + [fid(sets[s], reference_images, backbones.fid) for s in NOISE_SEEDS]
     noise["fid_values"] = fids
     noise["fid_std"] = float(np.std(fids, ddof=1))
     return noise
