@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,13 +56,16 @@ def record_calibration(
         (out / component / "inputs.json").write_text(json.dumps(meta, indent=1))
 
 
-def load_calibration(calib_dir: Path, component: str) -> list[dict[str, np.ndarray]]:
-    """The recorded feeds of ``component``, in call order."""
+def iter_calibration(calib_dir: Path, component: str) -> Iterator[dict[str, np.ndarray]]:
+    """The recorded feeds of ``component``, in call order, read one at a time."""
     meta = json.loads((calib_dir / component / "inputs.json").read_text())
-    return [
-        {
+    for i in range(meta["samples"]):
+        yield {
             name: np.fromfile(calib_dir / component / name / f"{i:04d}.bin", dtype=dtype).reshape(shape)
             for name, shape, dtype in zip(meta["input_names"], meta["input_shapes"], meta["input_types"])
         }
-        for i in range(meta["samples"])
-    ]
+
+
+def load_calibration(calib_dir: Path, component: str) -> list[dict[str, np.ndarray]]:
+    """The recorded feeds of ``component``, in call order."""
+    return list(iter_calibration(calib_dir, component))

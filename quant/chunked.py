@@ -1,12 +1,18 @@
-"""Memory-bounded MinMax calibration: expose the min/max of only 1/K of the tensors per pass.
+"""Memory-bounded MinMax calibration: the graph in contiguous segments, each run over every sample.
 
 onnxruntime's ``MinMaxCalibrater`` adds a ReduceMin/ReduceMax pair for every tensor to calibrate and runs
-that augmented model once; on the real UNet (thousands of tensors) it needs more than 20 GB. Here the same
-tensor selection is split into K chunks; each pass augments the model for one chunk only, runs every
-sample (CPU arena and memory pattern off) and keeps that chunk's ranges. MinMax merges exactly (min of
-mins, max of maxes), so the ranges equal the single-pass ones. The merged ranges go into onnxruntime's
-calibration cache (``quantize_static(..., calibration_cache_path=...)``), which quantizes with the same
-QNN QDQ configuration without calibrating again.
+that augmented model once; on the real UNet (10.3 GB of weights, thousands of tensors) it needs more than
+20 GB. Here the topologically sorted graph is cut into segments holding about ``segment_bytes`` of weights
+each. Segment k is a model of its own: its inputs are the activations it reads from earlier segments (or
+the graph inputs), its outputs the activations later segments read. It is calibrated with onnxruntime's own
+calibrator (same tensor selection, same augmentation, same range computation), restricted to the tensors
+it produces; its boundary outputs, per sample, are spilled to disk for the next segment. Every node runs
+once per sample, so the cost is one forward pass per sample however many segments; memory is one
+segment's weights plus one sample's boundary activations. MinMax ranges merge exactly (min of mins, max of
+maxes), so the result equals the single-pass ranges.
+
+The merged ranges go into onnxruntime's calibration cache (``quantize_static(...,
+calibration_cache_path=...)``), which quantizes with the same QNN QDQ configuration without calibrating.
 """
 
 from __future__ import annotations
@@ -14,25 +20,39 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+
+Progress = Callable[[str], None]
 
 
 def _calibrator_class() -> type:
     import onnxruntime
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
-    class SubsetMinMaxCalibrater(MinMaxCalibrater):
-        """ORT's MinMax calibrator restricted to ``subset`` of the tensors it would select, lean on memory."""
+    class SegmentCalibrater(MinMaxCalibrater):
+        """ORT's MinMax calibrator for exactly ``subset`` of a segment's tensors, keeping its boundary outputs.
 
-        def __init__(self, *args: Any, subset: set[str] | None = None, **kwargs: Any) -> None:
+        The boundary outputs are hidden from ``augment_graph`` (so that a wrapper which drops "original
+        outputs", as Olive installs, keeps them) and restored for ``compute_data``.
+        """
+
+        def __init__(self, *args: Any, subset: set[str], **kwargs: Any) -> None:
             self.subset = subset
             super().__init__(*args, **kwargs)
+            self.boundary = list(o.name for o in self.model.graph.output)
+            self.model_original_outputs, self.num_model_outputs = set(), 0
 
         def select_tensors_to_calibrate(self, model: Any) -> tuple[set[str], dict]:
-            tensors, value_infos = super().select_tensors_to_calibrate(model)
-            return (tensors if self.subset is None else tensors & self.subset), value_infos
+            _, value_infos = super().select_tensors_to_calibrate(model)
+            return set(self.subset), value_infos
+
+        def augment_graph(self) -> None:
+            super().augment_graph()
+            self.model_original_outputs, self.num_model_outputs = set(self.boundary), len(self.boundary)
+            self.model = None  # the weights are in the session now; keep one copy
 
         def create_inference_session(self) -> None:
             so = onnxruntime.SessionOptions()
@@ -43,52 +63,192 @@ def _calibrator_class() -> type:
                 self.augmented_model_path, sess_options=so, providers=self.execution_providers
             )
 
-    return SubsetMinMaxCalibrater
+        def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            """Run one sample; keep its ReduceMin/Max outputs as ``collect_data`` does, return the boundary ones."""
+            names = [o.name for o in self.infer_session.get_outputs()]
+            values = self.infer_session.run(None, feeds)
+            self.intermediate_outputs.append([None if n in self.model_original_outputs else v for n, v in zip(names, values)])
+            return {n: v for n, v in zip(names, values) if n in self.model_original_outputs}
+
+    return SegmentCalibrater
+
+
+def tensors_to_calibrate(model: Any, op_types_to_calibrate: list[str] | None) -> set[str]:
+    """onnxruntime's selection (``CalibraterBase.select_tensors_to_calibrate``) on a shape-inferred graph."""
+    from onnxruntime.quantization.calibrate import CalibraterBase
+
+    return CalibraterBase.select_tensors_to_calibrate(SimpleNamespace(op_types_to_calibrate=op_types_to_calibrate), model)[0]
+
+
+def split_nodes(model: Any, *, segments: int | None = None, segment_bytes: int | None = None) -> list[list[int]]:
+    """Contiguous node-index ranges of the (topologically sorted) graph: ``segments`` of about equal weight
+    bytes, or as many as needed to keep each near ``segment_bytes``."""
+    from quant.lean import _tensor_bytes
+
+    sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+    seen: set[str] = set()
+    weights = []
+    for node in model.graph.node:
+        new = [n for n in node.input if n in sizes and n not in seen]
+        seen.update(new)
+        weights.append(sum(sizes[n] for n in new))
+    total = max(sum(weights), 1)
+    if segments is None:
+        segments = max(1, -(-total // int(segment_bytes or total)))
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    bounds, acc, out, current = [total * (k + 1) / segments for k in range(segments)], 0, [], []
+    for i, w in enumerate(weights):
+        current.append(i)
+        acc += w
+        if len(out) < segments - 1 and acc >= bounds[len(out)]:
+            out.append(current)
+            current = []
+    out.append(current)
+    return [s for s in out if s]
+
+
+def segment_models(model: Any, parts: list[list[int]]) -> list[tuple[Any, list[str]]]:
+    """A standalone model per part: inputs = activations read from before, outputs = activations read after
+    (and graph outputs). Returns (model, names of its produced tensors)."""
+    import onnx
+
+    graph = model.graph
+    for node in graph.node:
+        if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
+            raise ValueError(f"node {node.name!r} ({node.op_type}) has a subgraph; segmented calibration needs a flat graph")
+    initializers = {t.name: t for t in graph.initializer}
+    infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
+    graph_outputs = [o.name for o in graph.output]
+    producer_part = {}
+    for k, part in enumerate(parts):
+        for i in part:
+            for name in graph.node[i].output:
+                producer_part[name] = k
+    last_reader = {}
+    for k, part in enumerate(parts):
+        for i in part:
+            for name in graph.node[i].input:
+                last_reader[name] = k
+    result = []
+    for k, part in enumerate(parts):
+        nodes = [graph.node[i] for i in part]
+        produced = [n for node in nodes for n in node.output if n]
+        read = list(dict.fromkeys(n for node in nodes for n in node.input if n))
+        inputs = [n for n in read if n not in initializers and producer_part.get(n) != k]
+        outputs = [n for n in produced if n in graph_outputs or last_reader.get(n, -1) > k]
+        missing = [n for n in inputs + outputs if n not in infos]
+        if missing:
+            raise ValueError(f"no type information for {missing[:3]}; run shape inference before segmenting")
+        seg = onnx.helper.make_graph(
+            nodes, f"{graph.name}_segment{k}", [infos[n] for n in inputs], [infos[n] for n in outputs],
+            initializer=[initializers[n] for n in read if n in initializers],
+            value_info=[infos[n] for n in produced if n in infos and n not in outputs],
+        )
+        m = onnx.helper.make_model(seg, opset_imports=model.opset_import, ir_version=model.ir_version)
+        result.append((m, produced))
+    return result
+
+
+def segmented_minmax_ranges(
+    graph: Any,
+    feeds: Callable[[], Iterable[dict[str, np.ndarray]]],
+    *,
+    segments: int | None = None,
+    segment_bytes: int | None = None,
+    op_types_to_calibrate: list[str] | None = None,
+    symmetric: bool = False,
+    work: Path | None = None,
+    progress: Progress | None = None,
+) -> Any:
+    """``TensorsData`` of the MinMax ranges of ``graph`` (a ``quant.lean.Graph`` or a model path), computed
+    segment by segment; ``feeds()`` yields the calibration samples. Give ``segments`` or ``segment_bytes``."""
+    import onnx
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
+
+    from quant.lean import Graph
+
+    if segments is not None and segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    if not isinstance(graph, Graph):
+        graph = Graph.load(Path(graph))
+    model = onnx.shape_inference.infer_shapes(graph.proto)
+    selected = tensors_to_calibrate(model, op_types_to_calibrate)
+    parts = split_nodes(model, segments=segments, segment_bytes=segment_bytes)
+    seg_models = segment_models(model, parts)
+    graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    cls = _calibrator_class()
+    merged: dict[str, Any] = {}
+    if work is not None:
+        work.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="segments-", dir=work) as tmp:
+        store = Path(tmp, "activations")
+        n_samples = 0
+        for n, sample in enumerate(feeds()):
+            _spill(store, n, sample)
+            n_samples += 1
+        if n_samples == 0:
+            raise ValueError(f"no calibration samples for {graph.proto.graph.name!r}")
+        first_reader, last_reader = {}, {}
+        for k, (seg, _) in enumerate(seg_models):
+            for i in seg.graph.input:
+                first_reader.setdefault(i.name, k)
+                last_reader[i.name] = k
+        for k, (seg, produced) in enumerate(seg_models):
+            subset = {t for t in produced if t in selected}
+            subset |= {i.name for i in seg.graph.input if i.name in selected and i.name in graph_inputs and first_reader[i.name] == k}
+            seg_dir = Path(tmp, f"segment{k}")
+            seg_dir.mkdir()
+            onnx.save_model(Graph(seg, graph.base_dir).loaded(), str(seg_dir / "model.onnx"), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+            calibrator = cls(str(seg_dir / "model.onnx"), op_types_to_calibrate, augmented_model_path=str(seg_dir / "augmented.onnx"),
+                             symmetric=symmetric, use_external_data_format=True, subset=subset)
+            calibrator.augment_graph()
+            calibrator.create_inference_session()
+            names = [i.name for i in seg.graph.input]
+            done = [n for n in names if last_reader[n] == k]
+            for s in range(n_samples):
+                outputs = calibrator.run(_load(store, s, names))
+                _spill(store, s, outputs)
+                for n in done:  # no later segment reads it
+                    (store / f"{s:04d}" / f"{_safe(n)}.npy").unlink()
+            if subset:
+                merged.update(calibrator.compute_data().data)
+            del calibrator
+            if progress:
+                progress(f"calibration segment {k + 1}/{len(seg_models)}: {len(seg.graph.node)} nodes, "
+                         f"{len(subset)} tensors, {n_samples} samples")
+    missing = selected - set(merged)
+    if missing:
+        raise RuntimeError(f"segmented calibration left {len(missing)} tensors without a range, e.g. {sorted(missing)[:3]}")
+    return TensorsData(CalibrationMethod.MinMax, merged)
+
+
+def _spill(store: Path, sample: int, arrays: dict[str, np.ndarray]) -> None:
+    folder = store / f"{sample:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, array in arrays.items():
+        np.save(folder / f"{_safe(name)}.npy", array)
+
+
+def _load(store: Path, sample: int, names: list[str]) -> dict[str, np.ndarray]:
+    return {n: np.load(store / f"{sample:04d}" / f"{_safe(n)}.npy") for n in names}
+
+
+def _safe(name: str) -> str:
+    import hashlib
+
+    return hashlib.sha1(name.encode()).hexdigest()  # tensor names may hold '/', ':' and the like
 
 
 class _Reader:
-    """A CalibrationDataReader over a re-iterable source of feeds."""
+    """A CalibrationDataReader over an iterable of feeds."""
 
     def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
         self._it = iter(feeds)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._it, None)
-
-
-def chunked_minmax_ranges(
-    model_path: Path,
-    feeds: Callable[[], Iterable[dict[str, np.ndarray]]],
-    *,
-    chunks: int,
-    op_types_to_calibrate: list[str] | None = None,
-    symmetric: bool = False,
-    progress: Callable[[str], None] | None = None,
-) -> Any:
-    """``TensorsData`` of MinMax ranges computed in ``chunks`` passes; ``feeds()`` yields the samples anew."""
-    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
-
-    if chunks < 1:
-        raise ValueError(f"chunks must be >= 1, got {chunks}")
-    cls = _calibrator_class()
-    with tempfile.TemporaryDirectory(prefix="chunked-calib-") as tmp:
-        probe = cls(str(model_path), op_types_to_calibrate, augmented_model_path=str(Path(tmp, "probe.onnx")),
-                    symmetric=symmetric, use_external_data_format=True)
-        tensors = sorted(probe.select_tensors_to_calibrate(probe.model)[0])
-        del probe
-        merged: dict[str, Any] = {}
-        for k in range(chunks):
-            subset = set(tensors[k::chunks])
-            calibrator = cls(str(model_path), op_types_to_calibrate, augmented_model_path=str(Path(tmp, f"aug{k}.onnx")),
-                             symmetric=symmetric, use_external_data_format=True, subset=subset)
-            calibrator.augment_graph()
-            calibrator.create_inference_session()
-            calibrator.collect_data(_Reader(feeds()))
-            merged.update(calibrator.compute_data().data)
-            del calibrator
-            if progress:
-                progress(f"calibration pass {k + 1}/{chunks}: {len(subset)} tensors")
-    return TensorsData(CalibrationMethod.MinMax, merged)
 
 
 def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any) -> None:
@@ -103,5 +263,6 @@ def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config
         save_tensors_data(ranges, cache)
         kwargs = {k: v for k, v in inspect.getmembers(qdq_config) if not k.startswith("_")}
         kwargs.pop("calibration_data_reader", None)
+        kwargs["use_external_data_format"] = True
         quantize_static(str(model_path), str(output), calibration_data_reader=None, calibration_cache_path=str(cache),
                         **kwargs)
