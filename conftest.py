@@ -29,6 +29,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "canary for the quality gate, tiny for every other test)")
     group.addoption("--recipe", dest="qdq_recipe", default=None, metavar="FILE",
                     help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)")
+    group.addoption("--quantizer", dest="qdq_quantizer", default="auto", choices=("auto", "olive", "lean"),
+                    help="how the recipe runs: olive (its workflows), lean (memory-bounded, one component per process), "
+                         "auto (lean only where olive would not fit this machine; default)")
     group.addoption("--ep", dest="qdq_ep", default="cpu", choices=EPS, metavar="EP",
                     help="EP that runs the quantized variants: cpu or qnn (default: cpu)")
     group.addoption("--qnn-soc", dest="qdq_qnn_soc", default=DEFAULT_QNN_SOC, choices=sorted(QNN_SOCS), metavar="ID",
@@ -78,6 +81,7 @@ def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> B
         recipe=config.getoption("qdq_recipe"),
         cache=cache,
         allow_download=config.getoption("qdq_allow_download"),
+        quantizer=config.getoption("qdq_quantizer"),
         progress=lambda msg: print(msg, flush=True),
     )
     config.stash[BUILD_KEY] = result

@@ -64,9 +64,16 @@ def build(
     cache: ArtifactCache | None = None,
     calibration_prompts: list[Prompt] | None = None,
     allow_download: bool = False,
+    quantizer: str = "auto",
+    segment_bytes: int | None = None,
     progress: Progress = _silent,
 ) -> Build:
-    """Build (or find in the cache) the float and QDQ components of ``model`` with ``recipe``."""
+    """Build (or find in the cache) the float and QDQ components of ``model`` with ``recipe``.
+
+    ``quantizer``: 'olive' (the recipe's Olive workflows, in this process), 'lean' (the same passes
+    memory-bounded, one component per process: ``quant.lean``), or 'auto' (lean for a component the stock
+    path cannot fit in this machine's memory). ``segment_bytes``: weights per calibration segment (lean).
+    """
     from quant.recipe import DEFAULT_RECIPE, load_recipe
 
     cache = cache or ArtifactCache()
@@ -80,7 +87,9 @@ def build(
     pipeline_dir = _source_dir(source, cache, clock("source"))
 
     export_inputs = {"source": source.fingerprint, "revision": STAGE_REVISION["export"], "versions": versions}
-    export_dir = cache.get_or_build("export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export")))
+    isolate = source.fingerprint.get("source") not in ("tiny", "canary")  # real sizes: one component per process
+    export_dir = cache.get_or_build(
+        "export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export"), isolate=isolate))
     float_set = ComponentSet({c: export_dir / c / "model.onnx" for c in COMPONENTS}, pipeline_dir)
 
     from quant.recipe import calibration_steps
@@ -95,8 +104,9 @@ def build(
     calib_dir = cache.get_or_build(
         "calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration")))
 
-    qdq_models = {}
-    qdq_keys = {}
+    from quant.lean import choose_quantizer
+
+    qdq_models, qdq_keys, quantizers = {}, {}, {}
     for component in COMPONENTS:
         inputs = {
             "export": export_inputs,
@@ -105,11 +115,17 @@ def build(
             "workflow": recipe_data["workflows"][component],
             "revision": STAGE_REVISION["qdq"],
         }
+        chosen = quantizers[component] = choose_quantizer(float_set.models[component], quantizer)
+        if chosen == "lean":  # same graph as the Olive path, but its own artifact (metadata says how it was made)
+            inputs["quantizer"] = "lean"
         qdq_keys[component] = cache.path("qdq", inputs).name
-        qdq_dir = cache.get_or_build(
-            "qdq", inputs,
-            lambda out, c=component: _quantize(recipe_data, c, float_set.models[c], calib_dir, out, clock(f"qdq {c}")),
-        )
+        if chosen == "lean":
+            def make(out: Path, c: str = component) -> None:
+                _quantize_lean(recipe_path, c, float_set.models[c], calib_dir, out, segment_bytes, clock(f"qdq {c}"))
+        else:
+            def make(out: Path, c: str = component) -> None:
+                _quantize(recipe_data, c, float_set.models[c], calib_dir, out, clock(f"qdq {c}"))
+        qdq_dir = cache.get_or_build("qdq", inputs, make)
         qdq_models[component] = qdq_dir / "model.onnx"
     clock("build")(f"done ({len(cache.hits)} cached, {len(cache.misses)} built)")
     return Build(
@@ -119,7 +135,8 @@ def build(
         float=float_set,
         qdq=ComponentSet(qdq_models, pipeline_dir),
         calibration_dir=calib_dir,
-        keys={"export": export_dir.name, "calibration": calib_dir.name, "qdq": qdq_keys, "versions": versions},
+        keys={"export": export_dir.name, "calibration": calib_dir.name, "qdq": qdq_keys, "quantizer": quantizers,
+              "versions": versions},
     )
 
 
@@ -139,18 +156,40 @@ def _source_dir(source: ModelSource, cache: ArtifactCache, progress: Progress) -
     return folder
 
 
-def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progress) -> None:
+def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progress, *, isolate: bool) -> None:
     from quant.export import export_components
 
-    progress("exporting text_encoder, text_encoder_2, unet, vae_decoder to ONNX")
-    export_components(pipeline_dir, source, out, progress=progress)
+    progress("exporting text_encoder, text_encoder_2, unet, vae_decoder to ONNX" + (", one per process" if isolate else ""))
+    stats = export_components(pipeline_dir, source, out, progress=progress, isolate=isolate)
+    if stats:
+        (out / "build.json").write_text(json.dumps(stats, indent=1))
 
 
 def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int, ...], out: Path, progress: Progress) -> None:
     from quant.calibration import record_calibration
 
+    from quant.lean import StepMeter
+
     progress(f"running the float pipeline on {len(prompts)} train prompts at {', '.join(map(str, steps))} step(s)")
-    record_calibration(float_set, prompts, out, steps=steps, progress=progress)
+    meter = StepMeter(progress)
+    with meter("record"):
+        record_calibration(float_set, prompts, out, steps=steps, progress=progress)
+    (out / "build.json").write_text(json.dumps(meter.steps[0], indent=1))
+
+
+def _quantize_lean(recipe_path: Path, component: str, model: Path, calib_dir: Path, out: Path, segment_bytes: int | None,
+                   progress: Progress) -> None:
+    import sys
+
+    from quant.procs import run_measured
+
+    progress("memory-bounded quantization in its own process")
+    argv = [sys.executable, "-m", "quant.lean", str(recipe_path), component, str(model), str(calib_dir), str(out)]
+    stats = run_measured(argv + ([str(segment_bytes)] if segment_bytes else []), progress=progress)
+    steps = json.loads((out / "steps.json").read_text())
+    (out / "steps.json").unlink()
+    (out / "build.json").write_text(json.dumps({**stats, "quantizer": "lean", "steps": steps}, indent=1))
+    progress(f"done in {stats['seconds']:.1f}s, peak RSS {stats['peak_rss_gb']} GB")
 
 
 def _quantize(recipe: dict[str, Any], component: str, model: Path, calib_dir: Path, out: Path, progress: Progress) -> None:

@@ -39,12 +39,30 @@ def record_calibration(
             np.ascontiguousarray(array).tofile(folder / f"{n:04d}.bin")
         counts[component] += 1
 
-    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=record)
-    for i, prompt in enumerate(prompts):
-        for k in steps:
-            pipe(prompt.text, steps=k)
-        if progress and ((i + 1) % 10 == 0 or i + 1 == len(prompts)):
-            progress(f"calibration: {i + 1}/{len(prompts)} prompts")
+    # Stage by component, so that one model's weights are in memory at a time (the real UNet alone is
+    # 10.3 GB); each component still sees its calls in the order the whole pipeline makes them.
+    runs = [(p.text, k) for p in prompts for k in steps]
+
+    def report(stage: str, i: int) -> None:
+        if progress and ((i + 1) % 10 == 0 or i + 1 == len(runs)):
+            progress(f"calibration {stage}: {i + 1}/{len(runs)} runs")
+
+    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=record, load=("text_encoder", "text_encoder_2"))
+    encoded = []
+    for i, (text, _) in enumerate(runs):
+        encoded.append(pipe.encode_prompt(text))
+        report("text encoders", i)
+    pipe.release("text_encoder", "text_encoder_2")
+    pipe.load("unet")
+    latents = []
+    for i, ((text, k), (hidden, pooled)) in enumerate(zip(runs, encoded)):
+        latents.append(pipe.denoise(text, hidden, pooled, steps=k))
+        report("unet", i)
+    pipe.release("unet")
+    pipe.load("vae_decoder")
+    for i, x in enumerate(latents):
+        pipe.decode(x)
+        report("vae_decoder", i)
     for component in COMPONENTS:
         io = float_models.io(component)
         meta = {

@@ -12,11 +12,15 @@ from quant.errors import QuantError
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", metavar="NAME",
-                   help="model source: 'tiny' (embedded, offline), a Hugging Face id such as stabilityai/sdxl-turbo, "
+                   help="model source: 'tiny' (embedded, offline), 'canary', 'sdxl-turbo:random' (the real "
+                        "architecture with random weights, for sizing), a Hugging Face id such as stabilityai/sdxl-turbo, "
                         "or a local diffusers folder (default: %(default)s)")
     p.add_argument("--recipe", default=None, metavar="FILE", help="recipe JSON (default: recipes/qnn_w8a16.json)")
     p.add_argument("--cache-dir", default=None, metavar="DIR",
                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    p.add_argument("--quantizer", choices=("auto", "olive", "lean"), default="auto",
+                   help="'olive': the recipe's Olive workflows; 'lean': the same passes memory-bounded, one component "
+                        "per process; 'auto': lean where the Olive path would not fit this machine (default: %(default)s)")
     p.add_argument("--allow-download", action="store_true",
                    help="let a Hugging Face model be downloaded when it is not cached (default: off)")
     p.add_argument("--prompts-from-hub", action="store_true",
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
             calibration = load_prompts("train", stream_from_hub=True)
         result = build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
-                       calibration_prompts=calibration, allow_download=args.allow_download,
+                       calibration_prompts=calibration, allow_download=args.allow_download, quantizer=args.quantizer,
                        progress=lambda m: print(m, flush=True))
         if args.command == "build":
             from quant.evaluate import model_size_mb

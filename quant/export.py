@@ -8,6 +8,7 @@ SDXL consumes: the penultimate hidden states, and for ``text_encoder_2`` the pro
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,8 @@ def component_io(component: str, dims: dict[str, int]) -> ComponentIO:
     raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
 
 
-def _wrappers(pipe: Any) -> dict[str, Any]:
+def _wrapper(component: str, module: Any) -> Any:
+    """``module`` (a text encoder, the UNet or the VAE) wrapped to take and return what the export fixes."""
     import torch
 
     class TextEncoder(torch.nn.Module):
@@ -106,21 +108,25 @@ def _wrappers(pipe: Any) -> dict[str, Any]:
         def forward(self, latent_sample: torch.Tensor) -> torch.Tensor:
             return self.vae.decode(latent_sample, return_dict=False)[0]
 
-    return {
-        "text_encoder": TextEncoder(pipe.text_encoder, projected=False),
-        "text_encoder_2": TextEncoder(pipe.text_encoder_2, projected=True),
-        "unet": UNet(pipe.unet),
-        "vae_decoder": VaeDecoder(pipe.vae),
-    }
+    if component == "text_encoder":
+        return TextEncoder(module, projected=False)
+    if component == "text_encoder_2":
+        return TextEncoder(module, projected=True)
+    if component == "unet":
+        return UNet(module)
+    return VaeDecoder(module)
 
 
-def model_dims(pipe: Any, source: ModelSource) -> dict[str, int]:
+def model_dims(folder: Path, source: ModelSource) -> dict[str, int]:
+    """Widths the export fixes, from the text encoders' configs in the pipeline folder."""
+    te1 = json.loads((folder / "text_encoder" / "config.json").read_text())
+    te2 = json.loads((folder / "text_encoder_2" / "config.json").read_text())
     return {
         "latent": source.latent_size,
         "vae_scale_factor": source.vae_scale_factor,
-        "te1_hidden": pipe.text_encoder.config.hidden_size,
-        "te2_hidden": pipe.text_encoder_2.config.hidden_size,
-        "te2_projection": pipe.text_encoder_2.config.projection_dim,
+        "te1_hidden": te1["hidden_size"],
+        "te2_hidden": te2["hidden_size"],
+        "te2_projection": te2["projection_dim"],
     }
 
 
@@ -134,37 +140,89 @@ def load_torch_pipeline(folder: Path) -> Any:
     )
 
 
-def export_components(folder: Path, source: ModelSource, out: Path, *, progress: Any = None) -> None:
-    """Export every component of the pipeline in ``folder`` into ``out/<component>/``."""
+def load_component(folder: Path, source: ModelSource, component: str) -> Any:
+    """One float component's torch module (safetensors only, no remote code), or the source's own builder."""
+    import torch
+
+    sub = "vae" if component == "vae_decoder" else component
+    if source.load_component is not None:
+        return source.load_component(folder, sub)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    cls = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection, "unet": UNet2DConditionModel,
+           "vae": AutoencoderKL}[sub]
+    return cls.from_pretrained(folder / sub, torch_dtype=torch.float32, use_safetensors=True, local_files_only=True).eval()
+
+
+def export_component(folder: Path, source: ModelSource, component: str, dest: Path, *, progress: Any = None) -> None:
+    """Export ``component`` of the pipeline in ``folder`` into ``dest`` (model.onnx + model.onnx.data + io.json)."""
+    import gc
+
     import onnx
     import torch
 
-    pipe = load_torch_pipeline(folder)
-    dims = model_dims(pipe, source)
-    wrappers = _wrappers(pipe)
-    for component in COMPONENTS:
-        io = component_io(component, dims)
-        dest = out / component
-        dest.mkdir(parents=True)
-        args = tuple(
-            torch.zeros(t.shape, dtype=torch.int64) if t.dtype == "int64" else torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
-            for t in io.inputs
+    io = component_io(component, model_dims(folder, source))
+    dest.mkdir(parents=True)
+    args = tuple(
+        torch.zeros(t.shape, dtype=torch.int64) if t.dtype == "int64" else torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
+        for t in io.inputs
+    )
+    raw = dest / "raw.onnx"
+    wrapper = _wrapper(component, load_component(folder, source, component))
+    with torch.inference_mode():
+        torch.onnx.export(
+            wrapper, args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
         )
-        raw = dest / "raw.onnx"
-        with torch.inference_mode():
-            torch.onnx.export(
-                wrappers[component], args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-                input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
-            )
-        model = onnx.load(str(raw))
-        for leftover in dest.iterdir():
-            leftover.unlink()
-        onnx.save_model(model, str(dest / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
-        (dest / "io.json").write_text(json.dumps(io.to_json(), indent=1))
-        if progress:
-            progress(f"exported {component}: {(dest / 'model.onnx.data').stat().st_size / 1e6:.1f} MB")
+    del wrapper
+    gc.collect()  # the torch weights go before the ONNX ones come in
+    model = onnx.load(str(raw))
+    for leftover in dest.iterdir():
+        leftover.unlink()
+    onnx.save_model(model, str(dest / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="model.onnx.data", size_threshold=1024)
+    (dest / "io.json").write_text(json.dumps(io.to_json(), indent=1))
+    if progress:
+        progress(f"exported {component}: {(dest / 'model.onnx.data').stat().st_size / 1e6:.1f} MB")
+
+
+def export_components(folder: Path, source: ModelSource, out: Path, *, progress: Any = None, isolate: bool = False) -> dict:
+    """Export every component into ``out/<component>/``; with ``isolate``, each in its own process (memory is
+    returned to the system between components). Returns per-component time and peak RSS when isolated."""
+    from quant.procs import run_measured
+
+    stats = {}
+    for component in COMPONENTS:
+        if isolate:
+            stats[component] = run_measured(
+                [sys.executable, "-m", "quant.export", str(folder), source.name, component, str(out / component)],
+                progress=progress)
+            if progress:
+                progress(f"{component}: {stats[component]}")
+        else:
+            export_component(folder, source, component, out / component, progress=progress)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m quant.export FOLDER MODEL COMPONENT DEST``: export one component in this process."""
+    from quant.source import resolve_source
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 4:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    folder, model, component, dest = Path(args[0]), args[1], args[2], Path(args[3])
+    export_component(folder, resolve_source(model), component, dest, progress=print)
+    return 0
 
 
 def read_io(component_dir: Path) -> ComponentIO:
     return ComponentIO.from_json(json.loads((component_dir / "io.json").read_text()))
+
+
+if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__
+    from quant.export import main as _main
+
+    sys.exit(_main())

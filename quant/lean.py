@@ -364,6 +364,39 @@ def lean_quantize(
     return meter.steps
 
 
+PROTOBUF_LIMIT = 2**31  # bytes: the stock path serializes whole models (opset conversion) and fails beyond
+
+
+def stock_peak_estimate(model: Path) -> int:
+    """A rough upper bound of the stock path's peak memory for ``model``: its weights three times (loaded by
+    the calibrator, copied by its augmentation, held by the session) plus every float activation at once
+    (the augmented session keeps all outputs it calibrates)."""
+    import numpy as np
+    import onnx
+
+    proto = onnx.shape_inference.infer_shapes(onnx.load(str(model), load_external_data=False))
+    acts = 0
+    for vi in [*proto.graph.value_info, *proto.graph.output]:
+        t = vi.type.tensor_type
+        if t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and all(d.HasField("dim_value") for d in t.shape.dim):
+            acts += int(np.prod([d.dim_value for d in t.shape.dim], dtype=np.int64)) * 4
+    return 3 * Graph(proto, model.parent).weight_bytes() + acts
+
+
+def choose_quantizer(model: Path, requested: str, memory: int | None = None) -> str:
+    """``requested`` ('olive' or 'lean'), or for 'auto': 'lean' when the stock path cannot fit ``model``
+    (weights over protobuf's 2 GB, or the stock estimate over 80 % of this machine's memory)."""
+    from quant.procs import total_memory_bytes
+
+    if requested not in ("auto", "olive", "lean"):
+        raise ConfigError(f"quantizer {requested!r} is not one of auto, olive, lean")
+    if requested != "auto":
+        return requested
+    weights = (model.parent / "model.onnx.data").stat().st_size if (model.parent / "model.onnx.data").exists() else 0
+    memory = memory or total_memory_bytes()
+    return "lean" if weights >= PROTOBUF_LIMIT or stock_peak_estimate(model) > 0.8 * memory else "olive"
+
+
 def _owned(graph: Graph, work: Path) -> bool:
     """Whether the graph's data lives in this run's work folder (not in the read-only export cache)."""
     return work.resolve() in graph.base_dir.resolve().parents
@@ -396,5 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__
+    from quant.lean import main as _main
+
+    sys.exit(_main())

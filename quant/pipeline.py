@@ -52,16 +52,15 @@ class OrtSDXLPipeline:
         qnn: QnnOptions | None = None,
         threads: int | None = None,
         recorder: Recorder | None = None,
+        load: tuple[str, ...] = COMPONENTS,
     ) -> None:
         from diffusers import EulerAncestralDiscreteScheduler
         from transformers import CLIPTokenizer
 
-        eps = {c: ep for c in COMPONENTS} if isinstance(ep, str) else ep
-        self.sessions = {}
-        for c in COMPONENTS:
-            session = create_session(components.models[c], ep=eps[c], qnn=qnn, threads=threads)
-            assert_assignment(session, eps[c])
-            self.sessions[c] = session
+        self.components, self.qnn, self.threads = components, qnn, threads
+        self.eps = {c: ep for c in COMPONENTS} if isinstance(ep, str) else ep
+        self.sessions: dict[str, Any] = {}
+        self.load(*load)
         self.io = {c: components.io(c) for c in COMPONENTS}
         folder = components.pipeline_dir
         self.tokenizer = CLIPTokenizer.from_pretrained(folder / "tokenizer", local_files_only=True)
@@ -73,6 +72,19 @@ class OrtSDXLPipeline:
         self.latent_shape = self.io["unet"].inputs[0].shape
         self.image_size = self.io["vae_decoder"].outputs[0].shape[-1]
         self.recorder = recorder
+
+    def load(self, *components: str) -> None:
+        """Create the sessions of ``components`` (those not loaded yet)."""
+        for c in components:
+            if c not in self.sessions:
+                session = create_session(self.components.models[c], ep=self.eps[c], qnn=self.qnn, threads=self.threads)
+                assert_assignment(session, self.eps[c])
+                self.sessions[c] = session
+
+    def release(self, *components: str) -> None:
+        """Drop the sessions of ``components`` (and the memory their weights hold)."""
+        for c in components:
+            self.sessions.pop(c, None)
 
     def _run(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.recorder is not None:
@@ -91,14 +103,18 @@ class OrtSDXLPipeline:
 
     def __call__(self, prompt: str, *, steps: int = 1, seed: int | None = None) -> np.ndarray:
         """The image for ``prompt`` as uint8 H×W×3."""
-        import torch
-
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        hidden, pooled = self.encode_prompt(prompt)
+        return self.decode(self.denoise(prompt, hidden, pooled, steps=steps, seed=seed))
+
+    def denoise(self, prompt: str, hidden: np.ndarray, pooled: np.ndarray, *, steps: int, seed: int | None = None) -> Any:
+        """The final latents (torch) of ``steps`` Euler-ancestral steps from the prompt's seeded noise."""
+        import torch
+
         generator = torch.Generator().manual_seed(prompt_seed(prompt) if seed is None else seed)
         scheduler = self.scheduler_cls.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
-        hidden, pooled = self.encode_prompt(prompt)
         size = float(self.image_size)
         time_ids = np.array([[size, size, 0.0, 0.0, size, size]], dtype=np.float32)
         latents = torch.randn(self.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
@@ -115,6 +131,10 @@ class OrtSDXLPipeline:
                 },
             )
             latents = scheduler.step(torch.from_numpy(noise), t, latents, generator=generator).prev_sample
+        return latents
+
+    def decode(self, latents: Any) -> np.ndarray:
+        """The uint8 H×W×3 image of final latents."""
         (image,) = self._run("vae_decoder", {"latent_sample": (latents / self.scaling_factor).numpy().astype(np.float32)})
         image = np.clip(image[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
         return (image * 255).round().astype(np.uint8)

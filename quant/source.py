@@ -64,6 +64,8 @@ class ModelSource:
     prompts: Path = PROMPTS_COCO
     reference: Callable[[list[str]], list[Any]] | None = field(default=None, compare=False, repr=False)
     baseline: str | None = None
+    # builds one component's torch module from the materialized folder; None: load its weights from there
+    load_component: Callable[[Path, str], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def image_size(self) -> int:
@@ -231,6 +233,74 @@ def _hub_source(repo_id: str, *, allow_download: bool) -> ModelSource:
                        source.vae_scale_factor, source.materialize)
 
 
+# ------------------------------------------------------------------------------- real size, random
+# stabilityai/sdxl-turbo's own config values (its */config.json), for sizing machines without its weights:
+# the real architecture with seeded random weights. Weights are never saved; each component is built from
+# its config when it is exported, in its own process (the UNet alone is 2.57 B parameters).
+REAL_TEXT_ENCODER: dict[str, Any] = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+    max_position_embeddings=TOKEN_LENGTH, hidden_act="quick_gelu", projection_dim=768,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,
+)
+REAL_TEXT_ENCODER_2: dict[str, Any] = dict(
+    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+    max_position_embeddings=TOKEN_LENGTH, hidden_act="gelu", projection_dim=1280,
+    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,
+)
+REAL_UNET: dict[str, Any] = dict(
+    TINY_UNET, sample_size=64, block_out_channels=(320, 640, 1280), norm_num_groups=32,
+    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
+REAL_VAE: dict[str, Any] = dict(
+    TINY_VAE, layers_per_block=2, norm_num_groups=32, block_out_channels=(128, 256, 512, 512), sample_size=1024,
+    force_upcast=True,
+)
+REAL_RANDOM_SEED = 0
+
+
+def build_component_from_config(component: str, configs: dict[str, dict[str, Any]], seed: int) -> Any:
+    """One SDXL component from its config with ``torch.manual_seed(seed + index)`` (as the tiny builder)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    factories = {
+        "text_encoder": lambda: CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
+        "text_encoder_2": lambda: CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])),
+        "unet": lambda: UNet2DConditionModel(**configs["unet"]),
+        "vae": lambda: AutoencoderKL(**configs["vae"]),
+    }
+    torch.manual_seed(seed + list(factories).index(component))
+    return factories[component]().eval()
+
+
+def _real_random_source() -> ModelSource:
+    configs = {"text_encoder": REAL_TEXT_ENCODER, "text_encoder_2": REAL_TEXT_ENCODER_2, "unet": REAL_UNET, "vae": REAL_VAE}
+    fingerprint = {"source": "sdxl-turbo:random", "version": 1, "seed": REAL_RANDOM_SEED,
+                   "configs": [configs, TURBO_SCHEDULER]}
+
+    def materialize(cache: ArtifactCache) -> Path:
+        def build(out: Path) -> None:
+            folder = out / "pipeline"
+            tok, tok_2 = build_tokenizers()
+            tok.save_pretrained(folder / "tokenizer")
+            tok_2.save_pretrained(folder / "tokenizer_2")
+            for name, config in configs.items():
+                (folder / name).mkdir(parents=True)
+                (folder / name / "config.json").write_text(json.dumps(config, indent=1))
+            (folder / "scheduler").mkdir()
+            (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(TURBO_SCHEDULER, indent=1))
+
+        return cache.get_or_build("source", fingerprint, build) / "pipeline"
+
+    def load_component(folder: Path, component: str) -> Any:
+        loaded = {name: json.loads((folder / name / "config.json").read_text()) for name in configs}
+        return build_component_from_config(component, loaded, REAL_RANDOM_SEED)
+
+    return ModelSource("sdxl-turbo:random", fingerprint, 64, 8, materialize, load_component=load_component)
+
+
 # ------------------------------------------------------------------------------------------- canary
 CANARY_VARIANTS = ("unet-noise5", "no-xattn")  # degraded UNets: the gate must fail them (gate power)
 
@@ -270,6 +340,7 @@ def _canary_source(variant: str | None = None) -> ModelSource:
 
 SOURCES: dict[str, Callable[[], ModelSource]] = {
     "tiny": _tiny_source,
+    "sdxl-turbo:random": _real_random_source,
     "canary": _canary_source,
     **{f"canary:{v}": (lambda v=v: _canary_source(v)) for v in CANARY_VARIANTS},
 }
