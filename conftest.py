@@ -64,6 +64,18 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Real-size runs take an hour and ~16 GB; `pytest` or `pytest --benchmark-only` must not start one by surprise.
+    markexpr = config.getoption("markexpr") or ""
+    if "slow" in markexpr and "not slow" not in markexpr:
+        return
+    skip = pytest.mark.skip(reason="real-size run (about an hour, up to 16 GB of memory, ~40 GB of disk): "
+                                   "select it explicitly with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def cache(pytestconfig: pytest.Config) -> ArtifactCache:
     root = pytestconfig.getoption("qdq_cache_dir")

@@ -17,7 +17,9 @@ calibration_cache_path=...)``), which quantizes with the same QNN QDQ configurat
 
 from __future__ import annotations
 
+import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
@@ -197,6 +199,7 @@ def segmented_minmax_ranges(
         for k, (seg, produced) in enumerate(seg_models):
             subset = {t for t in produced if t in selected}
             subset |= {i.name for i in seg.graph.input if i.name in selected and i.name in graph_inputs and first_reader[i.name] == k}
+            started = time.perf_counter()
             seg_dir = Path(tmp, f"segment{k}")
             seg_dir.mkdir()
             onnx.save_model(Graph(seg, graph.base_dir).loaded(), str(seg_dir / "model.onnx"), save_as_external_data=True,
@@ -207,6 +210,7 @@ def segmented_minmax_ranges(
             calibrator.create_inference_session()
             names = [i.name for i in seg.graph.input]
             done = [n for n in names if last_reader[n] == k]
+            setup, started = time.perf_counter() - started, time.perf_counter()
             for s in range(n_samples):
                 outputs = calibrator.run(_load(store, s, names))
                 _spill(store, s, outputs)
@@ -215,9 +219,11 @@ def segmented_minmax_ranges(
             if subset:
                 merged.update(calibrator.compute_data().data)
             del calibrator
+            shutil.rmtree(seg_dir)  # this segment's weights, twice (model and augmented model)
             if progress:
                 progress(f"calibration segment {k + 1}/{len(seg_models)}: {len(seg.graph.node)} nodes, "
-                         f"{len(subset)} tensors, {n_samples} samples")
+                         f"{len(subset)} tensors, {n_samples} samples; setup {setup:.1f}s, "
+                         f"samples {time.perf_counter() - started:.1f}s")
     missing = selected - set(merged)
     if missing:
         raise RuntimeError(f"segmented calibration left {len(missing)} tensors without a range, e.g. {sorted(missing)[:3]}")
@@ -251,18 +257,75 @@ class _Reader:
         return next(self._it, None)
 
 
-def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any) -> None:
-    """``quantize_static`` with ``qdq_config`` (e.g. from ``get_qnn_qdq_config``), ranges from ``ranges``."""
+def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any, *, lazy_weights: bool = False) -> None:
+    """``quantize_static`` with ``qdq_config`` (e.g. from ``get_qnn_qdq_config``), ranges from ``ranges``.
+
+    ``lazy_weights``: quantize from the graph alone. onnxruntime's quantizer reads every weight it quantizes
+    through ``numpy_helper.to_array``, which reads an external tensor from its file (relative to the cwd);
+    so the model is loaded without its data (shape inference as onnxruntime runs it), run inside the
+    model's folder, and only the quantized weights (a quarter of the float ones) are held in memory. The
+    float tensors it leaves as they are get their data read in just before the result is saved.
+    """
+    import contextlib
+    import importlib
     import inspect
 
+    import onnx
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
+    from onnxruntime.quantization.onnx_model import ONNXModel
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
 
+    model_path, output = Path(model_path).resolve(), Path(output).resolve()
     with tempfile.TemporaryDirectory(prefix="chunked-quant-") as tmp:
         cache = Path(tmp, "calibration.json")
         save_tensors_data(ranges, cache)
         kwargs = {k: v for k, v in inspect.getmembers(qdq_config) if not k.startswith("_")}
         kwargs.pop("calibration_data_reader", None)
         kwargs["use_external_data_format"] = True
-        quantize_static(str(model_path), str(output), calibration_data_reader=None, calibration_cache_path=str(cache),
-                        **kwargs)
+        if not lazy_weights:
+            quantize_static(str(model_path), str(output), calibration_data_reader=None, calibration_cache_path=str(cache),
+                            **kwargs)
+            return
+
+        def load_graph_with_shape_infer(path: Path) -> Any:  # stands in for quant_utils.load_model_with_shape_infer
+            model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+            add_infer_metadata(model)
+            return model
+
+        def reload_graph_with_shape_infer(model: Any) -> Any:  # ... and for quant_utils.save_and_reload_model_with_shape_infer
+            copy = onnx.ModelProto()
+            copy.CopyFrom(model)
+            model = onnx.shape_inference.infer_shapes(copy)
+            add_infer_metadata(model)
+            return model
+
+        save_model_to_file = ONNXModel.save_model_to_file
+
+        def save_with_data(self: Any, output_path: str, use_external_data_format: bool = False) -> None:
+            from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
+
+            for t in self.model.graph.initializer:
+                if uses_external_data(t):  # float tensors the quantizer kept: still in the input's data file
+                    load_external_data_for_tensor(t, str(model_path.parent))
+                    t.data_location = onnx.TensorProto.DEFAULT
+                    del t.external_data[:]
+            with contextlib.chdir(Path(output_path).parent):  # onnx checks the data file's name relative to the cwd
+                save_model_to_file(self, output_path, use_external_data_format)
+
+        # the package's `quantize` is a function; these are the modules
+        quantize_module = importlib.import_module("onnxruntime.quantization.quantize")
+        base_module = importlib.import_module("onnxruntime.quantization.base_quantizer")
+        patches = [(quantize_module, "load_model_with_shape_infer", load_graph_with_shape_infer),
+                   (base_module, "save_and_reload_model_with_shape_infer", reload_graph_with_shape_infer),
+                   (ONNXModel, "save_model_to_file", save_with_data)]
+        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+        for owner, name, replacement in patches:
+            setattr(owner, name, replacement)
+        try:
+            with contextlib.chdir(model_path.parent):
+                quantize_static(str(model_path), str(output), calibration_data_reader=None,
+                                calibration_cache_path=str(cache), **kwargs)
+        finally:
+            for owner, name, original in saved:
+                setattr(owner, name, original)

@@ -207,8 +207,10 @@ def export_components(folder: Path, source: ModelSource, out: Path, *, progress:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m quant.export FOLDER MODEL COMPONENT DEST``: export one component in this process."""
+    from quant.procs import report_peak_at_exit
     from quant.source import resolve_source
 
+    report_peak_at_exit()
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 4:
         print(main.__doc__, file=sys.stderr)

@@ -8,8 +8,8 @@ load_external_data=False)``, weights stay in their external data file):
 
 1. QNNPreprocess: onnxruntime's ``qnn_preprocess_model`` with its optimize-and-reload step replaced by an
    onnxruntime session that writes the optimized weights to an external file (one copy, in onnxruntime).
-2. GraphSurgeries: Olive's surgeons and initializer de-duplication, on the loaded model (text encoders only:
-   the largest, text_encoder_2, is 2.8 GB).
+2. GraphSurgeries: Olive's surgeons and initializer de-duplication; the few tensors they inspect are read on
+   demand.
 3. quant_preprocess: onnxruntime's symbolic shape inference, basic optimization (as in 1.) and ONNX shape
    inference.
 4. ``get_qnn_qdq_config`` on that graph (the same QNN overrides, the same contrib-op choice as the stock
@@ -17,8 +17,8 @@ load_external_data=False)``, weights stay in their external data file):
 5. Calibration in segments (``quant.chunked``): contiguous slices of the topologically sorted graph, each
    with ~``segment_bytes`` of weights, run over every sample; a slice's boundary activations feed the next.
    MinMax ranges merge exactly, so they equal the single-pass ranges.
-6. ``quantize_static`` from those ranges (onnxruntime's calibration cache): the one step that loads the
-   float weights, to quantize them.
+6. ``quantize_static`` from those ranges (onnxruntime's calibration cache), on the graph: it reads each
+   weight from the data file as it quantizes it and holds only the quantized ones.
 
 ``python -m quant.lean`` runs one component in its own process (``build`` does so); each step reports its
 time and peak resident memory.
@@ -160,24 +160,27 @@ def qnn_preprocess(graph: Graph, work: Path, **options: Any) -> Graph:
 
 
 def graph_surgeries(graph: Graph, work: Path, surgeries: list[dict[str, Any]], remove_duplicate_initializers: bool = True) -> Graph:
-    """Olive's GraphSurgeries pass (surgeons, then initializer de-duplication) on the loaded model."""
+    """Olive's GraphSurgeries pass (surgeons, then initializer de-duplication), on the graph: the tensors a
+    surgeon or the de-duplication inspects are read from the data file on demand (relative to the cwd, as
+    ``numpy_helper.to_array`` and onnx_ir's external tensors read them), never all at once."""
     import onnx
     import onnx_ir as ir
     from olive.passes.onnx.graph_surgeries import GraphSurgeries
 
-    model = graph.loaded()
-    for surgery in surgeries:  # the pass's own surgeon lookup (it only reads the registry and the signature)
-        model = GraphSurgeries.init_surgeon_instance(GraphSurgeries, surgery)(model)
-    if remove_duplicate_initializers:
-        from onnx_ir.passes.common import DeduplicateHashedInitializersPass
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.proto)
+    with contextlib.chdir(graph.base_dir):
+        for surgery in surgeries:  # the pass's own surgeon lookup (it only reads the registry and the signature)
+            model = GraphSurgeries.init_surgeon_instance(GraphSurgeries, surgery)(model)
+        if remove_duplicate_initializers:
+            from onnx_ir.passes.common import DeduplicateHashedInitializersPass
 
-        model = ir.to_proto(DeduplicateHashedInitializersPass()(ir.from_proto(model)).model)
-    out = work / "out" / "model.onnx"
-    out.parent.mkdir(parents=True)
-    onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
-    del model
-    return Graph.load(out)
+            ir_model = DeduplicateHashedInitializersPass()(ir.from_proto(model)).model
+            model = ir.to_proto(ir_model)
+            for value in ir_model.graph.initializers.values():  # unmap the data file (hashed through mmap)
+                if isinstance(value.const_value, ir.ExternalTensor):
+                    value.const_value.release()
+    return Graph(model, graph.base_dir)
 
 
 def quant_preprocess(graph: Graph, work: Path) -> Graph:
@@ -257,37 +260,24 @@ def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 class StepMeter:
-    """Wall time and peak resident memory per step (Linux: peak reset through /proc/self/clear_refs)."""
+    """Wall time and peak resident memory per step (Linux: peak reset through /proc/self/clear_refs; freed
+    heap memory is handed back to the system after each step, so a step's peak is its own)."""
 
     def __init__(self, progress: Progress) -> None:
         self.progress, self.steps = progress, []
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
-        _reset_peak()
-        t = time.perf_counter()
+        from quant.procs import current_rss_bytes, peak_rss_bytes, release_free_memory, reset_peak
+
+        release_free_memory()
+        reset_peak()
+        before, t = current_rss_bytes(), time.perf_counter()
         yield
         seconds, peak = time.perf_counter() - t, peak_rss_bytes()
-        self.steps.append({"step": name, "seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 3)})
-        self.progress(f"{name}: {seconds:.1f}s, peak RSS {peak / 1e9:.2f} GB")
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set size of this process (since the last reset where the OS supports one)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
-
-
-def _reset_peak() -> None:
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
+        self.steps.append({"step": name, "seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 3),
+                           "rss_before_gb": round(before / 1e9, 3)})
+        self.progress(f"{name}: {seconds:.1f}s, peak RSS {peak / 1e9:.2f} GB (RSS at start {before / 1e9:.2f} GB)")
 
 
 def lean_quantize(
@@ -310,10 +300,12 @@ def lean_quantize(
 
     steps = plan(workflow)
     meter = StepMeter(progress)
-    with tempfile.TemporaryDirectory(prefix="lean-", dir=out.parent) as tmp:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lean-", dir=out) as tmp:  # on the cache's disk, gone with a failed build
         work = Path(tmp)
         graph = Graph.load(model)
         for i, (kind, options) in enumerate(steps):
+            _drop_unused(work, graph)
             step_dir = work / f"{i}-{kind}"
             if kind == "QNNPreprocess":
                 with meter("qnn_preprocess"):
@@ -331,6 +323,7 @@ def lean_quantize(
                 if settings.quant_preprocess:
                     with meter("quant_preprocess"):
                         graph = quant_preprocess(graph, step_dir / "pre")
+                    _drop_unused(work, graph)
                 with meter("qdq_config"):
                     config = get_qnn_qdq_config(
                         graph.proto, None, activation_type=quant_type_from_precision(settings.activation_type),
@@ -348,7 +341,7 @@ def lean_quantize(
                 with meter("quantize"):
                     produced = step_dir / "qdq" / "model.onnx"
                     produced.parent.mkdir(parents=True)
-                    quantize_with_ranges(graph.base_dir / "opset21.onnx", produced, ranges, config)
+                    quantize_with_ranges(graph.base_dir / "opset21.onnx", produced, ranges, config, lazy_weights=True)
                     proto = onnx.load(str(produced))
                     staged = work / "result"
                     staged.mkdir()
@@ -357,7 +350,6 @@ def lean_quantize(
                     onnx.save_model(proto, str(staged / "model.onnx"), save_as_external_data=True,
                                     all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
                     del proto
-        out.mkdir(parents=True, exist_ok=True)
         for f in (work / "result").iterdir():
             os.replace(f, out / f.name)
     shutil.copy(model.parent / "io.json", out / "io.json")
@@ -397,6 +389,14 @@ def choose_quantizer(model: Path, requested: str, memory: int | None = None) -> 
     return "lean" if weights >= PROTOBUF_LIMIT or stock_peak_estimate(model) > 0.8 * memory else "olive"
 
 
+def _drop_unused(work: Path, graph: Graph) -> None:
+    """Delete earlier steps' folders that the current graph no longer reads from (their weight copies)."""
+    keep = graph.base_dir.resolve()
+    for d in work.iterdir():
+        if d.is_dir() and d.resolve() not in keep.parents and d.resolve() != keep:
+            shutil.rmtree(d)
+
+
 def _owned(graph: Graph, work: Path) -> bool:
     """Whether the graph's data lives in this run's work folder (not in the read-only export cache)."""
     return work.resolve() in graph.base_dir.resolve().parents
@@ -421,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     recipe, component = load_recipe(args[0]), args[1]
     model, calibration_dir, out = Path(args[2]), Path(args[3]), Path(args[4])
+    from quant.procs import report_peak_at_exit
+
+    report_peak_at_exit()
     register_qnn()  # get_qnn_qdq_config and Olive's QNN code expect the EP in this process
     steps = lean_quantize(recipe["workflows"][component], model, calibration_dir, out,
                           segment_bytes=int(args[5]) if len(args) == 6 else DEFAULT_SEGMENT_BYTES,

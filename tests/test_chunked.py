@@ -1,4 +1,4 @@
-"""Memory-bounded calibration: K passes over 1/K of the tensors give the stock ranges and the same QDQ model."""
+"""Memory-bounded calibration: the graph in K segments gives the stock ranges and the same QDQ model."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quant.calibration import load_calibration
-from quant.chunked import _Reader, chunked_minmax_ranges, quantize_with_ranges
+from quant.chunked import _Reader, quantize_with_ranges, segmented_minmax_ranges, split_nodes
 
 
 def _qnn_config(model: Path, feeds: list):
@@ -42,10 +42,10 @@ def stock(request, artifacts, tmp_path_factory):
     return model, feeds, config, load_tensors_data(out / "ranges.json"), _digest(out / "model")
 
 
-@pytest.mark.parametrize("chunks", [1, 2, 4])
-def test_chunked_calibration_equals_the_stock_path(stock, tmp_path: Path, chunks: int) -> None:
+@pytest.mark.parametrize("segments", [1, 2, 4])
+def test_segmented_calibration_equals_the_stock_path(stock, tmp_path: Path, segments: int) -> None:
     model, feeds, config, ranges, digest = stock
-    chunked = chunked_minmax_ranges(model, lambda: feeds, chunks=chunks, op_types_to_calibrate=config.op_types_to_quantize)
+    chunked = segmented_minmax_ranges(model, lambda: feeds, segments=segments, op_types_to_calibrate=config.op_types_to_quantize)
     assert set(chunked.data) == set(ranges.data) and len(ranges.data) > 50
     for name, expected in ranges.data.items():
         for got, want in zip(chunked.data[name].range_value, expected.range_value):
@@ -55,6 +55,19 @@ def test_chunked_calibration_equals_the_stock_path(stock, tmp_path: Path, chunks
     assert _digest(tmp_path / "model") == digest
 
 
-def test_chunks_must_be_positive(artifacts) -> None:
-    with pytest.raises(ValueError, match="chunks must be >= 1, got 0"):
-        chunked_minmax_ranges(artifacts.float.models["vae_decoder"], lambda: [], chunks=0)
+def test_segments_must_be_positive(artifacts) -> None:
+    with pytest.raises(ValueError, match="segments must be >= 1, got 0"):
+        segmented_minmax_ranges(artifacts.float.models["vae_decoder"], lambda: [], segments=0)
+
+
+def test_segments_are_balanced_by_weight_bytes(artifacts) -> None:
+    import onnx
+
+    from quant.lean import _tensor_bytes
+
+    model = onnx.load(str(artifacts.float.models["unet"]), load_external_data=False)
+    sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+    parts = split_nodes(model, segments=4)
+    assert len(parts) == 4 and sorted(i for p in parts for i in p) == list(range(len(model.graph.node)))
+    per_part = [sum(sizes.get(n, 0) for i in p for n in model.graph.node[i].input) for p in parts]
+    assert max(per_part) < 0.5 * sum(per_part), per_part  # no segment holds half of the weights

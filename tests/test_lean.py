@@ -1,0 +1,167 @@
+"""The memory-bounded quantizer: the same models as the Olive path, from the graph alone, in segments."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+
+from quant import COMPONENTS
+from quant.errors import ConfigError
+from quant.lean import Graph, choose_quantizer, lean_quantize, plan, qnn_preprocess, quant_preprocess
+from quant.recipe import DEFAULT_RECIPE, load_recipe
+
+RECIPE = load_recipe(DEFAULT_RECIPE)
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_lean_quantizer_gives_the_olive_model(artifacts, tmp_path: Path, component: str) -> None:
+    """Same nodes, initializers (names and values), graph I/O and opsets as the recipe's Olive workflow, with
+    calibration cut into 3 segments; only the metadata says which path made it."""
+    from quant.chunked import split_nodes
+
+    float_model = artifacts.float.models[component]
+    graph = Graph.load(float_model)
+    weights = graph.weight_bytes()
+    out = tmp_path / "out"
+    steps = lean_quantize(RECIPE["workflows"][component], float_model, artifacts.calibration_dir, out,
+                          segment_bytes=weights // 3 + 1)
+    assert len(split_nodes(graph.proto, segment_bytes=weights // 3 + 1)) == 3
+    lean = onnx.load(str(out / "model.onnx"))
+    stock = onnx.load(str(artifacts.qdq.models[component]))
+    assert lean.opset_import == stock.opset_import
+    for field in ("node", "initializer", "input", "output", "value_info"):
+        assert getattr(lean.graph, field) == getattr(stock.graph, field), f"{component}: graph.{field} differs"
+    assert {p.key: p.value for p in lean.metadata_props}["sdxl_qdq.quantizer"] == "lean"
+    assert [s["step"] for s in steps][-2:] == ["calibration", "quantize"]
+    assert json.loads((out / "io.json").read_text()) == json.loads((float_model.parent / "io.json").read_text())
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("lean-")], "work folder left behind"
+
+
+def test_preprocessing_never_loads_the_weights(artifacts, tmp_path: Path, monkeypatch) -> None:
+    """QNNPreprocess and quant_preprocess work on the graph; onnxruntime alone reads the weights (once)."""
+    import onnx.external_data_helper as helper
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("weights loaded into Python")
+
+    monkeypatch.setattr(helper, "load_external_data_for_model", refuse)
+    monkeypatch.setattr(onnx, "load_external_data_for_model", refuse)
+    graph = Graph.load(artifacts.float.models["unet"])
+    pre = qnn_preprocess(graph, tmp_path / "qnn", fuse_layernorm=True)
+    assert "LayerNormalization" in {n.op_type for n in pre.proto.graph.node}
+    post = quant_preprocess(pre, tmp_path / "quant")
+    assert {p.key for p in post.proto.metadata_props} >= {"onnx.quant.pre_process", "onnx.infer"}
+    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in post.proto.graph.initializer if t.dims and
+               t.dims[0] >= 64)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda w: w["passes"].update(extra={"type": "OnnxDynamicQuantization"}), "'OnnxDynamicQuantization' is not supported"),
+        (lambda w: w["passes"]["quantization"].update(calibrate_method="Entropy"), "QDQ MinMax with prepare_qdq_config only"),
+        (lambda w: w["passes"]["qnn_preprocess"].update(inputs_to_make_channel_last=["sample"]), "inputs_to_make_channel_last"),
+        (lambda w: w["passes"].pop("quantization"), "ends in OnnxStaticQuantization"),
+    ],
+)
+def test_lean_refuses_what_it_does_not_implement(edit, message: str) -> None:
+    workflow = copy.deepcopy(RECIPE["workflows"]["unet"])
+    edit(workflow)
+    with pytest.raises(ConfigError, match=message) as info:
+        plan(workflow)
+    assert "--quantizer olive" in str(info.value) or "ends in" in message
+
+
+def test_auto_picks_olive_for_small_models_and_lean_when_memory_is_short(artifacts) -> None:
+    unet = artifacts.float.models["unet"]
+    assert choose_quantizer(unet, "auto") == "olive"
+    assert choose_quantizer(unet, "auto", memory=1 << 20) == "lean"  # a 1 MiB machine
+    assert choose_quantizer(unet, "lean") == "lean" and choose_quantizer(unet, "olive") == "olive"
+    with pytest.raises(ConfigError, match="quantizer 'fast' is not one of auto, olive, lean"):
+        choose_quantizer(unet, "fast")
+
+
+def test_build_runs_lean_in_its_own_process(artifacts, cache, tmp_path: Path) -> None:
+    """``build(quantizer='lean')``: a separate cache entry per component, made by a child process that
+    reports its steps and peak memory."""
+    from quant.build import build
+
+    result = build("tiny", cache=cache, quantizer="lean")
+    assert set(result.keys["quantizer"].values()) == {"lean"}
+    for c in COMPONENTS:
+        assert result.keys["qdq"][c] != artifacts.keys["qdq"][c]
+        stats = json.loads((result.qdq.models[c].parent / "build.json").read_text())
+        assert stats["quantizer"] == "lean" and stats["peak_rss_gb"] > 0
+        assert [s["step"] for s in stats["steps"]][-1] == "quantize"
+
+
+def test_isolated_export_equals_in_process_export(artifacts, tmp_path: Path) -> None:
+    """One component per process (the real-size path) writes the same files as the in-process export."""
+    from quant.export import export_components
+
+    stats = export_components(artifacts.pipeline_dir, artifacts.source, tmp_path, isolate=True)
+    assert set(stats) == set(COMPONENTS) and all(s["peak_rss_gb"] > 0 for s in stats.values())
+    for c in COMPONENTS:
+        for name in ("model.onnx", "model.onnx.data", "io.json"):
+            assert (tmp_path / c / name).read_bytes() == (artifacts.float.models[c].parent / name).read_bytes(), (c, name)
+
+
+def test_staged_recording_keeps_the_pipeline_call_order(artifacts, tmp_path: Path) -> None:
+    """Calibration runs one component at a time, yet each component's samples are the ones (and in the order)
+    the whole pipeline feeds it."""
+    import numpy as np
+
+    from quant.calibration import load_calibration, record_calibration
+    from quant.pipeline import OrtSDXLPipeline
+    from quant.prompts import load_prompts
+
+    prompts = load_prompts("train", path=artifacts.source.prompts)[:2]
+    record_calibration(artifacts.float, prompts, tmp_path, steps=(1, 2))
+    seen: dict[str, list] = {c: [] for c in COMPONENTS}
+    pipe = OrtSDXLPipeline(artifacts.float, recorder=lambda c, feeds: seen[c].append({k: v.copy() for k, v in feeds.items()}))
+    for p in prompts:
+        for k in (1, 2):
+            pipe(p.text, steps=k)
+    for c in COMPONENTS:
+        recorded = load_calibration(tmp_path, c)
+        assert len(recorded) == len(seen[c]) == {"unet": 6}.get(c, 4)
+        for got, want in zip(recorded, seen[c]):
+            for name in want:
+                np.testing.assert_array_equal(got[name], want[name], err_msg=f"{c}/{name}")
+
+
+def test_real_random_source_has_the_real_sizes() -> None:
+    """sdxl-turbo:random builds stabilityai/sdxl-turbo's architectures: parameter counts of the real
+    components (counted on torch's meta device, no memory)."""
+    import torch
+
+    from quant.source import REAL_TEXT_ENCODER, REAL_TEXT_ENCODER_2, REAL_UNET, REAL_VAE, build_component_from_config
+
+    configs = {"text_encoder": REAL_TEXT_ENCODER, "text_encoder_2": REAL_TEXT_ENCODER_2, "unet": REAL_UNET, "vae": REAL_VAE}
+    counts = {}
+    with torch.device("meta"):
+        for name in configs:
+            counts[name] = sum(p.numel() for p in build_component_from_config(name, configs, 0).parameters())
+    assert counts == {"text_encoder": 123_060_480, "text_encoder_2": 694_659_840, "unet": 2_567_463_684,
+                      "vae": 83_653_863}
+
+
+def test_lean_cli_usage_and_cleanup_on_failure(artifacts, tmp_path: Path) -> None:
+    from quant.lean import main
+
+    assert main([]) == 2
+    bad = tmp_path / "recipe.json"
+    recipe = copy.deepcopy(RECIPE)
+    recipe["workflows"]["vae_decoder"]["passes"]["quantization"]["calibrate_method"] = "Percentile"
+    bad.write_text(json.dumps(recipe))
+    out = tmp_path / "cache" / "entry"
+    out.parent.mkdir()
+    with pytest.raises(ConfigError, match="calibrate_method"):
+        main([str(bad), "vae_decoder", str(artifacts.float.models["vae_decoder"]), str(artifacts.calibration_dir), str(out)])
+    assert not out.exists() and list(out.parent.iterdir()) == []
+    shutil.rmtree(out.parent)

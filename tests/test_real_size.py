@@ -1,0 +1,72 @@
+"""Real size: the memory-bounded path on the real SDXL-turbo architectures (random weights), 2 samples.
+
+Not part of CI (``-m slow`` selects it; about an hour on 2 cores, ~40 GB of disk). It builds
+``sdxl-turbo:random`` (stabilityai/sdxl-turbo's configs, seeded random weights) with ``--quantizer lean``
+and calibration on 2 prompts at 1 step (2 samples per component), and records, per component and stage,
+wall time and peak resident memory; the table goes to the benchmark's extra_info and to
+``reports/real-size.json`` so that users can size their machines (README, "Real size").
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import onnx
+import pytest
+
+from quant import COMPONENTS
+from quant.build import build
+from quant.cache import package_versions
+from quant.prompts import load_prompts
+from quant.recipe import DEFAULT_RECIPE
+from quant.source import PROMPTS_COCO
+
+pytestmark = pytest.mark.slow
+REPORT = Path(__file__).resolve().parent.parent / "reports" / "real-size.json"
+SAMPLES = 2
+
+
+def _stats(result) -> dict:
+    export_dir = result.float.models["unet"].parent.parent
+    out = {
+        "samples": SAMPLES,
+        "versions": package_versions(),
+        "machine": {"cpus": __import__("os").cpu_count(), "system": platform.platform()},
+        "export": json.loads((export_dir / "build.json").read_text()) if (export_dir / "build.json").exists() else None,
+        "calibration": json.loads((result.calibration_dir / "build.json").read_text()),
+        "quantize": {c: json.loads((result.qdq.models[c].parent / "build.json").read_text()) for c in COMPONENTS},
+        "sizes_gb": {
+            c: {"float": round((result.float.models[c].parent / "model.onnx.data").stat().st_size / 1e9, 3),
+                "qdq": round((result.qdq.models[c].parent / "model.onnx.data").stat().st_size / 1e9, 3)}
+            for c in COMPONENTS
+        },
+    }
+    return out
+
+
+def test_real_size_build_is_memory_bounded(benchmark, cache, tmp_path: Path) -> None:
+    recipe = json.loads(DEFAULT_RECIPE.read_text())
+    recipe["calibration"]["steps"] = [1]  # 2 prompts x 1 step = 2 samples per component
+    recipe_path = tmp_path / "recipe.json"
+    recipe_path.write_text(json.dumps(recipe))
+    prompts = load_prompts("train", path=PROMPTS_COCO)[:SAMPLES]
+
+    result = benchmark.pedantic(
+        lambda: build("sdxl-turbo:random", recipe=recipe_path, cache=cache, calibration_prompts=prompts,
+                      quantizer="lean", progress=lambda m: print(m, flush=True)),
+        rounds=1, iterations=1)
+
+    stats = _stats(result)
+    benchmark.extra_info.update(stats)
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(stats, indent=1))
+    for c in COMPONENTS:
+        assert result.keys["quantizer"][c] == "lean"
+        model = onnx.load(str(result.qdq.models[c]), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node}
+        assert {"QuantizeLinear", "DequantizeLinear"} <= ops, c
+        assert stats["quantize"][c]["quantizer"] == "lean"
+        # the QDQ weights are uint8: about a quarter of the float ones
+        assert stats["sizes_gb"][c]["qdq"] < 0.4 * stats["sizes_gb"][c]["float"], c
