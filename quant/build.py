@@ -167,14 +167,13 @@ def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progre
 
 def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int, ...], out: Path, progress: Progress) -> None:
     from quant.calibration import record_calibration
-
     from quant.lean import StepMeter
 
     progress(f"running the float pipeline on {len(prompts)} train prompts at {', '.join(map(str, steps))} step(s)")
-    meter = StepMeter(progress)
+    meter, timings = StepMeter(progress), {}
     with meter("record"):
-        record_calibration(float_set, prompts, out, steps=steps, progress=progress)
-    (out / "build.json").write_text(json.dumps(meter.steps[0], indent=1))
+        record_calibration(float_set, prompts, out, steps=steps, progress=progress, timings=timings)
+    (out / "build.json").write_text(json.dumps({**meter.steps[0], "stages": timings}, indent=1))
 
 
 def _quantize_lean(recipe_path: Path, component: str, model: Path, calib_dir: Path, out: Path, segment_bytes: int | None,

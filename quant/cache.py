@@ -88,6 +88,8 @@ class ArtifactCache:
             if final.is_dir():  # another worker finished it while we waited
                 self.hits.append(stage)
                 return final
+            for stale in final.parent.glob(f".{final.name}.*"):  # left by a killed build (we hold the lock)
+                shutil.rmtree(stale, ignore_errors=True)
             tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
             try:
                 build(tmp)

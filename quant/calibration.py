@@ -7,6 +7,7 @@ Written in the layout Olive's built-in ``RawDataContainer`` reads: ``<dir>/<comp
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,6 @@ from quant.pipeline import ComponentSet, OrtSDXLPipeline
 from quant.prompts import Prompt
 
 
-
 def record_calibration(
     float_models: ComponentSet,
     prompts: list[Prompt],
@@ -26,9 +26,11 @@ def record_calibration(
     *,
     steps: tuple[int, ...] = (1,),
     progress: Callable[[str], None] | None = None,
+    timings: dict[str, dict[str, float]] | None = None,
 ) -> None:
     """Run the float pipeline on ``prompts`` at each step count in ``steps``; write every component's inputs
-    under ``out`` (at 2 steps the UNet sees t=999 and t=499)."""
+    under ``out`` (at 2 steps the UNet sees t=999 and t=499). ``timings`` receives, per stage, the seconds to
+    create its sessions and per run."""
     counts: dict[str, int] = defaultdict(int)
 
     def record(component: str, feeds: dict[str, np.ndarray]) -> None:
@@ -47,22 +49,44 @@ def record_calibration(
         if progress and ((i + 1) % 10 == 0 or i + 1 == len(runs)):
             progress(f"calibration {stage}: {i + 1}/{len(runs)} runs")
 
+    clock = time.perf_counter()
+
+    def loaded(stage: str) -> float:
+        nonlocal clock
+        seconds, clock = time.perf_counter() - clock, time.perf_counter()
+        if timings is not None:
+            timings.setdefault(stage, {})["load_s"] = round(seconds, 2)
+        if progress:
+            progress(f"calibration {stage}: sessions created in {seconds:.1f}s")
+        return seconds
+
+    def ran(stage: str) -> None:
+        nonlocal clock
+        seconds, clock = time.perf_counter() - clock, time.perf_counter()
+        if timings is not None:
+            timings.setdefault(stage, {}).update(runs=len(runs), per_run_s=round(seconds / len(runs), 3))
+        if progress:
+            progress(f"calibration {stage}: {len(runs)} runs in {seconds:.1f}s ({seconds / len(runs):.2f}s per run)")
+
     pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=record, load=("text_encoder", "text_encoder_2"))
+    loaded("text encoders")
     encoded = []
     for i, (text, _) in enumerate(runs):
         encoded.append(pipe.encode_prompt(text))
         report("text encoders", i)
+    ran("text encoders")
     pipe.release("text_encoder", "text_encoder_2")
     pipe.load("unet")
+    loaded("unet")
     latents = []
     for i, ((text, k), (hidden, pooled)) in enumerate(zip(runs, encoded)):
         latents.append(pipe.denoise(text, hidden, pooled, steps=k))
         report("unet", i)
+    ran("unet")
     pipe.release("unet")
-    pipe.load("vae_decoder")
-    for i, x in enumerate(latents):
-        pipe.decode(x)
-        report("vae_decoder", i)
+    # The decoder's inputs are the final latents: recorded without running it (images are not needed here).
+    for x in latents:
+        record("vae_decoder", pipe.decode_feeds(x))
     for component in COMPONENTS:
         io = float_models.io(component)
         meta = {

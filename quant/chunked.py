@@ -3,7 +3,7 @@
 onnxruntime's ``MinMaxCalibrater`` adds a ReduceMin/ReduceMax pair for every tensor to calibrate and runs
 that augmented model once; on the real UNet (10.3 GB of weights, thousands of tensors) it needs more than
 20 GB. Here the topologically sorted graph is cut into segments holding about ``segment_bytes`` of weights
-each. Segment k is a model of its own: its inputs are the activations it reads from earlier segments (or
+and activations each. Segment k is a model of its own: its inputs are the activations it reads from earlier segments (or
 the graph inputs), its outputs the activations later segments read. It is calibrated with onnxruntime's own
 calibrator (same tensor selection, same augmentation, same range computation), restricted to the tensors
 it produces; its boundary outputs, per sample, are spilled to disk for the next segment. Every node runs
@@ -44,7 +44,7 @@ def _calibrator_class() -> type:
         def __init__(self, *args: Any, subset: set[str], **kwargs: Any) -> None:
             self.subset = subset
             super().__init__(*args, **kwargs)
-            self.boundary = list(o.name for o in self.model.graph.output)
+            self.boundary = [o.name for o in self.model.graph.output]
             self.model_original_outputs, self.num_model_outputs = set(), 0
 
         def select_tensors_to_calibrate(self, model: Any) -> tuple[set[str], dict]:
@@ -83,31 +83,49 @@ def tensors_to_calibrate(model: Any, op_types_to_calibrate: list[str] | None) ->
 
 
 def split_nodes(model: Any, *, segments: int | None = None, segment_bytes: int | None = None) -> list[list[int]]:
-    """Contiguous node-index ranges of the (topologically sorted) graph: ``segments`` of about equal weight
-    bytes, or as many as needed to keep each near ``segment_bytes``."""
+    """Contiguous node-index ranges of the (topologically sorted, shape-inferred) graph, balanced by the bytes
+    a segment brings into memory: its weights plus the float activations its nodes produce (the VAE decoder
+    has 0.2 GB of weights but gigabytes of 512×512 activations). ``segments`` parts of about equal bytes, or as
+    many as keep each near ``segment_bytes``."""
     from quant.lean import _tensor_bytes
 
     sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+    activations = {vi.name: _value_bytes(vi) for vi in [*model.graph.value_info, *model.graph.output]}
     seen: set[str] = set()
-    weights = []
+    costs = []
     for node in model.graph.node:
         new = [n for n in node.input if n in sizes and n not in seen]
         seen.update(new)
-        weights.append(sum(sizes[n] for n in new))
-    total = max(sum(weights), 1)
+        costs.append(sum(sizes[n] for n in new) + sum(activations.get(n, 0) for n in node.output))
+    total = max(sum(costs), 1)
     if segments is None:
         segments = max(1, -(-total // int(segment_bytes or total)))
     if segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
-    bounds, acc, out, current = [total * (k + 1) / segments for k in range(segments)], 0, [], []
-    for i, w in enumerate(weights):
+    # Greedy cuts toward an even share of what is left: a node heavier than a share (the VAE's last
+    # upsampling) takes one segment and the rest is re-divided, so exactly ``segments`` parts come out.
+    segments = max(1, min(segments, len(costs)))
+    acc, out, current = 0, [], []
+    target = total / segments
+    for i, cost in enumerate(costs):
         current.append(i)
-        acc += w
-        if len(out) < segments - 1 and acc >= bounds[len(out)]:
+        acc += cost
+        cuts_left = segments - 1 - len(out)
+        if cuts_left and (acc >= target or len(costs) - 1 - i == cuts_left):
             out.append(current)
             current = []
+            target = acc + (total - acc) / cuts_left  # segments still to fill
     out.append(current)
-    return [s for s in out if s]
+    return out
+
+
+def _value_bytes(vi: Any) -> int:
+    import onnx
+
+    t = vi.type.tensor_type
+    if t.elem_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) or not all(d.HasField("dim_value") for d in t.shape.dim):
+        return 0
+    return int(np.prod([d.dim_value for d in t.shape.dim], dtype=np.int64)) * (4 if t.elem_type == onnx.TensorProto.FLOAT else 2)
 
 
 def segment_models(model: Any, parts: list[list[int]]) -> list[tuple[Any, list[str]]]:
@@ -162,6 +180,7 @@ def segmented_minmax_ranges(
     symmetric: bool = False,
     work: Path | None = None,
     progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
 ) -> Any:
     """``TensorsData`` of the MinMax ranges of ``graph`` (a ``quant.lean.Graph`` or a model path), computed
     segment by segment; ``feeds()`` yields the calibration samples. Give ``segments`` or ``segment_bytes``."""
@@ -181,6 +200,7 @@ def segmented_minmax_ranges(
     graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     cls = _calibrator_class()
     merged: dict[str, Any] = {}
+    spent = {"segments": len(seg_models), "setup_s": 0.0, "samples_s": 0.0}
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segments-", dir=work) as tmp:
@@ -211,6 +231,7 @@ def segmented_minmax_ranges(
             names = [i.name for i in seg.graph.input]
             done = [n for n in names if last_reader[n] == k]
             setup, started = time.perf_counter() - started, time.perf_counter()
+            spent["setup_s"] += setup
             for s in range(n_samples):
                 outputs = calibrator.run(_load(store, s, names))
                 _spill(store, s, outputs)
@@ -220,10 +241,13 @@ def segmented_minmax_ranges(
                 merged.update(calibrator.compute_data().data)
             del calibrator
             shutil.rmtree(seg_dir)  # this segment's weights, twice (model and augmented model)
+            ran = time.perf_counter() - started
+            spent["samples_s"] += ran
             if progress:
                 progress(f"calibration segment {k + 1}/{len(seg_models)}: {len(seg.graph.node)} nodes, "
-                         f"{len(subset)} tensors, {n_samples} samples; setup {setup:.1f}s, "
-                         f"samples {time.perf_counter() - started:.1f}s")
+                         f"{len(subset)} tensors, {n_samples} samples; setup {setup:.1f}s, samples {ran:.1f}s")
+    if timings is not None:
+        timings.update({k: round(v, 2) for k, v in spent.items()}, samples=n_samples)
     missing = selected - set(merged)
     if missing:
         raise RuntimeError(f"segmented calibration left {len(missing)} tensors without a range, e.g. {sorted(missing)[:3]}")

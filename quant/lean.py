@@ -1,4 +1,4 @@
-"""Memory-bounded quantization: the recipe's passes without ever holding a model's weights twice.
+"""Memory-bounded quantization: the recipe's passes, holding at most one copy of a model's weights.
 
 The stock path (Olive's passes over onnxruntime's tools) loads the whole model into Python several times
 over and calibrates every tensor in one augmented session; on the real UNet (10.3 GB) that needs more than
@@ -15,8 +15,8 @@ load_external_data=False)``, weights stay in their external data file):
 4. ``get_qnn_qdq_config`` on that graph (the same QNN overrides, the same contrib-op choice as the stock
    path, which asks before the opset bump), then the graph alone is converted to opset 21.
 5. Calibration in segments (``quant.chunked``): contiguous slices of the topologically sorted graph, each
-   with ~``segment_bytes`` of weights, run over every sample; a slice's boundary activations feed the next.
-   MinMax ranges merge exactly, so they equal the single-pass ranges.
+   with ~``segment_bytes`` of weights and activations, run over every sample; a slice's boundary activations
+   feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges.
 6. ``quantize_static`` from those ranges (onnxruntime's calibration cache), on the graph: it reads each
    weight from the data file as it quantizes it and holds only the quantized ones.
 
@@ -42,7 +42,7 @@ from quant.errors import ConfigError
 
 Progress = Callable[[str], None]
 SUPPORTED_PASSES = ("QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization")
-DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
+DEFAULT_SEGMENT_BYTES = 1 << 30  # weights + activations per calibration segment
 
 
 # ----------------------------------------------------------------------------------------- graph files
@@ -287,10 +287,12 @@ def lean_quantize(
     out: Path,
     *,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    segments: int | None = None,
     progress: Progress = lambda _: None,
 ) -> list[dict[str, Any]]:
-    """Run ``workflow``'s passes on ``model`` memory-bounded; write ``out/model.onnx`` (+ data). Returns the
-    per-step measurements."""
+    """Run ``workflow``'s passes on ``model`` memory-bounded; write ``out/model.onnx`` (+ data). Calibration
+    runs in segments of about ``segment_bytes`` (weights + activations), or in exactly ``segments``. Returns
+    the per-step measurements."""
     import onnx
     from olive.passes.onnx.quantization import quant_type_from_precision
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
@@ -332,12 +334,14 @@ def lean_quantize(
                     graph = to_opset21(graph)
                     opset21 = graph.base_dir / "opset21.onnx"  # beside its data (see Graph.save)
                     graph = graph.save(opset21) if _owned(graph, work) else graph.save(step_dir / "opset21" / "opset21.onnx")
+                timings: dict[str, float] = {}
                 with meter("calibration"):
                     ranges = segmented_minmax_ranges(
                         graph, lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model)),
-                        segment_bytes=segment_bytes, op_types_to_calibrate=config.op_types_to_quantize,
-                        work=step_dir / "calibration", progress=progress,
+                        segments=segments, segment_bytes=segment_bytes, op_types_to_calibrate=config.op_types_to_quantize,
+                        work=step_dir / "calibration", progress=progress, timings=timings,
                     )
+                meter.steps[-1].update(timings)
                 with meter("quantize"):
                     produced = step_dir / "qdq" / "model.onnx"
                     produced.parent.mkdir(parents=True)

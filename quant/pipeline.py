@@ -133,8 +133,12 @@ class OrtSDXLPipeline:
             latents = scheduler.step(torch.from_numpy(noise), t, latents, generator=generator).prev_sample
         return latents
 
+    def decode_feeds(self, latents: Any) -> dict[str, np.ndarray]:
+        """The VAE decoder's inputs for final latents."""
+        return {"latent_sample": (latents / self.scaling_factor).numpy().astype(np.float32)}
+
     def decode(self, latents: Any) -> np.ndarray:
         """The uint8 H×W×3 image of final latents."""
-        (image,) = self._run("vae_decoder", {"latent_sample": (latents / self.scaling_factor).numpy().astype(np.float32)})
+        (image,) = self._run("vae_decoder", self.decode_feeds(latents))
         image = np.clip(image[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
         return (image * 255).round().astype(np.uint8)

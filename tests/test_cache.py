@@ -33,6 +33,19 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "stage").iterdir() if not p.name.endswith(".lock")] == []
 
 
+def test_a_killed_build_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
+    """A process killed mid-build cannot clean up; the next build of that key removes what it left."""
+    cache = ArtifactCache(tmp_path)
+    final = cache.path("stage", {"a": 1})
+    final.parent.mkdir(parents=True)
+    left = final.parent / f".{final.name}.abc123"
+    (left / "big").mkdir(parents=True)
+    other = final.parent / ".someotherkey.abc123"
+    other.mkdir()
+    cache.get_or_build("stage", {"a": 1}, lambda out: (out / "m").write_text("ok"))
+    assert not left.exists() and other.exists() and (final / "m").read_text() == "ok"
+
+
 def test_parallel_requests_build_once(tmp_path: Path) -> None:
     calls = []
 

@@ -12,7 +12,7 @@ import pytest
 
 from quant import COMPONENTS
 from quant.errors import ConfigError
-from quant.lean import Graph, choose_quantizer, lean_quantize, plan, qnn_preprocess, quant_preprocess
+from quant.lean import Graph, _tensor_bytes, choose_quantizer, lean_quantize, plan, qnn_preprocess, quant_preprocess
 from quant.recipe import DEFAULT_RECIPE, load_recipe
 
 RECIPE = load_recipe(DEFAULT_RECIPE)
@@ -22,15 +22,11 @@ RECIPE = load_recipe(DEFAULT_RECIPE)
 def test_lean_quantizer_gives_the_olive_model(artifacts, tmp_path: Path, component: str) -> None:
     """Same nodes, initializers (names and values), graph I/O and opsets as the recipe's Olive workflow, with
     calibration cut into 3 segments; only the metadata says which path made it."""
-    from quant.chunked import split_nodes
-
     float_model = artifacts.float.models[component]
-    graph = Graph.load(float_model)
-    weights = graph.weight_bytes()
-    out = tmp_path / "out"
-    steps = lean_quantize(RECIPE["workflows"][component], float_model, artifacts.calibration_dir, out,
-                          segment_bytes=weights // 3 + 1)
-    assert len(split_nodes(graph.proto, segment_bytes=weights // 3 + 1)) == 3
+    out, lines = tmp_path / "out", []
+    steps = lean_quantize(RECIPE["workflows"][component], float_model, artifacts.calibration_dir, out, segments=3,
+                          progress=lines.append)
+    assert any(line.startswith("calibration segment 3/3") for line in lines), lines
     lean = onnx.load(str(out / "model.onnx"))
     stock = onnx.load(str(artifacts.qdq.models[component]))
     assert lean.opset_import == stock.opset_import
@@ -56,8 +52,8 @@ def test_preprocessing_never_loads_the_weights(artifacts, tmp_path: Path, monkey
     assert "LayerNormalization" in {n.op_type for n in pre.proto.graph.node}
     post = quant_preprocess(pre, tmp_path / "quant")
     assert {p.key for p in post.proto.metadata_props} >= {"onnx.quant.pre_process", "onnx.infer"}
-    assert all(t.data_location == onnx.TensorProto.EXTERNAL for t in post.proto.graph.initializer if t.dims and
-               t.dims[0] >= 64)
+    large = [t for t in post.proto.graph.initializer if _tensor_bytes(t) >= 1024]  # the external-data threshold
+    assert large and all(t.data_location == onnx.TensorProto.EXTERNAL for t in large)
 
 
 @pytest.mark.parametrize(

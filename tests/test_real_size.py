@@ -43,7 +43,23 @@ def _stats(result) -> dict:
             for c in COMPONENTS
         },
     }
+    out["extrapolated"] = {str(n): _extrapolate(out, n) for n in (50,)}
     return out
+
+
+def _extrapolate(stats: dict, samples: int) -> dict:
+    """Time for ``samples`` calibration samples per component (prompts at 1 step), from the measured fixed
+    and per-sample costs; peak memory does not grow with samples (each sample's state goes to disk)."""
+    export = sum(v["seconds"] for v in (stats["export"] or {}).values())
+    record = sum(st["load_s"] + samples * st["per_run_s"] for st in stats["calibration"]["stages"].values())
+    quantize = {}
+    for c, q in stats["quantize"].items():
+        cal = next(s for s in q["steps"] if s["step"] == "calibration")
+        quantize[c] = round(q["seconds"] - cal["samples_s"] + cal["samples_s"] / cal["samples"] * samples, 1)
+    peaks = [v["peak_rss_gb"] for v in (stats["export"] or {}).values()] + [stats["calibration"]["peak_rss_gb"]]
+    peaks += [q["peak_rss_gb"] for q in stats["quantize"].values()]
+    return {"export_s": round(export, 1), "record_s": round(record, 1), "quantize_s": quantize,
+            "total_min": round((export + record + sum(quantize.values())) / 60, 1), "peak_rss_gb": max(peaks)}
 
 
 def test_real_size_build_is_memory_bounded(benchmark, cache, tmp_path: Path) -> None:
