@@ -15,7 +15,7 @@ load_external_data=False)``, weights stay in their external data file):
 4. ``get_qnn_qdq_config`` on that graph (the same QNN overrides, the same contrib-op choice as the stock
    path, which asks before the opset bump), then the graph alone is converted to opset 21.
 5. Calibration in segments (``quant.chunked``): contiguous slices of the topologically sorted graph, each
-   with ~``segment_bytes`` of weights and activations, run over every sample; a slice's boundary activations
+   with ~``segment_bytes`` of weights, run over every sample; a slice's boundary activations
    feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges.
 6. ``quantize_static`` from those ranges (onnxruntime's calibration cache), on the graph: it reads each
    weight from the data file as it quantizes it and holds only the quantized ones.
@@ -42,7 +42,7 @@ from quant.errors import ConfigError
 
 Progress = Callable[[str], None]
 SUPPORTED_PASSES = ("QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization")
-DEFAULT_SEGMENT_BYTES = 1 << 30  # weights + activations per calibration segment
+DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
 
 
 # ----------------------------------------------------------------------------------------- graph files
@@ -291,7 +291,7 @@ def lean_quantize(
     progress: Progress = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Run ``workflow``'s passes on ``model`` memory-bounded; write ``out/model.onnx`` (+ data). Calibration
-    runs in segments of about ``segment_bytes`` (weights + activations), or in exactly ``segments``. Returns
+    runs in segments of about ``segment_bytes`` of weights, or in exactly ``segments``. Returns
     the per-step measurements."""
     import onnx
     from olive.passes.onnx.quantization import quant_type_from_precision
