@@ -292,7 +292,10 @@ def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config
     through ``numpy_helper.to_array``, which reads an external tensor from its file (relative to the cwd);
     so the model is loaded without its data (shape inference as onnxruntime runs it), run inside the
     model's folder, and only the quantized weights (a quarter of the float ones) are held in memory. The
-    float tensors it leaves as they are get their data read in just before the result is saved.
+    float tensors it leaves as they are get their data read in just before the result is saved. Two of its
+    per-tensor helpers that scan the whole graph (input replacement, lookup by name) are swapped for
+    equivalent ones that stop early or test in C: the quantizer's cost grows with the square of the node
+    count (14 k nodes on the real UNet). The result is the same model (``tests/test_lean.py``).
     """
     import contextlib
     import importlib
@@ -348,13 +351,21 @@ def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config
                 if old in node.input:
                     ONNXModel.replace_node_input(node, old, new)
 
+        def find_by_name(item_name: str, item_list: Any) -> Any:
+            # onnxruntime's lookup (first item of that name, else None) without scanning past the first match:
+            # called per tensor over every initializer
+            return next((item for item in item_list if item.name == item_name), None)
+
         # the package's `quantize` is a function; these are the modules
         quantize_module = importlib.import_module("onnxruntime.quantization.quantize")
         base_module = importlib.import_module("onnxruntime.quantization.base_quantizer")
+        lookups = [importlib.import_module(f"onnxruntime.quantization.{m}")
+                   for m in ("base_quantizer", "onnx_quantizer", "qdq_quantizer", "onnx_model")]
         patches = [(quantize_module, "load_model_with_shape_infer", load_graph_with_shape_infer),
                    (base_module, "save_and_reload_model_with_shape_infer", reload_graph_with_shape_infer),
                    (ONNXModel, "save_model_to_file", save_with_data),
-                   (ONNXModel, "replace_input_of_all_nodes", replace_input_of_all_nodes)]
+                   (ONNXModel, "replace_input_of_all_nodes", replace_input_of_all_nodes),
+                   *[(module, "find_by_name", find_by_name) for module in lookups]]
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         for owner, name, replacement in patches:
             setattr(owner, name, replacement)
