@@ -31,7 +31,7 @@ def test_prompt_fixture_is_the_world_prompt_set() -> None:
 
 def test_short_training_reproduces_the_first_steps() -> None:
     """The committed weights came from this code: the VAE and scorer stages replay their logged first
-    losses exactly; the joint UNet stage is deterministic run to run."""
+    losses (to float32 rounding on another CPU); the joint UNet stage is deterministic run to run."""
     from quant import canary
     from quant.source import build_tokenizers
 
@@ -53,8 +53,10 @@ def test_short_training_reproduces_the_first_steps() -> None:
             canary.train_scorer(models["scorer"], steps, log)
         return losses
 
-    assert run("vae") == logged["vae"][:3]
-    assert run("scorer") == logged["scorer"][:3]
+    # The log was written on one CPU; torch picks its float kernels by CPU (AVX-512 or AVX2, Intel or AMD),
+    # so a replay elsewhere matches to float32 rounding, not bit for bit (seen: 8e-8 relative on an AMD EPYC).
+    assert run("vae") == pytest.approx(logged["vae"][:3], rel=1e-5, abs=0)
+    assert run("scorer") == pytest.approx(logged["scorer"][:3], rel=1e-5, abs=0)
     first, again = run("unet", 2), run("unet", 2)
     assert first == again and len(first) == 2
 

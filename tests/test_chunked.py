@@ -20,6 +20,18 @@ def _qnn_config(model: Path, feeds: list):
     return get_qnn_qdq_config(str(model), _Reader(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8)
 
 
+def _private_copy(model: Path, dest: Path) -> Path:
+    """The model in a folder of the test's own: onnxruntime's quantizer and calibrator write a
+    ``<model>-inferred.onnx`` beside their input and delete it, which races with other workers (and would
+    write into the artifact cache)."""
+    import shutil
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(model.parent / name, dest / name)
+    return dest / "model.onnx"
+
+
 def _digest(folder: Path) -> str:
     return hashlib.sha256(b"".join(p.read_bytes() for p in sorted(folder.iterdir()))).hexdigest()
 
@@ -31,9 +43,9 @@ def stock(request, artifacts, tmp_path_factory):
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     component = request.param
-    model = artifacts.float.models[component]
-    feeds = load_calibration(artifacts.calibration_dir, component)[:8]
     out = tmp_path_factory.mktemp(f"stock-{component}")
+    model = _private_copy(artifacts.float.models[component], out / "float")
+    feeds = load_calibration(artifacts.calibration_dir, component)[:8]
     config = _qnn_config(model, feeds)
     kwargs = {k: v for k, v in inspect.getmembers(config) if not k.startswith("_")}
     kwargs["calibration_data_reader"] = _Reader(feeds)
@@ -86,7 +98,7 @@ def test_reductions_run_before_their_tensor_is_consumed(artifacts, tmp_path: Pat
 
     from quant.chunked import _calibrator_class, session_options
 
-    model = artifacts.float.models["vae_decoder"]
+    model = _private_copy(artifacts.float.models["vae_decoder"], tmp_path / "float")
     feeds = load_calibration(artifacts.calibration_dir, "vae_decoder")[:1]
     selected = set(segmented_minmax_ranges(model, lambda: feeds, segments=1).data)
     calibrator = _calibrator_class()(str(model), None, augmented_model_path=str(tmp_path / "augmented.onnx"),
