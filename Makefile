@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: setup gate test bench bench-save bench-compare clean
+.PHONY: setup gate test bench bench-save bench-compare real-size clean
 
 $(BIN)/sdxl-qdq: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ bench-save: setup
 # Gate: fail when a median regresses by more than 25 % against the latest stored run of this machine.
 bench-compare: setup
 	$(PYTEST) --benchmark-only --benchmark-compare --benchmark-compare-fail=median:25% --benchmark-json=reports/benchmarks.json
+
+# Real size: sdxl-turbo's architectures with random weights through the memory-bounded quantizer, 2 samples;
+# time and peak memory per component and stage in reports/real-size.json (about 25 min, 12 GB, 40 GB disk).
+real-size: setup
+	$(PYTEST) -m slow tests/test_real_size.py -s
 
 clean:
 	rm -rf $(VENV) reports .benchmarks

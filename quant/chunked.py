@@ -187,11 +187,13 @@ def segmented_minmax_ranges(
     timings: dict[str, float] | None = None,
 ) -> Any:
     """``TensorsData`` of the MinMax ranges of ``graph`` (a ``quant.lean.Graph`` or a model path), computed
-    segment by segment; ``feeds()`` yields the calibration samples. Give ``segments`` or ``segment_bytes``."""
+    segment by segment; ``feeds()`` yields the calibration samples (each distinct one is run once). Give
+    ``segments`` or ``segment_bytes``."""
     import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
     from quant.lean import Graph
+    from quant.pipeline import feeds_digest
 
     if segments is not None and segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
@@ -204,17 +206,24 @@ def segmented_minmax_ranges(
     graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     cls = _calibrator_class()
     merged: dict[str, Any] = {}
-    spent = {"segments": len(seg_models), "setup_s": 0.0, "samples_s": 0.0}
+    spent = {"segments": len(seg_models), "setup_s": 0.0, "samples_s": 0.0, "duplicates": 0}
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segments-", dir=work) as tmp:
         store = Path(tmp, "activations")
-        n_samples = 0
-        for n, sample in enumerate(feeds()):
-            _spill(store, n, sample)
-            n_samples += 1
+        n_samples, distinct = 0, set()
+        for sample in feeds():  # a sample equal to an earlier one cannot move a min or a max: skipped
+            digest = feeds_digest(sample)
+            spent["duplicates"] += digest in distinct
+            if digest not in distinct:
+                distinct.add(digest)
+                _spill(store, n_samples, sample)
+                n_samples += 1
         if n_samples == 0:
             raise ValueError(f"no calibration samples for {graph.proto.graph.name!r}")
+        if progress:
+            progress(f"calibration: {n_samples} distinct samples ({spent['duplicates']} repeats skipped), "
+                     f"{len(seg_models)} segments")
         first_reader, last_reader = {}, {}
         for k, (seg, _) in enumerate(seg_models):
             for i in seg.graph.input:

@@ -15,8 +15,9 @@ load_external_data=False)``, weights stay in their external data file):
 4. ``get_qnn_qdq_config`` on that graph (the same QNN overrides, the same contrib-op choice as the stock
    path, which asks before the opset bump), then the graph alone is converted to opset 21.
 5. Calibration in segments (``quant.chunked``): contiguous slices of the topologically sorted graph, each
-   with ~``segment_bytes`` of weights, run over every sample; a slice's boundary activations
-   feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges.
+   with ~``segment_bytes`` of weights, run over every distinct sample; a slice's boundary activations
+   feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges (a repeated sample
+   cannot change a min or a max, so repeats are skipped).
 6. ``quantize_static`` from those ranges (onnxruntime's calibration cache), on the graph: it reads each
    weight from the data file as it quantizes it and holds only the quantized ones.
 

@@ -67,6 +67,22 @@ def test_segmented_calibration_equals_the_stock_path(stock, tmp_path: Path, segm
     assert _digest(tmp_path / "model") == digest
 
 
+def test_repeated_samples_are_run_once(stock) -> None:
+    """A sample equal to an earlier one cannot move a min or a max: it is skipped, the ranges are the same."""
+    model, feeds, config, ranges, _ = stock
+    timings: dict = {}
+    twice = segmented_minmax_ranges(model, lambda: feeds + feeds[::-1], segments=2,
+                                    op_types_to_calibrate=config.op_types_to_quantize, timings=timings)
+    from quant.pipeline import feeds_digest
+
+    distinct = len({feeds_digest(f) for f in feeds})  # the text encoders already see each prompt twice
+    assert timings["samples"] == distinct and timings["duplicates"] == 2 * len(feeds) - distinct
+    assert set(twice.data) == set(ranges.data)
+    for name, expected in ranges.data.items():
+        for got, want in zip(twice.data[name].range_value, expected.range_value):
+            np.testing.assert_array_equal(got, want, err_msg=name)
+
+
 def test_segments_must_be_positive(artifacts) -> None:
     with pytest.raises(ValueError, match="segments must be >= 1, got 0"):
         segmented_minmax_ranges(artifacts.float.models["vae_decoder"], list, segments=0)

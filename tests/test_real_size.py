@@ -10,6 +10,7 @@ wall time and peak resident memory; the table goes to the benchmark's extra_info
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import pytest
 from quant import COMPONENTS
 from quant.build import build
 from quant.cache import package_versions
+from quant.procs import total_memory_bytes
 from quant.prompts import load_prompts
 from quant.recipe import DEFAULT_RECIPE
 from quant.source import PROMPTS_COCO
@@ -33,7 +35,7 @@ def _stats(result) -> dict:
     out = {
         "samples": SAMPLES,
         "versions": package_versions(),
-        "machine": {"cpus": __import__("os").cpu_count(), "system": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "memory_gb": round(total_memory_bytes() / 1e9, 1), "system": platform.platform()},
         "export": json.loads((export_dir / "build.json").read_text()) if (export_dir / "build.json").exists() else None,
         "calibration": json.loads((result.calibration_dir / "build.json").read_text()),
         "quantize": {c: json.loads((result.qdq.models[c].parent / "build.json").read_text()) for c in COMPONENTS},
@@ -43,22 +45,34 @@ def _stats(result) -> dict:
             for c in COMPONENTS
         },
     }
-    out["extrapolated"] = {str(n): _extrapolate(out, n) for n in (50,)}
+    # 50 prompts at 1 step (50 samples per component), and the seed recipe's 1- and 2-step trajectories
+    out["extrapolated"] = [_extrapolate(out, 50, (1,)), _extrapolate(out, 50, (1, 2))]
     return out
 
 
-def _extrapolate(stats: dict, samples: int) -> dict:
-    """Time for ``samples`` calibration samples per component (prompts at 1 step), from the measured fixed
-    and per-sample costs; peak memory does not grow with samples (each sample's state goes to disk)."""
+def _extrapolate(stats: dict, prompts: int, steps: tuple[int, ...]) -> dict:
+    """Time to build with ``prompts`` calibration prompts at each step count in ``steps`` (the recipe's
+    ``calibration.steps``), from the measured fixed and per-sample costs. Distinct calls: each text encoder
+    runs once per prompt, the UNet once per step except that the first step is the same call at every step
+    count, the decoder once per prompt and step count (its inputs are recorded, not run; calibration runs
+    it). Peak memory does not grow with the samples (each sample's activations go to disk)."""
+    encoder_calls = prompts
+    unet_calls = prompts * (sum(steps) - len(steps) + 1)
+    decoder_samples = prompts * len(steps)
     export = sum(v["seconds"] for v in (stats["export"] or {}).values())
-    record = sum(st["load_s"] + samples * st["per_run_s"] for st in stats["calibration"]["stages"].values())
+    stages = stats["calibration"]["stages"]
+    record = (stages["text encoders"]["load_s"] + encoder_calls * stages["text encoders"]["per_call_s"]
+              + stages["unet"]["load_s"] + unet_calls * stages["unet"]["per_call_s"])
+    samples = {"text_encoder": encoder_calls, "text_encoder_2": encoder_calls, "unet": unet_calls,
+               "vae_decoder": decoder_samples}
     quantize = {}
     for c, q in stats["quantize"].items():
         cal = next(s for s in q["steps"] if s["step"] == "calibration")
-        quantize[c] = round(q["seconds"] - cal["samples_s"] + cal["samples_s"] / cal["samples"] * samples, 1)
+        quantize[c] = round(q["seconds"] - cal["samples_s"] + cal["samples_s"] / cal["samples"] * samples[c], 1)
     peaks = [v["peak_rss_gb"] for v in (stats["export"] or {}).values()] + [stats["calibration"]["peak_rss_gb"]]
     peaks += [q["peak_rss_gb"] for q in stats["quantize"].values()]
-    return {"export_s": round(export, 1), "record_s": round(record, 1), "quantize_s": quantize,
+    return {"prompts": prompts, "steps": list(steps), "samples": samples, "export_s": round(export, 1),
+            "record_s": round(record, 1), "quantize_s": quantize,
             "total_min": round((export + record + sum(quantize.values())) / 60, 1), "peak_rss_gb": max(peaks)}
 
 
