@@ -82,6 +82,26 @@ def test_auto_picks_olive_for_small_models_and_lean_when_memory_is_short(artifac
         choose_quantizer(unet, "fast")
 
 
+def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> None:
+    """The estimate behind 'auto' sizes every float activation, including those ONNX's own shape inference
+    leaves open (the decoder's upsampling outputs): at least what a run with all of them exposed returns."""
+    import numpy as np
+    import onnxruntime
+
+    from quant.calibration import load_calibration
+    from quant.lean import stock_peak_estimate
+
+    model = artifacts.float.models["vae_decoder"]
+    proto = onnx.load(str(model))
+    outputs = {o.name for o in proto.graph.output}
+    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for node in proto.graph.node for n in node.output
+                              if n and n not in outputs)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = session.run(None, load_calibration(artifacts.calibration_dir, "vae_decoder")[0])
+    activations = sum(v.nbytes for v in values if isinstance(v, np.ndarray) and v.dtype in (np.float32, np.float16))
+    assert stock_peak_estimate(model) >= 3 * Graph.load(model).weight_bytes() + activations
+
+
 def test_build_runs_lean_in_its_own_process(artifacts, cache, tmp_path: Path) -> None:
     """``build(quantizer='lean')``: a separate cache entry per component, made by a child process that
     reports its steps and peak memory."""
