@@ -37,7 +37,7 @@ bench-compare: setup
 	$(PYTEST) --benchmark-only --benchmark-compare --benchmark-compare-fail=median:25% --benchmark-json=reports/benchmarks.json
 
 # Real size: sdxl-turbo's architectures with random weights through the memory-bounded quantizer, 2 samples;
-# time and peak memory per component and stage in reports/real-size.json (about 25 min, 12 GB, 40 GB disk).
+# time and peak memory per component and stage in reports/real-size.json (about 20 min on 2 cores, 12 GB, 35 GB of disk).
 real-size: setup
 	$(PYTEST) -m slow tests/test_real_size.py -s
 
