@@ -55,6 +55,7 @@ def _calibrator_class() -> type:
             super().augment_graph()
             self.model_original_outputs, self.num_model_outputs = set(self.boundary), len(self.boundary)
             self.model = None  # the weights are in the session now; keep one copy
+            reductions_after_producers(Path(self.augmented_model_path), self.subset)
 
         def create_inference_session(self) -> None:
             self.infer_session = onnxruntime.InferenceSession(
@@ -71,11 +72,40 @@ def _calibrator_class() -> type:
     return SegmentCalibrater
 
 
+def reductions_after_producers(path: Path, tensors: set[str]) -> None:
+    """Rewrite the augmented model at ``path`` (graph only) so that each calibrated tensor's ReduceMin/Max
+    and their Reshapes (onnxruntime names them ``<tensor>_ReduceMin``, ``<tensor>_ReduceMin_Reshape``, ...)
+    come right after the node producing the tensor. onnxruntime's augmentation puts them before the first
+    reader, but a process that has run Olive's quantization pass augments through Olive's patch, which
+    re-sorts the graph and moves them later."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    nodes = [onnx.NodeProto() for _ in model.graph.node]
+    for copy, node in zip(nodes, model.graph.node):
+        copy.CopyFrom(node)
+    wanted = {t: [f"{t}_{op}{suffix}" for op in ("ReduceMin", "ReduceMax") for suffix in ("", "_Reshape")] for t in tensors}
+    by_name = {n.name: n for n in nodes}
+    added = {name for names in wanted.values() for name in names if name in by_name}
+    group = {t: [by_name[name] for name in names if name in added] for t, names in wanted.items()}
+    produced = {o for n in nodes if n.name not in added for o in n.output}
+    order = [n for t in sorted(tensors) if t not in produced for n in group[t]]  # graph inputs first
+    for node in nodes:
+        if node.name not in added:
+            order.append(node)
+            order.extend(n for o in node.output if o in group for n in group[o])
+    if len(order) != len(nodes):
+        raise RuntimeError(f"reordering the calibration graph {path} lost nodes: {len(order)} of {len(nodes)}")
+    del model.graph.node[:]
+    model.graph.node.extend(order)
+    onnx.save_model(model, str(path))
+
+
 def session_options() -> Any:
     """The calibration session: no graph optimization (as onnxruntime's calibrator: every tensor stays as it
     is), no CPU arena or memory pattern (memory goes back as tensors die), reductions run early.
 
-    ``augment_graph`` puts each tensor's ReduceMin/Max just before the tensor's first reader. The default
+    Each tensor's ReduceMin/Max sits right after its producer (``reductions_after_producers``). The default
     order runs them after everything else (they are leaves), keeping every activation alive to the end:
     14.4 GB for the real VAE decoder in one segment. Node-index priority runs them before the tensor's later
     readers (pinned by a test): 1.7 GB, and 28 s per sample instead of 43. Ranges do not depend on the order."""
