@@ -21,7 +21,7 @@ from quant.prompts import Prompt, load_prompts
 from quant.source import ModelSource, resolve_source
 
 # Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
-STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 1}
+STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 2}
 
 Progress = Callable[[str], None]
 

@@ -168,6 +168,8 @@ def graph_surgeries(graph: Graph, work: Path, surgeries: list[dict[str, Any]], r
     import onnx_ir as ir
     from olive.passes.onnx.graph_surgeries import GraphSurgeries
 
+    import quant.surgeons  # noqa: F401  (registers this project's surgeons)
+
     model = onnx.ModelProto()
     model.CopyFrom(graph.proto)
     with contextlib.chdir(graph.base_dir):
@@ -255,8 +257,10 @@ def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
                 "use --quantizer olive for this recipe"
             )
         steps.append((kind, options))
-    if not steps or steps[-1][0] != "OnnxStaticQuantization":
-        raise ConfigError("the memory-bounded quantizer needs a workflow that ends in OnnxStaticQuantization")
+    kinds = [kind for kind, _ in steps]
+    if kinds.count("OnnxStaticQuantization") != 1 or any(k != "GraphSurgeries" for k in kinds[kinds.index("OnnxStaticQuantization") + 1:]):
+        raise ConfigError("the memory-bounded quantizer needs a workflow with one OnnxStaticQuantization, followed by "
+                          f"GraphSurgeries passes only; got passes {kinds}; use --quantizer olive for this recipe")
     return steps
 
 
@@ -347,14 +351,15 @@ def lean_quantize(
                     produced = step_dir / "qdq" / "model.onnx"
                     produced.parent.mkdir(parents=True)
                     quantize_with_ranges(graph.base_dir / "opset21.onnx", produced, ranges, config, lazy_weights=True)
-                    proto = onnx.load(str(produced))
-                    staged = work / "result"
-                    staged.mkdir()
-                    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
-                                                        "sdxl_qdq.quantizer": "lean"})
-                    onnx.save_model(proto, str(staged / "model.onnx"), save_as_external_data=True,
-                                    all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
-                    del proto
+                    graph = Graph.load(produced)
+        with meter("save"):
+            proto = graph.loaded()
+            staged = work / "result"
+            staged.mkdir()
+            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "sdxl_qdq.quantizer": "lean"})
+            onnx.save_model(proto, str(staged / "model.onnx"), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+            del proto
         for f in (work / "result").iterdir():
             os.replace(f, out / f.name)
     shutil.copy(model.parent / "io.json", out / "io.json")

@@ -87,6 +87,7 @@ def quantize_component(
     import onnx
     from olive.workflows import run as olive_run
 
+    import quant.surgeons  # noqa: F401  (registers this project's surgeons with Olive's GraphSurgeries)
     from quant.runtime import register_qnn
 
     register_qnn()  # Olive's QNN passes look the EP up in this process

@@ -17,16 +17,18 @@ def test_seed_recipe_is_the_documented_one() -> None:
         passes = list(workflow["passes"].values())
         types = [p["type"] for p in passes]
         expected = ["QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization"] if component.startswith("text_encoder") \
-            else ["QNNPreprocess", "OnnxStaticQuantization"]
+            else ["QNNPreprocess", "OnnxStaticQuantization", "GraphSurgeries"]
         assert types == expected, f"{component}: passes {types}"
         assert passes[0]["fuse_layernorm"] is True
-        quant = passes[-1]
+        quant = next(p for p in passes if p["type"] == "OnnxStaticQuantization")
         assert (quant["quant_format"], quant["activation_type"], quant["precision"], quant["calibrate_method"]) == \
             ("QDQ", "uint16", "uint8", "MinMax")
         assert quant["quant_preprocess"] is True and quant["prepare_qdq_config"] is True
         assert workflow["systems"][workflow["target"]]["accelerators"][0]["execution_providers"] == ["QNNExecutionProvider"]
         if component.startswith("text_encoder"):
             assert passes[1]["surgeries"] == [{"surgeon": "ReplaceAttentionMaskValue"}]
+        else:  # GroupNorm as HTP's native op, after quantization (quant/surgeons.py)
+            assert passes[-1]["surgeries"] == [{"surgeon": "FuseGroupNormalization"}]
 
 
 def test_filled_workflows_pass_olive_validation(tmp_path: Path) -> None:
