@@ -109,33 +109,41 @@ def session_options(*, threads: int | None = None, deterministic: bool = True) -
 
 
 def create_session(
-    model: str | Path,
+    model: str | Path | bytes,
     *,
     ep: str = "cpu",
     qnn: QnnOptions | None = None,
     cpu_fallback: bool = False,
     threads: int | None = None,
     extra_config: dict[str, str] | None = None,
+    optimize: bool = True,
 ) -> Any:
-    """An ``InferenceSession`` on ``ep`` ("cpu" or "qnn"). QNN sessions disable CPU fallback unless asked."""
+    """An ``InferenceSession`` of ``model`` (a path, or a serialized model) on ``ep`` ("cpu" or "qnn"). QNN
+    sessions disable CPU fallback unless asked. ``optimize=False`` runs the graph as written (onnxruntime's
+    fusions change a QDQ model's rounding: two CPU runs of the same tensor, one with it exposed as an output,
+    differ at 47 dB)."""
     import onnxruntime as ort
 
     if ep not in EPS:
         raise ConfigError(f"execution provider {ep!r} is not supported; allowed: {', '.join(EPS)}")
     so = session_options(threads=threads)
+    if not optimize:  # the graph as written: a QDQ model's float emulation, no fused integer kernels
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for key, value in (extra_config or {}).items():
         so.add_session_config_entry(key, value)
+    source = model if isinstance(model, bytes) else str(model)
     if ep == "cpu":
-        return ort.InferenceSession(str(model), sess_options=so, providers=[CPU_EP])
+        return ort.InferenceSession(source, sess_options=so, providers=[CPU_EP])
     register_qnn()
     if not cpu_fallback:
         so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     so.add_provider_for_devices(_qnn_devices(), (qnn or QnnOptions()).provider_options())
     try:
-        return ort.InferenceSession(str(model), sess_options=so)
+        return ort.InferenceSession(source, sess_options=so)
     except Exception as e:  # onnxruntime raises bare RuntimeError/Fail subclasses
         hint = " (CPU fallback is disabled: some node is not supported by QNN)" if not cpu_fallback else ""
-        raise ExecutionProviderError(f"QNN EP could not load {model}{hint}: {e}") from e
+        what = "the serialized model" if isinstance(model, bytes) else model
+        raise ExecutionProviderError(f"QNN EP could not load {what}{hint}: {e}") from e
 
 
 def graph_io_counts(model: str | Path) -> dict[str, int]:
