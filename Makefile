@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: setup gate test bench bench-save bench-compare real-size clean
+.PHONY: setup gate gate-qnn test bench bench-save bench-compare real-size clean
 
 $(BIN)/sdxl-qdq: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ setup: $(BIN)/sdxl-qdq
 # The main job: the quality gate on the embedded default model, writing reports/quality/index.html.
 gate: setup
 	$(PYTEST) -m quality --report reports/quality
+
+# The same gate with the quantized variants on the QNN EP (HTP simulator on x86_64), against baselines/<model>/qnn/.
+gate-qnn: setup
+	$(PYTEST) -m quality --ep qnn --report reports/quality-qnn
 
 # The tests: everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed, under xdist).
 test: setup

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from quant import COMPONENTS
 from quant.backbones import CLIP_CHOICES, FID_CHOICES
 from quant.build import Build, build
 from quant.cache import ArtifactCache
@@ -157,10 +158,14 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
-    """On a failing quality or parity check, name the layers with the largest quantization error."""
+    """On a failing quality or parity check, say where the error comes from: the layers with the largest
+    quantization error (float vs QDQ on the CPU EP) and, for checks run on the QNN EP, where QNN departs from
+    the CPU EP (graph cuts, worst block first)."""
     failed = [r for r in terminalreporter.stats.get("failed", []) if "quality" in r.keywords or "parity" in r.nodeid]
-    built = config.stash.get(BUILD_KEY, None)
-    if not failed or built is None:
+    if not failed:
+        return
+    built = config.stash.get(BUILD_KEY, None) or _controller_build(config, failed)
+    if built is None:
         return
     from quant.localize import localize_build
 
@@ -168,6 +173,27 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for component, layers in localize_build(built).items():
         for layer in layers:
             terminalreporter.write_line(f"{component:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
+    on_qnn = sorted({c for r in failed if "parity" in r.nodeid for c in COMPONENTS if f"[{c}]" in r.nodeid})
+    if config.getoption("qdq_ep") == "qnn" and any("quality" in r.keywords for r in failed):
+        on_qnn = list(COMPONENTS)
+    if on_qnn:
+        from quant.diverge import divergence_summary
+
+        terminalreporter.section("where QNN departs from the CPU EP (single-output graph cuts; `sdxl-qdq diverge` for more)")
+        for line in divergence_summary(built, on_qnn, qnn=QnnOptions(soc_model=config.getoption("qdq_qnn_soc"))):
+            terminalreporter.write_line(line)
+
+
+def _controller_build(config: pytest.Config, failed: list) -> Build | None:
+    """The build the failed tests used, when they ran in xdist workers: the cache answers (nothing is rebuilt)."""
+    quality = any("quality" in r.keywords for r in failed)
+    root = config.getoption("qdq_cache_dir")
+    try:
+        return build(config.getoption("qdq_model") or ("canary" if quality else "tiny"), recipe=config.getoption("qdq_recipe"),
+                     cache=ArtifactCache(Path(root) if root else None), quantizer=config.getoption("qdq_quantizer"))
+    except Exception as e:  # the summary must not hide the failures it explains
+        config.pluginmanager.get_plugin("terminalreporter").write_line(f"(no localization: {e})")
+        return None
 
 
 def _check_stored_benchmarks(config: pytest.Config) -> None:

@@ -1,4 +1,4 @@
-"""Command line: ``python -m quant build|sqnr|coverage|layers|study-baseline`` (also installed as ``sdxl-qdq``)."""
+"""Command line: ``python -m quant build|sqnr|coverage|layers|diverge|study-baseline`` (also installed as ``sdxl-qdq``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from quant import COMPONENTS
+from quant.diverge import DEFAULT_THRESHOLD_DB
 from quant.errors import QuantError
+from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,6 +42,28 @@ def main(argv: list[str] | None = None) -> int:
     lay = sub.add_parser("layers", help="layers with the largest quantization error (float vs QDQ SQNR), worst first")
     _common(lay)
     lay.add_argument("--top", type=int, default=3, metavar="N", help="layers per component (default: %(default)s)")
+    dv = sub.add_parser("diverge", help="where the QNN EP computes a QDQ component differently from the CPU EP "
+                                        "(single-output graph cuts), worst block first, reduced to the smallest failing subgraph")
+    _common(dv)
+    dv.add_argument("--component", choices=(*COMPONENTS, "all"), default="all", help="component (default: %(default)s)")
+    dv.add_argument("--samples", type=int, default=2, metavar="N",
+                    help="distinct recorded calibration inputs to run (default: %(default)s)")
+    dv.add_argument("--depth", type=int, default=None, metavar="D",
+                    help="module depth of a block (default: the shallowest giving 6 blocks or more)")
+    dv.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_DB, metavar="DB",
+                    help="SQNR below which a cut counts as diverging (default: %(default)s)")
+    dv.add_argument("--no-reduce", action="store_true", help="stop at the first diverging activation (default: reduce)")
+    dv.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
+                    help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})")
+    dv.add_argument("--json", default=None, metavar="FILE", help="also write the findings as JSON")
+    par = sub.add_parser("parity", help="QNN-vs-CPU SQNR of each QDQ component on the model's test prompts")
+    _common(par)
+    par.add_argument("--prompts", type=int, default=None, metavar="N",
+                     help="test prompts to run (default: 5 on the HTP simulator, all 50 on a chip)")
+    par.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
+                     help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})")
+    par.add_argument("--write", action="store_true",
+                     help="write baselines/<model>/parity.json (bounds 3 dB below each value); review, then commit")
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
     args = parser.parse_args(argv)
 
@@ -47,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         from quant.backbones import REAL_CLIP, REAL_FID, Backbones
         from quant.study import study_baseline
 
-        path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID))
+        path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
         write_baseline(study_baseline(), path)
         print(f"wrote {path}")
         return 0
@@ -78,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 cov = qdq_coverage(path)
                 print(f"{c:15s} compute {cov.compute:5d}  covered {cov.covered:5d}  coverage {cov.ratio:7.2%}  "
                       f"float islands {[list(i.op_types) for i in cov.islands]}")
+        elif args.command == "diverge":
+            return _diverge(result, args)
+        elif args.command == "parity":
+            return _parity(result, args)
         elif args.command == "layers":
             from quant.localize import localize_build
 
@@ -95,4 +124,56 @@ def main(argv: list[str] | None = None) -> int:
     except QuantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _diverge(result, args: argparse.Namespace) -> int:  # noqa: ANN001
+    """Localize QNN-vs-CPU divergence in each chosen component; exit 1 when one diverges."""
+    import json
+
+    from quant.calibration import iter_calibration
+    from quant.diverge import distinct_samples, localize
+    from quant.runtime import QnnOptions
+
+    findings, diverged = {}, False
+    for c in COMPONENTS if args.component == "all" else (args.component,):
+        print(f"== {c}", flush=True)
+        found = localize(result.qdq.models[c], distinct_samples(iter_calibration(result.calibration_dir, c), args.samples),
+                         qnn=QnnOptions(soc_model=args.qnn_soc), depth=args.depth, threshold_db=args.threshold,
+                         reduce=not args.no_reduce, progress=lambda m: print(f"  {m}", flush=True))
+        print("\n".join(found.lines()), flush=True)
+        findings[c] = found.to_json()
+        diverged |= found.worst is not None and found.worst.local_db < args.threshold
+    if args.json:
+        Path(args.json).write_text(json.dumps(findings, indent=1))
+        print(f"wrote {args.json}")
+    return 1 if diverged else 0
+
+
+def _parity(result, args: argparse.Namespace) -> int:  # noqa: ANN001
+    from quant.evaluate import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, parity_baseline, qnn_parity
+    from quant.gate import BASELINES_DIR, baseline_model_name, write_baseline
+    from quant.prompts import load_prompts
+    from quant.runtime import QnnOptions, qnn_is_simulated
+
+    prompts = load_prompts("test", path=result.source.prompts)
+    count = args.prompts or (PARITY_SIMULATOR_PROMPTS if qnn_is_simulated() else len(prompts))
+    qnn = QnnOptions(soc_model=args.qnn_soc)
+    measured = qnn_parity(result, prompts[:count], qnn=qnn)
+    for c, outputs in measured.items():
+        for name, value in outputs.items():
+            print(f"{c:15s} {name:26s} QNN vs CPU {value:6.2f} dB")
+    if args.write:
+        import json
+
+        path = BASELINES_DIR / baseline_model_name(result.source.name) / "parity.json"
+        previous = json.loads(path.read_text()) if path.is_file() else None
+        baseline = parity_baseline(result, measured, prompts=count, qnn=qnn, previous=previous)
+        for c, outputs in baseline["outputs"].items():
+            for name, entry in outputs.items():
+                if entry["bound_db"] > entry["measured_db"] - PARITY_MARGIN_DB + 1e-9:
+                    print(f"{c}.{name}: kept the previous bound {entry['bound_db']} dB (measured {entry['measured_db']} dB); "
+                          "lower it by hand in the file, with the reason")
+        write_baseline(baseline, path)
+        print(f"wrote {path}")
     return 0

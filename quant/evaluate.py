@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +51,50 @@ def component_sqnr(
 def model_size_mb(model: Path) -> float:
     """Size of an ONNX model with its external data, in MB."""
     return sum(p.stat().st_size for p in model.parent.glob(model.name + "*")) / 1e6
+
+
+PARITY_MARGIN_DB = 3.0  # a bound is the measured SQNR minus this: half the noise power again
+PARITY_SIMULATOR_PROMPTS = 5  # the HTP simulator runs ~4 s per GMAC: the first few test prompts there, all 50 on a chip
+
+
+def qnn_parity(build: Any, prompts: list[Prompt], *, qnn: QnnOptions | None = None,
+               components: list[str] | tuple[str, ...] = COMPONENTS) -> dict[str, dict[str, float]]:
+    """SQNR (dB) of each QDQ component's outputs on the QNN EP against the same model on the CPU EP, over the
+    inputs the float pipeline gives each component for ``prompts`` (1 step)."""
+    feeds = record_inputs(build.float, prompts)
+    result = {}
+    for component in components:
+        cpu = create_session(build.qdq.models[component])
+        npu = create_session(build.qdq.models[component], ep="qnn", qnn=qnn)
+        names = [o.name for o in cpu.get_outputs()]
+        runs = [(cpu.run(None, f), npu.run(None, f)) for f in feeds[component]]
+        result[component] = {n: sqnr_db(np.stack([c[i] for c, _ in runs]), np.stack([q[i] for _, q in runs]))
+                             for i, n in enumerate(names)}
+    return result
+
+
+def parity_baseline(build: Any, measured: dict[str, dict[str, float]], *, prompts: int, qnn: QnnOptions,
+                    previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``baselines/<model>/parity.json`` from a measurement: bounds ``PARITY_MARGIN_DB`` below each value, never
+    below a ``previous`` bound (a bound is lowered only by hand, with its reason)."""
+    from quant.cache import package_versions
+    from quant.runtime import QNN_SOCS, qnn_is_simulated
+
+    return {
+        "about": (f"QNN EP vs CPU EP on the same QDQ models: SQNR in dB per output over the first {prompts} test "
+                  f"prompts (1 step). bound_db = measured_db - {PARITY_MARGIN_DB:g} dB (half the noise power again) is "
+                  "the gate. Written by `sdxl-qdq parity --write`; review the diff before committing."),
+        "ep": "qnn",
+        "qnn_soc": f"{qnn.soc_model} ({QNN_SOCS[qnn.soc_model]})",
+        "qnn_backend": "htp simulator" if qnn_is_simulated() else "htp device",
+        "recipe": build.recipe_name,
+        "versions": package_versions(),
+        "prompts": prompts,
+        "margin_db": PARITY_MARGIN_DB,
+        "outputs": {c: {n: {"measured_db": round(v, 2), "bound_db": max(round(v - PARITY_MARGIN_DB, 2), _bound(previous, c, n))}
+                        for n, v in outs.items()} for c, outs in measured.items()},
+    }
+
+
+def _bound(previous: dict[str, Any] | None, component: str, output: str) -> float:
+    return float((previous or {}).get("outputs", {}).get(component, {}).get(output, {}).get("bound_db", float("-inf")))

@@ -77,6 +77,7 @@ class Evaluation:
     fid: dict[str, float]
     fid_reference: str
     noise: dict[str, Any] | None = None
+    ep_detail: str = ""  # what ran the quantized variants, in words (the float ones always run on the CPU EP)
 
     def image(self, label: str, prompt: Prompt) -> Path:
         return self.image_dirs[label] / image_name(prompt)
@@ -117,14 +118,27 @@ def evaluate(
     noise = None
     if with_noise:
         noise = _seed_noise(build, prompts, backbones, images, reference_images, clip["float@1"], fids["float@1"],
-                            cache=cache, progress=progress)
+                            cache=cache, ep=ep, qnn=qnn, progress=progress)
     return Evaluation(
         model=baseline_model_name(build.source.name), backbones=backbones, prompts=prompts, ep=ep,
         recipe=build.recipe_name, image_dirs=dirs, mse=mse, clip=clip, fid=fids, fid_reference=reference, noise=noise,
+        ep_detail=ep_description(ep, qnn),
     )
 
 
-def _seed_noise(build, prompts, backbones, images, reference_images, float_clip, float_fid, *, cache,
+def ep_description(ep: str, qnn: QnnOptions | None) -> str:
+    """The EP in words: for QNN, the chip and whether HTP is the x86 simulator or the NPU."""
+    import platform
+
+    from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS, qnn_is_simulated
+
+    if ep != "qnn":
+        return f"CPU EP ({platform.machine()})"
+    soc = (qnn or QnnOptions()).soc_model or DEFAULT_QNN_SOC
+    return f"QNN EP, HTP {'simulator on ' + platform.machine() if qnn_is_simulated() else 'NPU'}, soc {soc} ({QNN_SOCS.get(soc, '?')})"
+
+
+def _seed_noise(build, prompts, backbones, images, reference_images, float_clip, float_fid, *, cache, ep, qnn,
                 progress) -> dict[str, Any]:
     """What a user cannot call a regression: the float model's seed-to-seed variation, and how much the
     quantization error moves when the same recipe is calibrated on other, equally valid prompts."""
@@ -137,7 +151,7 @@ def _seed_noise(build, prompts, backbones, images, reference_images, float_clip,
                         calibration_prompts=load_prompts("test", path=build.source.prompts))
     noise["recalibrated_mse"] = {}
     for k in STEPS:
-        d = generate(recal, Variant("qdq", k), prompts, cache=cache, progress=progress)
+        d = generate(recal, Variant("qdq", k, ep=ep), prompts, cache=cache, qnn=qnn, progress=progress)
         noise["recalibrated_mse"][k] = [image_mse(f, load_png(d / image_name(p))) for f, p in zip(images[f"float@{k}"], prompts)]
     sets = {}
     for seed in NOISE_SEEDS:
@@ -159,24 +173,31 @@ def _seed_noise(build, prompts, backbones, images, reference_images, float_clip,
 
 
 # -------------------------------------------------------------------------------------------- baselines
-def baseline_path(model: str, backbones: Backbones, root: Path = BASELINES_DIR) -> Path:
-    """``<root>/<model>/<clip>__<fid>.json``."""
-    return root / baseline_model_name(model) / f"{backbones.name}.json"
+def baseline_path(model: str, backbones: Backbones, root: Path = BASELINES_DIR, *, ep: str = "cpu") -> Path:
+    """``<root>/<model>/<ep>/<clip>__<fid>.json``: the EP that ran the quantized variants is part of the key (the
+    QNN EP does not compute what the CPU EP computes, so one never gates the other)."""
+    return root / baseline_model_name(model) / ep / f"{backbones.name}.json"
 
 
-def load_baseline(model: str, backbones: Backbones, root: Path = BASELINES_DIR) -> dict[str, Any]:
-    """The baseline of ``model`` for exactly these backbones; a clear error when there is none."""
-    path = baseline_path(model, backbones, root)
+def load_baseline(model: str, backbones: Backbones, root: Path = BASELINES_DIR, *, ep: str = "cpu") -> dict[str, Any]:
+    """The baseline of ``model`` for exactly these backbones and this EP; a clear error when there is none."""
+    path = baseline_path(model, backbones, root, ep=ep)
     if not path.is_file():
-        others = sorted(p.stem for p in path.parent.glob("*.json")) if path.parent.is_dir() else []
-        hint = f"baselines exist for other backbones only ({', '.join(others)}), which never gate this one; " if others else ""
+        folder = path.parent.parent
+        others = sorted(f"{p.parent.name}/{p.stem}" for p in folder.glob("*/*__*.json")) if folder.is_dir() else []
+        hint = (f"baselines exist for other EPs or backbones only ({', '.join(others)}), which never gate this one; "
+                if others else "")
         raise ConfigError(
-            f"no baseline for model {baseline_model_name(model)!r} with backbones clip={backbones.clip}, "
-            f"fid={backbones.fid} (looked for {path}); {hint}create it with `pytest -m quality --update-baselines`"
+            f"no baseline for model {baseline_model_name(model)!r} on the {ep} EP with backbones clip={backbones.clip}, "
+            f"fid={backbones.fid} (looked for {path}); {hint}create it with "
+            f"`pytest -m quality{'' if ep == 'cpu' else f' --ep {ep}'} --update-baselines`"
         )
     baseline = json.loads(path.read_text())
     if baseline["backbones"] != {"clip": backbones.clip, "fid": backbones.fid}:
         raise ConfigError(f"baseline {path} was made with backbones {baseline['backbones']}, not {backbones}")
+    if baseline.get("ep") != ep:
+        raise ConfigError(f"baseline {path} was made on the {baseline.get('ep')!r} EP, not {ep!r}; it must not gate this "
+                          f"run: regenerate it with `pytest -m quality --ep {ep} --update-baselines`")
     return baseline
 
 
@@ -331,7 +352,7 @@ def prepare_gate(
     backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
     prompts = load_prompts("all", path=build.source.prompts)
     if not update:
-        baseline = load_baseline(build.source.name, backbones, baselines_root)  # fail before generating anything
+        baseline = load_baseline(build.source.name, backbones, baselines_root, ep=ep)  # fail before generating anything
     reference, described = None, None
     if coco_dir:
         reference, described = load_coco_reference(Path(coco_dir), prompts), "COCO 2017 images of the prompts, center-cropped to 256"
@@ -341,5 +362,5 @@ def prepare_gate(
                   reference_images=reference, reference_name=described, progress=progress)
     if update:
         baseline = baseline_from_evaluation(ev)
-        write_baseline(baseline, baseline_path(build.source.name, backbones, baselines_root))
+        write_baseline(baseline, baseline_path(build.source.name, backbones, baselines_root, ep=ep))
     return Gate(ev, baseline)

@@ -61,6 +61,22 @@ def _mse_plot(gate: Gate) -> str:
     return "".join(parts)
 
 
+def _parity_line(model: str) -> str:
+    """How closely the CPU EP emulates the NPU for this model's QDQ components (baselines/<model>/parity.json)."""
+    import json
+
+    from quant.gate import BASELINES_DIR
+
+    path = BASELINES_DIR / model / "parity.json"
+    if not path.is_file():
+        return "No QNN-vs-CPU parity is recorded for this model: CPU-EP results may not be what the NPU draws."
+    data = json.loads(path.read_text())
+    values = "; ".join(c + " " + ", ".join(f"{v['measured_db']:.1f}" for v in outs.values()) + " dB"
+                       for c, outs in data["outputs"].items())
+    return (f"QNN-vs-CPU parity of these QDQ components (SQNR, {html.escape(str(data.get('qnn_backend', 'QNN')))}, "
+            f"soc {html.escape(str(data.get('qnn_soc', '?')))}, {data.get('prompts')} prompts): {html.escape(values)}.")
+
+
 def write_report(gate: Gate, out: Path) -> Path:
     """Write ``out/index.html`` and its images; the folder is replaced atomically. Returns the page's path."""
     ev = gate.evaluation
@@ -109,13 +125,16 @@ def write_report(gate: Gate, out: Path) -> Path:
                     + "".join(cells) + "</tr>")
 
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
+    parity = _parity_line(ev.model)
     verdict = f"FAIL: {len(failed)} of {len(checks)} checks" if failed else f"PASS: all {len(checks)} checks"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Quality gate: {html.escape(ev.model)}</title>
 <style>{CSS}</style></head><body>
 <h1>Quality gate: {html.escape(ev.model)} — {verdict}</h1>
-<p>Recipe <b>{html.escape(ev.recipe)}</b>; quantized variants on the <b>{html.escape(ev.ep)}</b> EP; {len(ev.prompts)} prompts;
+<p>Recipe <b>{html.escape(ev.recipe)}</b>; quantized variants (qdq@1, qdq@2) run on the <b>{html.escape(ev.ep_detail or ev.ep)}</b>,
+float variants on the CPU EP; gated by the baseline made on the <b>{html.escape(str(gate.baseline.get('ep')))}</b> EP; {len(ev.prompts)} prompts;
 CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.escape(ev.backbones.fid)}</b>
 (FID reference: {html.escape(ev.fid_reference)}). Baseline: {html.escape(str(gate.baseline.get('source', '')))}.
+<br>{parity}
 <br><span class=small>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} with {html.escape(versions)}.</span></p>
 <h2>Metrics vs baseline</h2>
 <table><tr><th>metric</th><th>measured</th><th>baseline</th><th></th></tr>{''.join(summary_rows)}</table>
@@ -127,7 +146,7 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
 {''.join(_row(c) for c in per_prompt_failed[:200])}</table>
 <h2>Per-prompt MSE</h2>{_mse_plot(gate)}
 <h2>Images, worst 1-step MSE first</h2>
-<table class=grid><tr><th>prompt</th>{''.join(f'<th>{g}</th>' for g in GRID)}</tr>{''.join(grid)}</table>
+<table class=grid><tr><th>prompt</th>{''.join(f'<th>{g}{" · " + html.escape(ev.ep.upper()) + " EP" if g.startswith("qdq") else " · CPU EP"}</th>' for g in GRID)}</tr>{''.join(grid)}</table>
 <p class=small>Baseline tolerances: {html.escape(str(gate.baseline.get('derivation', {}).get('text', '')))}</p>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")

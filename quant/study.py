@@ -50,7 +50,9 @@ def study_baseline(study_dir: Path = STUDY_DIR) -> dict[str, Any]:
         "backbones": {"clip": backbones.clip, "fid": backbones.fid},
         "fid_reference": "COCO 2017 images of the 100 prompts, center-cropped to 256",
         "recipe": "qnn-w8a16",
-        "ep": "unknown (the study does not say)",
+        "ep": "cpu",
+        "ep_note": ("the study does not name the EP its QDQ models ran on; onnxruntime's default, the CPU EP, is assumed. "
+                    "It gates CPU-EP runs only: a QNN-EP run is gated by a baseline made on the QNN EP."),
         "versions": {"study": STUDY_REF, "written_with": package_versions()},
         "source": f"published study ({STUDY_REF})",
         "derivation": {

@@ -44,19 +44,25 @@ class _Match:
 def fuse_group_norms(model: ModelProto) -> int:
     """Replace every GroupNorm decomposition in ``model`` (in place) by one ``GroupNormalization``; return the count.
 
-    The model must use the default ONNX domain at opset 21 or later (per-channel scale and bias); a QDQ model
-    for 16-bit activations always does (the quantizer converts it).
+    GroupNormalization with per-channel scale and bias is opset 21: a model with one to fuse is converted to
+    opset 21 first (``onnx.version_converter``, as onnxruntime's quantizer converts models for 16-bit types),
+    unless ``model`` is older than opset 14, which is refused.
     """
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    graph = model.graph
-    index = _GraphIndex(graph)
-    matches = [m for i, n in enumerate(graph.node) if n.op_type == "InstanceNormalization"
-               if (m := _match(index, i)) is not None]
-    if not matches:
+    index = _GraphIndex(model.graph)
+    if not any(_match(index, i) for i, n in enumerate(model.graph.node) if n.op_type == "InstanceNormalization"):
         return 0
     if opset < 21:
-        raise ValueError(f"FuseGroupNormalization needs opset >= 21 (per-channel GroupNormalization); the model has "
-                         f"opset {opset}: run it after a 16-bit QDQ quantization or convert the model first")
+        if opset < 14:
+            raise ValueError(f"FuseGroupNormalization needs opset >= 14 to convert the model to opset 21 (per-channel "
+                             f"GroupNormalization); the model has opset {opset}: export it at opset 17 or later")
+        from onnx import version_converter
+
+        model.CopyFrom(version_converter.convert_version(model, 21))
+        index = _GraphIndex(model.graph)
+    graph = model.graph
+    matches = [m for i, n in enumerate(graph.node) if n.op_type == "InstanceNormalization"
+               if (m := _match(index, i)) is not None]
     removed = {i for m in matches for i in m.removed}
     inserted: dict[int, list[NodeProto]] = {}
     for m in matches:

@@ -28,17 +28,35 @@ def test_baseline_of_another_backbone_never_gates(tmp_path: Path) -> None:
     path = baseline_path("tiny", real, tmp_path)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"backbones": {"clip": real.clip, "fid": real.fid}}))
-    with pytest.raises(ConfigError, match="other backbones only.*never gate this one.*--update-baselines"):
+    with pytest.raises(ConfigError, match="other EPs or backbones only.*never gate this one.*--update-baselines"):
         load_baseline("tiny", proxy, tmp_path)
 
 
+def test_baseline_of_another_ep_never_gates(tmp_path: Path) -> None:
+    """A QNN-EP run needs a baseline made on the QNN EP: the CPU one is refused, and a file whose recorded EP
+    is not its folder's is refused too."""
+    proxy = Backbones(PROXY_CLIP, PROXY_FID)
+    cpu = baseline_path("tiny", proxy, tmp_path, ep="cpu")
+    cpu.parent.mkdir(parents=True)
+    cpu.write_text(json.dumps({"backbones": {"clip": proxy.clip, "fid": proxy.fid}, "ep": "cpu"}))
+    assert load_baseline("tiny", proxy, tmp_path, ep="cpu")["ep"] == "cpu"
+    with pytest.raises(ConfigError, match=r"on the qnn EP.*other EPs or backbones only \(cpu/.*--ep qnn --update-baselines"):
+        load_baseline("tiny", proxy, tmp_path, ep="qnn")
+    moved = baseline_path("tiny", proxy, tmp_path, ep="qnn")
+    moved.parent.mkdir(parents=True)
+    moved.write_text(cpu.read_text())
+    with pytest.raises(ConfigError, match="made on the 'cpu' EP, not 'qnn'"):
+        load_baseline("tiny", proxy, tmp_path, ep="qnn")
+
+
 def test_shipped_baselines_record_versions_and_backbones() -> None:
-    files = sorted((Path(__file__).resolve().parent.parent / "baselines").glob("*/*__*.json"))
+    files = sorted((Path(__file__).resolve().parent.parent / "baselines").glob("*/*/*__*.json"))
     assert files, "no baselines shipped"
     for path in files:
         data = json.loads(path.read_text())
         assert set(data["backbones"]) == {"clip", "fid"} and data["versions"], path
         assert path.stem == Backbones(data["backbones"]["clip"], data["backbones"]["fid"]).name
+        assert path.parent.name == data["ep"] and data["ep"] in ("cpu", "qnn"), path
 
 
 @pytest.fixture(scope="module")

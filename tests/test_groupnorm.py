@@ -123,10 +123,18 @@ def test_fusion_leaves_what_is_not_a_groupnorm(tmp_path: Path, kwargs: dict, why
     assert [n.op_type for n in proto.graph.node] == [n.op_type for n in onnx.load(str(model)).graph.node]
 
 
-def test_fusion_needs_opset_21(tmp_path: Path) -> None:
-    proto = onnx.load(str(_groupnorm_silu_conv(tmp_path / "m.onnx", opset=17)))
-    with pytest.raises(ValueError, match="opset >= 21.*the model has opset 17"):
-        fuse_group_norms(proto)
+def test_fusion_converts_an_older_model_to_opset_21(tmp_path: Path) -> None:
+    """Per-channel GroupNormalization is opset 21: a uint8-activation QDQ model (opset 17) is converted first;
+    before opset 14 the conversion is refused."""
+    model = _groupnorm_silu_conv(tmp_path / "m.onnx", opset=17)
+    fused, count = _fused(model, tmp_path / "fused.onnx")
+    assert count == 1 and next(o.version for o in onnx.load(str(fused)).opset_import if o.domain == "") == 21
+    feeds = _inputs(model, 2, seed=2)
+    np.testing.assert_allclose(_cpu(fused, feeds), _cpu(model, feeds), rtol=0, atol=2e-5)
+    old = onnx.load(str(model))
+    old.opset_import[0].version = 13
+    with pytest.raises(ValueError, match="opset >= 14.*the model has opset 13"):
+        fuse_group_norms(old)
 
 
 @pytest.mark.parametrize("component", ["unet", "vae_decoder"])

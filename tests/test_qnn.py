@@ -97,25 +97,18 @@ def _parity_bounds(artifacts) -> dict:
 def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: str) -> None:
     """QNN output vs CPU-EP output of the same QDQ model. On the simulator the first few test prompts (as the
     bounds were measured); on an NPU all 50."""
-    import numpy as np
-
-    from quant.evaluate import record_inputs
-    from quant.metrics import sqnr_db
+    from quant.evaluate import qnn_parity
     from quant.prompts import load_prompts
     from quant.runtime import qnn_is_simulated
 
     bounds = _parity_bounds(artifacts)
-    prompts = load_prompts("test")[: bounds["prompts"]] if qnn_is_simulated() else load_prompts("test")
-    feeds = record_inputs(artifacts.float, prompts)[component]
-    cpu = create_session(artifacts.qdq.models[component])
-    qnn = create_session(artifacts.qdq.models[component], ep="qnn", qnn=qnn_options)
-    names = [o.name for o in cpu.get_outputs()]
-    runs = [(cpu.run(None, f), qnn.run(None, f)) for f in feeds]
-    for i, name in enumerate(names):
-        value = sqnr_db(np.stack([c[i] for c, _ in runs]), np.stack([q[i] for _, q in runs]))
-        bound = bounds["outputs"][component][name]["bound_db"]
-        assert value >= bound, (f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
-                                f"{bounds['outputs'][component][name]['measured_db']} dB, limit {bound} dB (must be at least)")
+    prompts = load_prompts("test", path=artifacts.source.prompts)
+    measured = qnn_parity(artifacts, prompts[: bounds["prompts"]] if qnn_is_simulated() else prompts, qnn=qnn_options,
+                          components=[component])[component]
+    for name, value in measured.items():
+        entry = bounds["outputs"][component][name]
+        assert value >= entry["bound_db"], (f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
+                                            f"{entry['measured_db']} dB, limit {entry['bound_db']} dB (must be at least)")
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
