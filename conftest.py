@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from quant import COMPONENTS
-from quant.backbones import CLIP_CHOICES, FID_CHOICES
-from quant.build import Build, build
+from quant.build.stages import Build, build
 from quant.cache import ArtifactCache
+from quant.judge.backbones import CLIP_CHOICES, FID_CHOICES
 from quant.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions
 
 GATE_KEY = pytest.StashKey["object"]()
@@ -116,8 +116,8 @@ def quality_artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Buil
 @pytest.fixture(scope="session")
 def test_prompt_feeds(artifacts: Build) -> dict:
     """Each component's inputs while the float pipeline draws the 50 test prompts (1 step)."""
-    from quant.evaluate import record_inputs
-    from quant.prompts import load_prompts
+    from quant.diagnose.sqnr import record_inputs
+    from quant.models.prompts import load_prompts
 
     return record_inputs(artifacts.float, load_prompts("test"))
 
@@ -125,7 +125,7 @@ def test_prompt_feeds(artifacts: Build) -> dict:
 @pytest.fixture(scope="session")
 def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
     """The evaluated gate of --model (default canary) against its baseline (written first with --update-baselines)."""
-    from quant.gate import prepare_gate
+    from quant.judge.gate import prepare_gate
 
     result = prepare_gate(
         quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
@@ -140,8 +140,8 @@ def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactC
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """``quality_prompt``: every prompt of the quality model's own prompt set (COCO, or the canary world's)."""
     if "quality_prompt" in metafunc.fixturenames:
-        from quant.prompts import load_prompts
-        from quant.source import prompts_for
+        from quant.models.prompts import load_prompts
+        from quant.models.source import prompts_for
 
         prompts = load_prompts("all", path=prompts_for(metafunc.config.getoption("qdq_model") or "canary"))
         metafunc.parametrize("quality_prompt", prompts, ids=[p.id for p in prompts])
@@ -151,7 +151,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report_dir = session.config.getoption("qdq_report")
     gate = session.config.stash.get(GATE_KEY, None)
     if report_dir and gate is not None:
-        from quant.report import write_report
+        from quant.judge.report import write_report
 
         path = write_report(gate, Path(report_dir))
         session.config.pluginmanager.get_plugin("terminalreporter").write_line(f"quality report: {path}")
@@ -167,7 +167,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     built = config.stash.get(BUILD_KEY, None) or _controller_build(config, failed)
     if built is None:
         return
-    from quant.localize import localize_build
+    from quant.diagnose.localize import localize_build
 
     terminalreporter.section("worst layers by SQNR, float vs QDQ (CPU EP, 4 calibration samples)")
     for component, layers in localize_build(built).items():
@@ -177,7 +177,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if config.getoption("qdq_ep") == "qnn" and any("quality" in r.keywords for r in failed):
         on_qnn = list(COMPONENTS)
     if on_qnn:
-        from quant.diverge import divergence_summary
+        from quant.diagnose.diverge import divergence_summary
 
         terminalreporter.section("where QNN departs from the CPU EP (single-output graph cuts; `sdxl-qdq diverge` for more)")
         for line in divergence_summary(built, on_qnn, qnn=QnnOptions(soc_model=config.getoption("qdq_qnn_soc"))):

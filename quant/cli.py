@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from quant import COMPONENTS
-from quant.diverge import DEFAULT_THRESHOLD_DB
+from quant.diagnose.diverge import DEFAULT_THRESHOLD_DB
 from quant.errors import QuantError
 from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS
 
@@ -68,36 +68,36 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "study-baseline":
-        from quant.gate import baseline_path, write_baseline
-        from quant.backbones import REAL_CLIP, REAL_FID, Backbones
-        from quant.study import study_baseline
+        from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
+        from quant.judge.gate import baseline_path, write_baseline
+        from quant.judge.study import study_baseline
 
         path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
         write_baseline(study_baseline(), path)
         print(f"wrote {path}")
         return 0
 
-    from quant.build import build
+    from quant.build.stages import build
     from quant.cache import ArtifactCache
 
     try:
         start = time.perf_counter()
         calibration = None
         if args.prompts_from_hub:
-            from quant.prompts import load_prompts
+            from quant.models.prompts import load_prompts
 
             calibration = load_prompts("train", stream_from_hub=True)
         result = build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
                        calibration_prompts=calibration, allow_download=args.allow_download, quantizer=args.quantizer,
                        progress=lambda m: print(m, flush=True))
         if args.command == "build":
-            from quant.evaluate import model_size_mb
+            from quant.diagnose.sqnr import model_size_mb
 
             for c, path in result.qdq.models.items():
                 print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")
             print(f"build took {time.perf_counter() - start:.1f}s")
         elif args.command == "coverage":
-            from quant.coverage import qdq_coverage
+            from quant.diagnose.coverage import qdq_coverage
 
             for c, path in result.qdq.models.items():
                 cov = qdq_coverage(path)
@@ -108,14 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "parity":
             return _parity(result, args)
         elif args.command == "layers":
-            from quant.localize import localize_build
+            from quant.diagnose.localize import localize_build
 
             for c, layers in localize_build(result, top=args.top).items():
                 for layer in layers:
                     print(f"{c:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
         else:
-            from quant.evaluate import component_sqnr, record_inputs
-            from quant.prompts import load_prompts
+            from quant.diagnose.sqnr import component_sqnr, record_inputs
+            from quant.models.prompts import load_prompts
 
             feeds = record_inputs(result.float, load_prompts("test", path=result.source.prompts))
             for c, outputs in component_sqnr(result.float, result.qdq, feeds, ep=args.ep).items():
@@ -131,8 +131,8 @@ def _diverge(result, args: argparse.Namespace) -> int:  # noqa: ANN001
     """Localize QNN-vs-CPU divergence in each chosen component; exit 1 when one diverges."""
     import json
 
-    from quant.calibration import iter_calibration
-    from quant.diverge import distinct_samples, localize
+    from quant.build.calibration import iter_calibration
+    from quant.diagnose.diverge import distinct_samples, localize
     from quant.runtime import QnnOptions
 
     findings, diverged = {}, False
@@ -151,9 +151,9 @@ def _diverge(result, args: argparse.Namespace) -> int:  # noqa: ANN001
 
 
 def _parity(result, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from quant.evaluate import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, parity_baseline, qnn_parity
-    from quant.gate import BASELINES_DIR, baseline_model_name, write_baseline
-    from quant.prompts import load_prompts
+    from quant.diagnose.sqnr import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, parity_baseline, qnn_parity
+    from quant.judge.gate import BASELINES_DIR, baseline_model_name, write_baseline
+    from quant.models.prompts import load_prompts
     from quant.runtime import QnnOptions, qnn_is_simulated
 
     prompts = load_prompts("test", path=result.source.prompts)

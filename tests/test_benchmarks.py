@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from quant import COMPONENTS
-from quant.build import build
+from quant.build.stages import build
 from quant.cache import ArtifactCache, package_versions
 
 VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
@@ -47,8 +47,8 @@ def test_build_cold(benchmark, artifacts, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("variant", "ep"), VARIANTS, ids=[f"{v}-{e}" for v, e in VARIANTS])
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
-    from quant.calibration import load_calibration
-    from quant.qnn_profile import EXECUTE_EVENT, htp_execute_us
+    from quant.build.calibration import load_calibration
+    from quant.diagnose.qnn_profile import EXECUTE_EVENT, htp_execute_us
     from quant.runtime import QnnOptions, create_session, qnn_is_simulated
 
     if ep == "qnn":
@@ -76,7 +76,7 @@ def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, componen
 @pytest.mark.parametrize("steps", [1, 2], ids=lambda k: f"{k}step")
 @pytest.mark.parametrize("variant", ["float", "qdq"])
 def test_pipeline_latency(benchmark, artifacts, variant: str, steps: int) -> None:
-    from quant.pipeline import OrtSDXLPipeline
+    from quant.run.pipeline import OrtSDXLPipeline
 
     pipe = OrtSDXLPipeline(getattr(artifacts, variant))
     _info(benchmark, artifacts, stage="pipeline", variant=variant, ep="cpu", steps=steps,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from quant import COMPONENTS
-from quant.build import build
+from quant.build.stages import build
 from quant.cache import ArtifactCache, make_key
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from quant import world
-from quant.source import PROMPTS_CANARY
+from quant.models.canary import world
+from quant.models.source import PROMPTS_CANARY
 
 CORRECT_TARGET = 0.80  # float, 1 step: share of test images the procedural checker accepts
 
@@ -32,8 +32,8 @@ def test_prompt_fixture_is_the_world_prompt_set() -> None:
 def test_short_training_reproduces_the_first_steps() -> None:
     """The committed weights came from this code: the VAE and scorer stages replay their logged first
     losses (to float32 rounding on another CPU); the joint UNet stage is deterministic run to run."""
-    from quant import canary
-    from quant.source import build_tokenizers
+    from quant.models.canary import model as canary
+    from quant.models.source import build_tokenizers
 
     logged = json.loads((canary.WEIGHTS_DIR / "canary.json").read_text())["first_losses"]
 
@@ -62,7 +62,7 @@ def test_short_training_reproduces_the_first_steps() -> None:
 
 
 def test_committed_weights_are_small_fp16_safetensors() -> None:
-    from quant.canary import WEIGHTS_DIR
+    from quant.models.canary.model import WEIGHTS_DIR
 
     files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
     assert {f.stem for f in files} == {"vae", "text_encoder", "text_encoder_2", "unet", "scorer"}
@@ -76,15 +76,15 @@ def test_committed_weights_are_small_fp16_safetensors() -> None:
 
 @pytest.fixture(scope="module")
 def canary_build(cache):
-    from quant.build import build
+    from quant.build.stages import build
 
     return build("canary", cache=cache)
 
 
 @pytest.fixture(scope="module")
 def test_images(canary_build, cache):
-    from quant.generate import Variant, generate, image_name, load_png
-    from quant.prompts import load_prompts
+    from quant.models.prompts import load_prompts
+    from quant.run.generate import Variant, generate, image_name, load_png
 
     prompts = load_prompts("test", path=PROMPTS_CANARY)
     images = {}
@@ -104,7 +104,7 @@ def test_canary_draws_the_prompt(test_images, label: str) -> None:
 
 
 def test_scorer_separates_captions() -> None:
-    from quant.backbones import CANARY_CLIP, clip_scores
+    from quant.judge.backbones import CANARY_CLIP, clip_scores
 
     scenes = world.all_scenes()
     images = [world.render(s) for s in scenes]
@@ -112,10 +112,10 @@ def test_scorer_separates_captions() -> None:
     matched = clip_scores(images, captions, CANARY_CLIP)
     wrong = clip_scores(images, captions[7:] + captions[:7], CANARY_CLIP)
     assert np.mean(matched) >= 90 and np.mean(wrong) <= 15, (np.mean(matched), np.mean(wrong))
-    from quant.backbones import canary_scorer
-    from quant.canary import _to_tensor, scorer_token_ids
-
     import torch
+
+    from quant.judge.backbones import canary_scorer
+    from quant.models.canary.model import _to_tensor, scorer_token_ids
 
     scorer = canary_scorer()
     with torch.no_grad():
@@ -128,8 +128,8 @@ def test_scorer_separates_captions() -> None:
 @pytest.mark.parametrize("variant", ["unet-noise5", "no-xattn"])
 def test_gate_fails_a_degraded_unet(canary_build, cache, variant: str) -> None:
     """A quantized UNet that is noised, or no longer reads the prompt, fails the CLIP and FID checks."""
-    from quant.build import build, with_qdq_component
-    from quant.gate import prepare_gate
+    from quant.build.stages import build, with_qdq_component
+    from quant.judge.gate import prepare_gate
 
     degraded = with_qdq_component(canary_build, build(f"canary:{variant}", cache=cache), "unet")
     gate = prepare_gate(degraded, cache=cache)

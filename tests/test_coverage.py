@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from quant import COMPONENTS
-from quant.coverage import op_histogram, qdq_coverage
-from quant.gate import BASELINES_DIR, baseline_model_name
+from quant.diagnose.coverage import op_histogram, qdq_coverage
+from quant.judge.gate import BASELINES_DIR, baseline_model_name
 
 
 def _exceptions(artifacts) -> dict:
@@ -49,8 +49,8 @@ def test_op_histogram_snapshot(artifacts, snapshot, component: str, variant: str
 
 
 def test_worst_layers_are_named_worst_first(artifacts) -> None:
-    from quant.calibration import load_calibration
-    from quant.localize import worst_layers
+    from quant.build.calibration import load_calibration
+    from quant.diagnose.localize import worst_layers
 
     feeds = load_calibration(artifacts.calibration_dir, "text_encoder_2")[:2]
     layers = worst_layers(artifacts.float.models["text_encoder_2"], artifacts.qdq.models["text_encoder_2"], feeds, top=5)

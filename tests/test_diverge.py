@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from quant.calibration import load_calibration
-from quant.diverge import CutGraph, cpu_reference, distinct_samples, localize
+from quant.build.calibration import load_calibration
+from quant.diagnose.diverge import CutGraph, cpu_reference, distinct_samples, localize
 from quant.runtime import create_session
 
 PLANTED = "/unet/down_blocks.1/resnets.0/conv1/Conv_output_0"  # the activation whose DequantizeLinear gets a wrong scale

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from quant import COMPONENTS
-from quant.export import read_io
+from quant.build.export import read_io
 
 EXPECTED_OUTPUTS = {
     "text_encoder": ["penultimate_hidden_states"],
@@ -62,8 +62,8 @@ def test_ort_float_pipeline_matches_diffusers(artifacts, steps: int) -> None:
     """Our ORT pipeline draws what diffusers' StableDiffusionXLPipeline draws from the same weights and noise."""
     import torch
 
-    from quant.export import load_torch_pipeline
-    from quant.pipeline import OrtSDXLPipeline, prompt_seed
+    from quant.build.export import load_torch_pipeline
+    from quant.run.pipeline import OrtSDXLPipeline, prompt_seed
 
     prompt = "A man with a red helmet on a small moped on a dirt road"
     ours = OrtSDXLPipeline(artifacts.float)(prompt, steps=steps)

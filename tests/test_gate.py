@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from quant.backbones import PROXY_CLIP, PROXY_FID, Backbones
+from quant.build.recipe import DEFAULT_RECIPE
 from quant.errors import ConfigError
-from quant.gate import Check, baseline_path, load_baseline, prepare_gate
-from quant.recipe import DEFAULT_RECIPE
+from quant.judge.backbones import PROXY_CLIP, PROXY_FID, Backbones
+from quant.judge.gate import Check, baseline_path, load_baseline, prepare_gate
 
 
 def test_check_message_has_value_baseline_limit_and_direction() -> None:
@@ -62,7 +62,7 @@ def test_shipped_baselines_record_versions_and_backbones() -> None:
 @pytest.fixture(scope="module")
 def degraded(artifacts, cache, tmp_path_factory):
     """The seed recipe with uint8 activations instead of uint16, built and gated against the tiny baseline."""
-    from quant.build import build
+    from quant.build.stages import build
 
     recipe = json.loads(DEFAULT_RECIPE.read_text())
     for workflow in recipe["workflows"].values():

@@ -11,9 +11,17 @@ import onnx
 import pytest
 
 from quant import COMPONENTS
+from quant.build.lean.quantize import (
+    Graph,
+    _tensor_bytes,
+    choose_quantizer,
+    lean_quantize,
+    plan,
+    qnn_preprocess,
+    quant_preprocess,
+)
+from quant.build.recipe import DEFAULT_RECIPE, load_recipe
 from quant.errors import ConfigError
-from quant.lean import Graph, _tensor_bytes, choose_quantizer, lean_quantize, plan, qnn_preprocess, quant_preprocess
-from quant.recipe import DEFAULT_RECIPE, load_recipe
 
 RECIPE = load_recipe(DEFAULT_RECIPE)
 FUSED = ("unet", "vae_decoder")  # the recipe fuses their GroupNorms after quantization
@@ -91,8 +99,8 @@ def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> No
     import numpy as np
     import onnxruntime
 
-    from quant.calibration import load_calibration
-    from quant.lean import stock_peak_estimate
+    from quant.build.calibration import load_calibration
+    from quant.build.lean.quantize import stock_peak_estimate
 
     model = artifacts.float.models["vae_decoder"]
     proto = onnx.load(str(model))
@@ -108,7 +116,7 @@ def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> No
 def test_build_runs_lean_in_its_own_process(artifacts, cache, tmp_path: Path) -> None:
     """``build(quantizer='lean')``: a separate cache entry per component, made by a child process that
     reports its steps and peak memory."""
-    from quant.build import build
+    from quant.build.stages import build
 
     result = build("tiny", cache=cache, quantizer="lean")
     assert set(result.keys["quantizer"].values()) == {"lean"}
@@ -121,7 +129,7 @@ def test_build_runs_lean_in_its_own_process(artifacts, cache, tmp_path: Path) ->
 
 def test_isolated_export_equals_in_process_export(artifacts, tmp_path: Path) -> None:
     """One component per process (the real-size path) writes the same files as the in-process export."""
-    from quant.export import export_components
+    from quant.build.export import export_components
 
     stats = export_components(artifacts.pipeline_dir, artifacts.source, tmp_path, isolate=True)
     assert set(stats) == set(COMPONENTS) and all(s["peak_rss_gb"] > 0 for s in stats.values())
@@ -135,9 +143,9 @@ def test_staged_recording_keeps_the_pipeline_call_order(artifacts, tmp_path: Pat
     the whole pipeline feeds it."""
     import numpy as np
 
-    from quant.calibration import load_calibration, record_calibration
-    from quant.pipeline import OrtSDXLPipeline
-    from quant.prompts import load_prompts
+    from quant.build.calibration import load_calibration, record_calibration
+    from quant.models.prompts import load_prompts
+    from quant.run.pipeline import OrtSDXLPipeline
 
     prompts = load_prompts("train", path=artifacts.source.prompts)[:2]
     record_calibration(artifacts.float, prompts, tmp_path, steps=(1, 2))
@@ -159,7 +167,13 @@ def test_real_random_source_has_the_real_sizes() -> None:
     components (counted on torch's meta device, no memory)."""
     import torch
 
-    from quant.source import REAL_TEXT_ENCODER, REAL_TEXT_ENCODER_2, REAL_UNET, REAL_VAE, build_component_from_config
+    from quant.models.source import (
+        REAL_TEXT_ENCODER,
+        REAL_TEXT_ENCODER_2,
+        REAL_UNET,
+        REAL_VAE,
+        build_component_from_config,
+    )
 
     configs = {"text_encoder": REAL_TEXT_ENCODER, "text_encoder_2": REAL_TEXT_ENCODER_2, "unet": REAL_UNET, "vae": REAL_VAE}
     counts = {}
@@ -171,7 +185,7 @@ def test_real_random_source_has_the_real_sizes() -> None:
 
 
 def test_lean_cli_usage_and_cleanup_on_failure(artifacts, tmp_path: Path) -> None:
-    from quant.lean import main
+    from quant.build.lean.quantize import main
 
     assert main([]) == 2
     bad = tmp_path / "recipe.json"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from quant.metrics import sqnr_db
+from quant.judge.metrics import sqnr_db
 
 
 def test_sqnr_matches_hand_computation() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quant.pipeline import OrtSDXLPipeline, prompt_seed
+from quant.run.pipeline import OrtSDXLPipeline, prompt_seed
 
 
 def test_prompt_seed_depends_only_on_text() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from quant.prompts import FIXTURE, load_prompts, slugify
+from quant.models.prompts import FIXTURE, load_prompts, slugify
 
 
 def test_prompts_split_fifty_fifty() -> None:

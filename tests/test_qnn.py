@@ -85,7 +85,7 @@ def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts
 def _parity_bounds(artifacts) -> dict:
     import json
 
-    from quant.gate import BASELINES_DIR, baseline_model_name
+    from quant.judge.gate import BASELINES_DIR, baseline_model_name
 
     path = BASELINES_DIR / baseline_model_name(artifacts.source.name) / "parity.json"
     if not path.is_file():
@@ -97,8 +97,8 @@ def _parity_bounds(artifacts) -> dict:
 def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: str) -> None:
     """QNN output vs CPU-EP output of the same QDQ model. On the simulator the first few test prompts (as the
     bounds were measured); on an NPU all 50."""
-    from quant.evaluate import qnn_parity
-    from quant.prompts import load_prompts
+    from quant.diagnose.sqnr import qnn_parity
+    from quant.models.prompts import load_prompts
     from quant.runtime import qnn_is_simulated
 
     bounds = _parity_bounds(artifacts)
@@ -115,7 +115,7 @@ def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: s
 def test_ep_context_model_matches_uncompiled_qnn(artifacts, qnn_options, tmp_path, component: str) -> None:
     import numpy as np
 
-    from quant.calibration import load_calibration
+    from quant.build.calibration import load_calibration
     from quant.runtime import compile_ep_context
 
     context = compile_ep_context(artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qnn_options)

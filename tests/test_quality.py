@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant.gate import STEPS
+from quant.judge.gate import STEPS
 
 pytestmark = pytest.mark.quality
 # `quality_prompt` is parametrized by conftest.py with the prompt set of the model under test

@@ -19,12 +19,12 @@ import onnx
 import pytest
 
 from quant import COMPONENTS
-from quant.build import build
+from quant.build.recipe import DEFAULT_RECIPE
+from quant.build.stages import build
 from quant.cache import package_versions
+from quant.models.prompts import load_prompts
+from quant.models.source import PROMPTS_COCO
 from quant.procs import total_memory_bytes
-from quant.prompts import load_prompts
-from quant.recipe import DEFAULT_RECIPE
-from quant.source import PROMPTS_COCO
 
 pytestmark = pytest.mark.slow
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "real-size.json"

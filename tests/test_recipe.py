@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from quant.build.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe
 from quant.errors import ConfigError
-from quant.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe
 
 
 def test_seed_recipe_is_the_documented_one() -> None:

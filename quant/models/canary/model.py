@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from quant import world
+from quant.models.canary import world
+from quant.paths import DATA_DIR
 
-WEIGHTS_DIR = Path(__file__).parent / "data" / "canary"
+WEIGHTS_DIR = DATA_DIR / "canary"
 SEED = 0
 THREADS = 2
 LATENT = 8
@@ -125,7 +126,7 @@ def scorer_token_ids(captions: list[str]) -> Any:
     """The words that carry meaning (count/article, colour, shape, layout) as CLIP token ids, N×4."""
     import torch
 
-    from quant.source import build_tokenizers
+    from quant.models.source import build_tokenizers
 
     tok = build_tokenizers()[0]
     rows = []
@@ -179,7 +180,7 @@ def train_unet(models: dict[str, Any], tokenizers: tuple[Any, Any], scaling: flo
     import torch
     from diffusers import EulerAncestralDiscreteScheduler
 
-    from quant.source import TURBO_SCHEDULER
+    from quant.models.source import TURBO_SCHEDULER
 
     scheduler = EulerAncestralDiscreteScheduler.from_config({k: v for k, v in TURBO_SCHEDULER.items() if k[0] != "_"})
     alphas = scheduler.alphas_cumprod
@@ -255,7 +256,7 @@ def train_scorer(scorer: Any, steps: int, log: Log) -> None:
 
 # ---------------------------------------------------------------------------------------------- save/load
 def used_token_ids() -> list[int]:
-    from quant.source import build_tokenizers
+    from quant.models.source import build_tokenizers
 
     tok, tok_2 = build_tokenizers()
     captions = [s.caption for s in world.all_scenes()]
@@ -315,7 +316,7 @@ def pipeline_from_weights(variant: str | None = None, folder: Path = WEIGHTS_DIR
     import torch
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline
 
-    from quant.source import TURBO_SCHEDULER, build_tokenizers
+    from quant.models.source import TURBO_SCHEDULER, build_tokenizers
 
     models, meta = load_models(folder)
     unet = models["unet"]
@@ -344,7 +345,7 @@ def pipeline_from_weights(variant: str | None = None, folder: Path = WEIGHTS_DIR
 
 def train(out: Path, *, steps: dict[str, int] | None = None, progress: Callable[[str], None] = print) -> dict[str, list[float]]:
     """Run all three stages and save; returns the loss log."""
-    from quant.source import build_tokenizers
+    from quant.models.source import build_tokenizers
 
     steps = {**STEPS, **(steps or {})}
     start = time.perf_counter()

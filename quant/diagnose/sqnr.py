@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 
 from quant import COMPONENTS
-from quant.metrics import sqnr_db
-from quant.pipeline import ComponentSet, OrtSDXLPipeline
-from quant.prompts import Prompt
+from quant.judge.metrics import sqnr_db
+from quant.models.prompts import Prompt
+from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
 from quant.runtime import QnnOptions, create_session
 
 

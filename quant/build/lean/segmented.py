@@ -131,7 +131,7 @@ def split_nodes(model: Any, *, segments: int | None = None, segment_bytes: int |
     parts, or as many as keep each near ``segment_bytes``. Activations are not counted: with the reductions
     run next to their producers (``SegmentCalibrater``), a segment holds the live activations of a plain
     inference (1.4 GB for the real VAE decoder at 512×512), whatever its length."""
-    from quant.lean import _tensor_bytes
+    from quant.build.lean.quantize import _tensor_bytes
 
     sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
     seen: set[str] = set()
@@ -222,8 +222,8 @@ def segmented_minmax_ranges(
     import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
-    from quant.lean import Graph
-    from quant.pipeline import feeds_digest
+    from quant.build.lean.quantize import Graph
+    from quant.run.pipeline import feeds_digest
 
     if segments is not None and segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")

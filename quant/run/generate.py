@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.build import Build
+from quant.build.stages import Build
 from quant.cache import ArtifactCache, package_versions
-from quant.pipeline import OrtSDXLPipeline, prompt_seed
-from quant.prompts import Prompt, slugify
+from quant.models.prompts import Prompt, slugify
+from quant.run.pipeline import OrtSDXLPipeline, prompt_seed
 from quant.runtime import QnnOptions
 
 GENERATE_REVISION = 1

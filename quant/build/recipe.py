@@ -21,8 +21,8 @@ from typing import Any
 
 from quant import COMPONENTS
 from quant.errors import BuildError, ConfigError
+from quant.paths import RECIPES_DIR
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 DEFAULT_RECIPE = RECIPES_DIR / "qnn_w8a16.json"
 PLACEHOLDERS = ("model_path", "calibration_dir", "input_names", "input_shapes", "input_types", "output_dir",
                 "olive_cache_dir")
@@ -87,7 +87,7 @@ def quantize_component(
     import onnx
     from olive.workflows import run as olive_run
 
-    import quant.surgeons  # noqa: F401  (registers this project's surgeons with Olive's GraphSurgeries)
+    import quant.build.surgeons  # noqa: F401  (registers this project's surgeons with Olive's GraphSurgeries)
     from quant.runtime import register_qnn
 
     register_qnn()  # Olive's QNN passes look the EP up in this process

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from quant import COMPONENTS
-from quant.pipeline import ComponentSet, OrtSDXLPipeline
-from quant.prompts import Prompt
+from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
+from quant.models.prompts import Prompt
 
 
 def record_calibration(

@@ -16,9 +16,9 @@ from typing import Any
 
 from quant import COMPONENTS
 from quant.cache import ArtifactCache, package_versions
-from quant.pipeline import ComponentSet
-from quant.prompts import Prompt, load_prompts
-from quant.source import ModelSource, resolve_source
+from quant.run.pipeline import ComponentSet
+from quant.models.prompts import Prompt, load_prompts
+from quant.models.source import ModelSource, resolve_source
 
 # Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
 STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 2}
@@ -74,7 +74,7 @@ def build(
     memory-bounded, one component per process: ``quant.lean``), or 'auto' (lean for a component the stock
     path cannot fit in this machine's memory). ``segment_bytes``: weights per calibration segment (lean).
     """
-    from quant.recipe import DEFAULT_RECIPE, load_recipe
+    from quant.build.recipe import DEFAULT_RECIPE, load_recipe
 
     cache = cache or ArtifactCache()
     clock = StageClock(progress)
@@ -92,7 +92,7 @@ def build(
         "export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export"), isolate=isolate))
     float_set = ComponentSet({c: export_dir / c / "model.onnx" for c in COMPONENTS}, pipeline_dir)
 
-    from quant.recipe import calibration_steps
+    from quant.build.recipe import calibration_steps
 
     steps = calibration_steps(recipe_data)
     calib_inputs = {
@@ -104,7 +104,7 @@ def build(
     calib_dir = cache.get_or_build(
         "calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration")))
 
-    from quant.lean import choose_quantizer
+    from quant.build.lean.quantize import choose_quantizer
 
     qdq_models, qdq_keys, quantizers = {}, {}, {}
     for component in COMPONENTS:
@@ -157,7 +157,7 @@ def _source_dir(source: ModelSource, cache: ArtifactCache, progress: Progress) -
 
 
 def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progress, *, isolate: bool) -> None:
-    from quant.export import export_components
+    from quant.build.export import export_components
 
     progress("exporting text_encoder, text_encoder_2, unet, vae_decoder to ONNX" + (", one per process" if isolate else ""))
     stats = export_components(pipeline_dir, source, out, progress=progress, isolate=isolate)
@@ -166,8 +166,8 @@ def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progre
 
 
 def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int, ...], out: Path, progress: Progress) -> None:
-    from quant.calibration import record_calibration
-    from quant.lean import StepMeter
+    from quant.build.calibration import record_calibration
+    from quant.build.lean.quantize import StepMeter
 
     progress(f"running the float pipeline on {len(prompts)} train prompts at {', '.join(map(str, steps))} step(s)")
     meter, timings = StepMeter(progress), {}
@@ -183,7 +183,7 @@ def _quantize_lean(recipe_path: Path, component: str, model: Path, calib_dir: Pa
     from quant.procs import run_measured
 
     progress("memory-bounded quantization in its own process")
-    argv = [sys.executable, "-m", "quant.lean", str(recipe_path), component, str(model), str(calib_dir), str(out)]
+    argv = [sys.executable, "-m", "quant.build.lean.quantize", str(recipe_path), component, str(model), str(calib_dir), str(out)]
     stats = run_measured(argv + ([str(segment_bytes)] if segment_bytes else []), progress=progress)
     steps = json.loads((out / "steps.json").read_text())
     (out / "steps.json").unlink()
@@ -192,7 +192,7 @@ def _quantize_lean(recipe_path: Path, component: str, model: Path, calib_dir: Pa
 
 
 def _quantize(recipe: dict[str, Any], component: str, model: Path, calib_dir: Path, out: Path, progress: Progress) -> None:
-    from quant.recipe import quantize_component
+    from quant.build.recipe import quantize_component
 
     t = time.perf_counter()
     progress("running the Olive workflow")

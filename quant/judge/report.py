@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from quant.cache import package_versions
-from quant.gate import STEPS, Check, Gate
-from quant.generate import image_name
-from quant.metrics import psnr_db
+from quant.judge.gate import STEPS, Check, Gate
+from quant.judge.metrics import psnr_db
+from quant.run.generate import image_name
 
 GRID = ("float@1", "qdq@1", "float@2", "qdq@2")
 CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
@@ -65,7 +65,7 @@ def _parity_line(model: str) -> str:
     """How closely the CPU EP emulates the NPU for this model's QDQ components (baselines/<model>/parity.json)."""
     import json
 
-    from quant.gate import BASELINES_DIR
+    from quant.judge.gate import BASELINES_DIR
 
     path = BASELINES_DIR / model / "parity.json"
     if not path.is_file():

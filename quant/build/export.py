@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quant import COMPONENTS
-from quant.source import TOKEN_LENGTH, ModelSource
+from quant.models.source import TOKEN_LENGTH, ModelSource
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
@@ -196,7 +196,7 @@ def export_components(folder: Path, source: ModelSource, out: Path, *, progress:
     for component in COMPONENTS:
         if isolate:
             stats[component] = run_measured(
-                [sys.executable, "-m", "quant.export", str(folder), source.name, component, str(out / component)],
+                [sys.executable, "-m", "quant.build.export", str(folder), source.name, component, str(out / component)],
                 progress=progress)
             if progress:
                 progress(f"{component}: {stats[component]}")
@@ -208,7 +208,7 @@ def export_components(folder: Path, source: ModelSource, out: Path, *, progress:
 def main(argv: list[str] | None = None) -> int:
     """``python -m quant.export FOLDER MODEL COMPONENT DEST``: export one component in this process."""
     from quant.procs import report_peak_at_exit
-    from quant.source import resolve_source
+    from quant.models.source import resolve_source
 
     report_peak_at_exit()
     args = sys.argv[1:] if argv is None else argv
@@ -225,6 +225,6 @@ def read_io(component_dir: Path) -> ComponentIO:
 
 
 if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__
-    from quant.export import main as _main
+    from quant.build.export import main as _main
 
     sys.exit(_main())

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from quant import COMPONENTS
-from quant.export import ComponentIO, read_io
+from quant.build.export import ComponentIO, read_io
+from quant.models.source import TOKEN_LENGTH
 from quant.runtime import QnnOptions, assert_assignment, create_session
-from quant.source import TOKEN_LENGTH
 
 Recorder = Callable[[str, dict[str, np.ndarray]], None]
 

@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from quant.backbones import Backbones, clip_scores, fid
-from quant.build import Build
+from quant.build.stages import Build
 from quant.cache import ArtifactCache, package_versions
 from quant.errors import ConfigError
-from quant.generate import Variant, generate, image_name, load_png
-from quant.metrics import bootstrap_mean_ci, image_mse, psnr_db
-from quant.prompts import Prompt
+from quant.judge.backbones import Backbones, clip_scores, fid
+from quant.judge.metrics import bootstrap_mean_ci, image_mse, psnr_db
+from quant.models.prompts import Prompt
+from quant.paths import BASELINES_DIR
+from quant.run.generate import Variant, generate, image_name, load_png
 from quant.runtime import QnnOptions
 
-BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
 STEPS = (1, 2)
 NOISE_SEEDS = (2, 3, 4)  # seed bases of extra float@1 sets that measure seed-to-seed noise (baseline updates)
 REFERENCE_SEED = 1  # seed base of the offline FID reference set (float@1 drawn from other noise)
@@ -142,8 +142,8 @@ def _seed_noise(build, prompts, backbones, images, reference_images, float_clip,
                 progress) -> dict[str, Any]:
     """What a user cannot call a regression: the float model's seed-to-seed variation, and how much the
     quantization error moves when the same recipe is calibrated on other, equally valid prompts."""
-    from quant.build import build as build_model
-    from quant.prompts import load_prompts
+    from quant.build.stages import build as build_model
+    from quant.models.prompts import load_prompts
 
     texts = [p.text for p in prompts]
     noise: dict[str, Any] = {"seeds": list(NOISE_SEEDS)}
@@ -315,7 +315,7 @@ def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 25
     """The COCO images of ``prompts`` (by file name from the prompt fixture), center-cropped and resized to ``size``."""
     from PIL import Image
 
-    from quant.prompts import FIXTURE
+    from quant.models.prompts import FIXTURE
 
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
     images = []
@@ -346,8 +346,8 @@ def prepare_gate(
     progress: Callable[[str], None] = lambda _: None,
 ) -> Gate:
     """Evaluate ``build`` on the 100 prompts and pair it with its baseline (written first when ``update``)."""
-    from quant.backbones import resolve_backbones
-    from quant.prompts import load_prompts
+    from quant.judge.backbones import resolve_backbones
+    from quant.models.prompts import load_prompts
 
     backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
     prompts = load_prompts("all", path=build.source.prompts)

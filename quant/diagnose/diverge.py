@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from quant.metrics import sqnr_db
+from quant.judge.metrics import sqnr_db
 from quant.runtime import QnnOptions
 
 Progress = Callable[[str], None]
@@ -303,7 +303,7 @@ def _run_child(proto: Any, data_dir: Path, feeds: Feeds, qnn: QnnOptions) -> tup
         (work / "model.onnx").write_bytes(proto.SerializeToString())
         np.savez(work / "feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
         (work / "job.json").write_text(json.dumps({"data_dir": str(data_dir), "qnn": asdict(qnn), "n": len(feeds)}))
-        done = subprocess.run([sys.executable, "-m", "quant.diverge", "--child", str(work)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "quant.diagnose.diverge", "--child", str(work)], capture_output=True, text=True)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             return [], f"QNN child exited with {done.returncode}: {lines[-1] if lines else 'no message'}"
@@ -508,7 +508,7 @@ def divergence_summary(build: Any, components: Iterable[str], *, qnn: QnnOptions
                        top: int = 3) -> list[str]:
     """A few lines per component for a failure summary: its worst blocks and first diverging activation (no
     reduction: that is ``sdxl-qdq diverge``)."""
-    from quant.calibration import iter_calibration
+    from quant.build.calibration import iter_calibration
 
     lines = []
     for c in components:
@@ -524,7 +524,7 @@ def divergence_summary(build: Any, components: Iterable[str], *, qnn: QnnOptions
 def distinct_samples(feeds: Iterable[dict[str, np.ndarray]], count: int) -> Feeds:
     """The first ``count`` feeds that differ from each other (recorded calls repeat: the first UNet call is the
     same at 1 and 2 steps)."""
-    from quant.pipeline import feeds_digest
+    from quant.run.pipeline import feeds_digest
 
     chosen, seen = [], set()
     for f in feeds:

@@ -24,9 +24,9 @@ from typing import Any
 
 from quant.cache import ArtifactCache, make_key
 from quant.errors import ConfigError, ModelNotAvailableError
+from quant.paths import DATA_DIR, FIXTURES_DIR
 
-DATA_DIR = Path(__file__).parent / "data"
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "prompts"
+PROMPTS_DIR = FIXTURES_DIR / "prompts"
 PROMPTS_COCO = PROMPTS_DIR / "coco2017_first100.jsonl"
 PROMPTS_CANARY = PROMPTS_DIR / "canary_world.jsonl"
 BPE_VOCAB = DATA_DIR / "clip_bpe_simple_vocab_16e6.txt.gz"
@@ -143,7 +143,12 @@ def build_tokenizers() -> tuple[Any, Any]:
 def build_tiny_pipeline() -> Any:
     """The tiny SDXL pipeline, deterministic: every component is seeded before it is built."""
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        EulerAncestralDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def seeded(factory: Callable[[], Any], seed: int) -> Any:
@@ -307,7 +312,7 @@ CANARY_VARIANTS = ("unet-noise5", "no-xattn")  # degraded UNets: the gate must f
 
 def _canary_source(variant: str | None = None) -> ModelSource:
     from quant.cache import file_digest
-    from quant.canary import TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, WEIGHTS_DIR
+    from quant.models.canary.model import TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, WEIGHTS_DIR
 
     files = sorted(WEIGHTS_DIR.glob("*"))
     if not (WEIGHTS_DIR / "canary.json").is_file():
@@ -322,14 +327,14 @@ def _canary_source(variant: str | None = None) -> ModelSource:
 
     def materialize(cache: ArtifactCache) -> Path:
         def build(out: Path) -> None:
-            from quant.canary import pipeline_from_weights
+            from quant.models.canary.model import pipeline_from_weights
 
             pipeline_from_weights(variant).save_pretrained(out / "pipeline", safe_serialization=True)
 
         return cache.get_or_build("source", fingerprint, build) / "pipeline"
 
     def reference(texts: list[str]) -> list[Any]:
-        from quant import world
+        from quant.models.canary import world
 
         return [world.render(world.parse(t)) for t in texts]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quant.metrics import sqnr_db
+from quant.judge.metrics import sqnr_db
 from quant.runtime import create_session
 
 DQ_SUFFIX = "_DequantizeLinear_Output"
@@ -69,7 +69,7 @@ def worst_layers(float_model: Path, qdq_model: Path, feeds: list[dict[str, np.nd
 def localize_build(build, *, samples: int = 4, top: int = 3) -> dict[str, list[LayerError]]:
     """Worst layers of every component of a ``Build``, on its first ``samples`` calibration inputs."""
     from quant import COMPONENTS
-    from quant.calibration import load_calibration
+    from quant.build.calibration import load_calibration
 
     return {
         c: worst_layers(build.float.models[c], build.qdq.models[c], load_calibration(build.calibration_dir, c)[:samples], top=top)

@@ -124,7 +124,7 @@ class _CanaryProcessor:
     def __call__(self, *, images: Any = None, text: Any = None, **_: Any) -> dict[str, Any]:
         import torch
 
-        from quant.canary import scorer_token_ids
+        from quant.models.canary.model import scorer_token_ids
 
         if images is not None:
             x = torch.stack([torch.as_tensor(i) for i in images]).float()
@@ -151,7 +151,7 @@ class _CanaryModel:
 
 @functools.lru_cache(maxsize=1)
 def canary_scorer() -> Any:
-    from quant.canary import load_models
+    from quant.models.canary.model import load_models
 
     return load_models(names=("scorer",))[0]["scorer"]
 
@@ -170,7 +170,7 @@ def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
         return model.eval(), processor
     if name != PROXY_CLIP:
         raise ConfigError(f"CLIP backbone {name!r} is not one of {CLIP_CHOICES[1:]}")
-    from quant.source import build_tokenizers
+    from quant.models.source import build_tokenizers
 
     torch.manual_seed(0)
     config = CLIPConfig(

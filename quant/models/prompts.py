@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quant.errors import ConfigError, ModelNotAvailableError
+from quant.paths import FIXTURES_DIR
 
-FIXTURE = Path(__file__).resolve().parent.parent / "fixtures" / "prompts" / "coco2017_first100.jsonl"
+FIXTURE = FIXTURES_DIR / "prompts" / "coco2017_first100.jsonl"
 HUB_DATASET = "phiyodr/coco2017"
 SPLITS = ("train", "test", "all")
 N_TRAIN = 50

@@ -168,7 +168,7 @@ def graph_surgeries(graph: Graph, work: Path, surgeries: list[dict[str, Any]], r
     import onnx_ir as ir
     from olive.passes.onnx.graph_surgeries import GraphSurgeries
 
-    import quant.surgeons  # noqa: F401  (registers this project's surgeons)
+    import quant.build.surgeons  # noqa: F401  (registers this project's surgeons)
 
     model = onnx.ModelProto()
     model.CopyFrom(graph.proto)
@@ -302,8 +302,8 @@ def lean_quantize(
     from olive.passes.onnx.quantization import quant_type_from_precision
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    from quant.calibration import iter_calibration
-    from quant.chunked import quantize_with_ranges, segmented_minmax_ranges
+    from quant.build.calibration import iter_calibration
+    from quant.build.lean.segmented import quantize_with_ranges, segmented_minmax_ranges
 
     steps = plan(workflow)
     meter = StepMeter(progress)
@@ -429,7 +429,7 @@ def model_component(calibration_dir: Path, model: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m quant.lean RECIPE COMPONENT MODEL CALIBRATION_DIR OUT [SEGMENT_BYTES]``: one component, this process."""
-    from quant.recipe import load_recipe
+    from quant.build.recipe import load_recipe
     from quant.runtime import register_qnn
 
     args = sys.argv[1:] if argv is None else argv
@@ -450,6 +450,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__
-    from quant.lean import main as _main
+    from quant.build.lean.quantize import main as _main
 
     sys.exit(_main())

@@ -8,11 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from quant.backbones import REAL_CLIP, REAL_FID, Backbones
 from quant.cache import package_versions
-from quant.prompts import load_prompts
+from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
+from quant.models.prompts import load_prompts
+from quant.paths import FIXTURES_DIR
 
-STUDY_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "reference_study"
+STUDY_DIR = FIXTURES_DIR / "reference_study"
 VARIANTS = {"float@1": "unoptimized", "qdq@1": "optimized_1step", "qdq@2": "optimized_2steps"}
 # The versions the study recorded nothing about; ours at the time the baseline was written are kept apart.
 STUDY_REF = "microsoft/Olive e51d49f434cc0f0d9b9168a67b933387ba076476 examples/directml/stable_diffusion_xl/report_xl"
