@@ -1,8 +1,10 @@
 """Quality gate for SDXL-turbo quantized with Olive to QDQ for the QNN execution provider.
 
-The stages live in one module each, in data-flow order:
-``source`` → ``export`` → ``calibration`` → ``recipe`` → ``pipeline`` (+ ``runtime`` for ORT sessions),
-with ``build`` tying them together through the content-addressed ``cache``.
+One package per stage, in data-flow order: ``models`` (where the pipeline comes from) → ``build`` (export,
+calibration, quantization) → ``run`` (the ORT pipeline and the image sets) → ``judge`` (metrics, baselines,
+the gate, the report); ``diagnose`` beside them (coverage, per-layer error, QNN parity and divergence).
+Shared below them: ``components``, ``runtime``, ``cache``, ``procs``, ``errors``, ``paths``. On top: ``flows``
+(the gate end to end), ``cli`` and the pytest plugin.
 """
 
 import os
@@ -11,5 +13,3 @@ import os
 os.environ.setdefault("OLIVE_DISABLE_TELEMETRY", "1")
 
 __version__ = "0.1.0"
-
-COMPONENTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")

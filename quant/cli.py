@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.diagnose.diverge import DEFAULT_THRESHOLD_DB
 from quant.errors import QuantError
 from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                        calibration_prompts=calibration, allow_download=args.allow_download, quantizer=args.quantizer,
                        progress=lambda m: print(m, flush=True))
         if args.command == "build":
-            from quant.diagnose.sqnr import model_size_mb
+            from quant.build.files import model_size_mb
 
             for c, path in result.qdq.models.items():
                 print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")

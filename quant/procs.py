@@ -1,4 +1,5 @@
-"""Child processes for stages that must return their memory to the system: one component per process."""
+"""Processes and progress: child processes for stages that must return their memory to the system (one component
+per process), peak-memory measurement, and the per-step and per-stage meters that report progress."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from quant.errors import BuildError
+
+Progress = Callable[[str], None]
 
 
 def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = None) -> dict[str, float | None]:
@@ -135,4 +138,30 @@ def report_peak_at_exit() -> None:
         atexit.register(lambda: Path(target).write_text(str(max(_observed_peak, peak_rss_bytes()))))
 
 
+class StepMeter:
+    """Wall time and peak resident memory per step (Linux: peak reset through /proc/self/clear_refs; freed
+    heap memory is handed back to the system after each step, so a step's peak is its own)."""
 
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.steps = progress, []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        release_free_memory()
+        reset_peak()
+        before, t = current_rss_bytes(), time.perf_counter()
+        yield
+        seconds, peak = time.perf_counter() - t, peak_rss_bytes()
+        self.steps.append({"step": name, "seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 3),
+                           "rss_before_gb": round(before / 1e9, 3)})
+        self.progress(f"{name}: {seconds:.1f}s, peak RSS {peak / 1e9:.2f} GB (RSS at start {before / 1e9:.2f} GB)")
+
+
+class StageClock:
+    """Prefixes progress lines with the stage and the time since the build started."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.start = progress, time.perf_counter()
+
+    def __call__(self, stage: str) -> Progress:
+        return lambda msg: self.progress(f"[{time.perf_counter() - self.start:6.1f}s] {stage}: {msg}")

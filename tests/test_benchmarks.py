@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from quant import COMPONENTS
 from quant.build.stages import build
 from quant.cache import ArtifactCache, package_versions
+from quant.components import COMPONENTS
 
 VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from quant import COMPONENTS
 from quant.build.stages import build
 from quant.cache import ArtifactCache, make_key
+from quant.components import COMPONENTS
 
 
 def test_key_changes_with_any_input() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from quant.models.canary import world
-from quant.models.source import PROMPTS_CANARY
+from quant.models.prompts import PROMPTS_CANARY
 
 CORRECT_TARGET = 0.80  # float, 1 step: share of test images the procedural checker accepts
 
@@ -33,7 +33,8 @@ def test_short_training_reproduces_the_first_steps() -> None:
     """The committed weights came from this code: the VAE and scorer stages replay their logged first
     losses (to float32 rounding on another CPU); the joint UNet stage is deterministic run to run."""
     from quant.models.canary import model as canary
-    from quant.models.source import build_tokenizers
+    from quant.models.canary import train
+    from quant.models.sdxl import build_tokenizers
 
     logged = json.loads((canary.WEIGHTS_DIR / "canary.json").read_text())["first_losses"]
 
@@ -41,16 +42,16 @@ def test_short_training_reproduces_the_first_steps() -> None:
         losses: list[float] = []
         models = canary.build_models()
         log = lambda s, i, loss: losses.append(loss)  # noqa: E731
-        canary._seed_everything(canary.SEED)
-        scaling = canary.train_vae(models["vae"], steps if stage == "vae" else 1, log)
+        canary.seed_everything(canary.SEED)
+        scaling = train.train_vae(models["vae"], steps if stage == "vae" else 1, log)
         if stage == "unet":
             losses.clear()
-            canary._seed_everything(canary.SEED + 1)
-            canary.train_unet(models, build_tokenizers(), scaling, steps, log)
+            canary.seed_everything(canary.SEED + 1)
+            train.train_unet(models, build_tokenizers(), scaling, steps, log)
         if stage == "scorer":
             losses.clear()
-            canary._seed_everything(canary.SEED + 2)
-            canary.train_scorer(models["scorer"], steps, log)
+            canary.seed_everything(canary.SEED + 2)
+            train.train_scorer(models["scorer"], steps, log)
         return losses
 
     # The log was written on one CPU; torch picks its float kernels by CPU (AVX-512 or AVX2, Intel or AMD),
@@ -115,11 +116,11 @@ def test_scorer_separates_captions() -> None:
     import torch
 
     from quant.judge.backbones import canary_scorer
-    from quant.models.canary.model import _to_tensor, scorer_token_ids
+    from quant.models.canary.model import scorer_token_ids, to_tensor
 
     scorer = canary_scorer()
     with torch.no_grad():
-        img = torch.nn.functional.normalize(scorer.image_features(_to_tensor(np.stack(images))), dim=-1)
+        img = torch.nn.functional.normalize(scorer.image_features(to_tensor(np.stack(images))), dim=-1)
         txt = torch.nn.functional.normalize(scorer.text_features(scorer_token_ids(captions)), dim=-1)
     retrieved = (img @ txt.T).argmax(dim=1) == torch.arange(len(scenes))
     assert float(retrieved.float().mean()) >= 0.95

@@ -10,7 +10,19 @@ import numpy as np
 import pytest
 
 from quant.build.calibration import load_calibration
-from quant.build.lean.segmented import _Reader, quantize_with_ranges, segmented_minmax_ranges, split_nodes
+from quant.build.lean.quantize import quantize_with_ranges
+from quant.build.lean.segmented import segmented_minmax_ranges, split_nodes
+
+
+
+class _Reader:
+    """A CalibrationDataReader over a list of feeds (onnxruntime's stock calibration path)."""
+
+    def __init__(self, feeds) -> None:  # noqa: ANN001
+        self._it = iter(feeds)
+
+    def get_next(self):  # noqa: ANN201
+        return next(self._it, None)
 
 
 def _qnn_config(model: Path, feeds: list):
@@ -93,10 +105,10 @@ def test_segments_are_balanced_by_weight_bytes(artifacts, component: str) -> Non
     """Exactly the requested number of contiguous parts, none holding half of the weights."""
     import onnx
 
-    from quant.build.lean.quantize import _tensor_bytes
+    from quant.build.lean.graph import tensor_bytes
 
     model = onnx.load(str(artifacts.float.models[component]), load_external_data=False)
-    sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+    sizes = {t.name: tensor_bytes(t) for t in model.graph.initializer}
     parts = split_nodes(model, segments=4)
     assert len(parts) == 4 and [i for p in parts for i in p] == list(range(len(model.graph.node)))
     per_part = [sum(sizes.get(n, 0) for i in p for n in model.graph.node[i].input) for p in parts]

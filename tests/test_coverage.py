@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.diagnose.coverage import op_histogram, qdq_coverage
 from quant.judge.gate import BASELINES_DIR, baseline_model_name
 

@@ -6,8 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from quant import COMPONENTS
-from quant.build.export import read_io
+from quant.components import COMPONENTS, read_io
 
 EXPECTED_OUTPUTS = {
     "text_encoder": ["penultimate_hidden_states"],

@@ -10,17 +10,12 @@ from pathlib import Path
 import onnx
 import pytest
 
-from quant import COMPONENTS
-from quant.build.lean.quantize import (
-    Graph,
-    _tensor_bytes,
-    choose_quantizer,
-    lean_quantize,
-    plan,
-    qnn_preprocess,
-    quant_preprocess,
-)
+from quant.build.lean.graph import Graph, tensor_bytes
+from quant.build.lean.passes import qnn_preprocess, quant_preprocess
+from quant.build.lean.policy import choose_quantizer
+from quant.build.lean.quantize import lean_quantize, plan
 from quant.build.recipe import DEFAULT_RECIPE, load_recipe
+from quant.components import COMPONENTS
 from quant.errors import ConfigError
 
 RECIPE = load_recipe(DEFAULT_RECIPE)
@@ -62,7 +57,7 @@ def test_preprocessing_never_loads_the_weights(artifacts, tmp_path: Path, monkey
     assert "LayerNormalization" in {n.op_type for n in pre.proto.graph.node}
     post = quant_preprocess(pre, tmp_path / "quant")
     assert {p.key for p in post.proto.metadata_props} >= {"onnx.quant.pre_process", "onnx.infer"}
-    large = [t for t in post.proto.graph.initializer if _tensor_bytes(t) >= 1024]  # the external-data threshold
+    large = [t for t in post.proto.graph.initializer if tensor_bytes(t) >= 1024]  # the external-data threshold
     assert large and all(t.data_location == onnx.TensorProto.EXTERNAL for t in large)
 
 
@@ -100,7 +95,7 @@ def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> No
     import onnxruntime
 
     from quant.build.calibration import load_calibration
-    from quant.build.lean.quantize import stock_peak_estimate
+    from quant.build.lean.policy import stock_peak_estimate
 
     model = artifacts.float.models["vae_decoder"]
     proto = onnx.load(str(model))
@@ -167,7 +162,7 @@ def test_real_random_source_has_the_real_sizes() -> None:
     components (counted on torch's meta device, no memory)."""
     import torch
 
-    from quant.models.source import (
+    from quant.models.sdxl import (
         REAL_TEXT_ENCODER,
         REAL_TEXT_ENCODER_2,
         REAL_UNET,

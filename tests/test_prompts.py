@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from quant.models.prompts import FIXTURE, load_prompts, slugify
+from quant.models.prompts import PROMPTS_COCO, load_prompts, slugify
 
 
 def test_prompts_split_fifty_fifty() -> None:
@@ -18,7 +18,7 @@ def test_prompts_split_fifty_fifty() -> None:
 
 
 def test_prompt_fixture_keeps_its_attribution() -> None:
-    text = (FIXTURE.parent / "ATTRIBUTION.md").read_text()
+    text = (PROMPTS_COCO.parent / "ATTRIBUTION.md").read_text()
     assert "CC BY 4.0" in text and "COCO Consortium" in text
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.errors import ExecutionProviderError
 from quant.runtime import CPU_EP, QNN_EP, assert_assignment, create_session, graph_assignment
 

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 
 WEIGHT_OPS = {"Conv", "MatMul", "Gemm"}
 MASK_THRESHOLD = -3e30  # ReplaceAttentionMaskValue's default threshold

@@ -18,12 +18,11 @@ from pathlib import Path
 import onnx
 import pytest
 
-from quant import COMPONENTS
 from quant.build.recipe import DEFAULT_RECIPE
 from quant.build.stages import build
 from quant.cache import package_versions
-from quant.models.prompts import load_prompts
-from quant.models.source import PROMPTS_COCO
+from quant.components import COMPONENTS
+from quant.models.prompts import PROMPTS_COCO, load_prompts
 from quant.procs import total_memory_bytes
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from quant.errors import ConfigError, ModelNotAvailableError
-from quant.models.source import REAL_MODEL_ID, build_tokenizers, resolve_source
+from quant.models.sdxl import REAL_MODEL_ID, build_tokenizers
+from quant.models.source import resolve_source
 
 ROOT = Path(__file__).resolve().parent.parent
 STRUCTURE = json.loads((ROOT / "fixtures" / "sdxl_turbo_structure.json").read_text())
@@ -56,7 +57,7 @@ def test_tiny_export_has_every_real_op_type(artifacts, component: str) -> None:
 
 
 def test_tiny_pipeline_is_deterministic() -> None:
-    from quant.models.source import build_tiny_pipeline
+    from quant.models.sdxl import build_tiny_pipeline
 
     a, b = build_tiny_pipeline(), build_tiny_pipeline()
     for name in ("text_encoder", "text_encoder_2", "unet", "vae"):

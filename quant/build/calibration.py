@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
 from quant.models.prompts import Prompt
 

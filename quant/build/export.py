@@ -13,67 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from quant import COMPONENTS
-from quant.models.source import TOKEN_LENGTH, ModelSource
+from quant.components import COMPONENTS
+from quant.components import TOKEN_LENGTH
+from quant.models.source import ModelSource
+from quant.components import component_io
+from quant.build.files import save_with_external_data
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # numpy dtype name
-
-
-@dataclass(frozen=True)
-class ComponentIO:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs]}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> ComponentIO:
-        def specs(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
-            return tuple(TensorSpec(t["name"], tuple(t["shape"]), t["dtype"]) for t in items)
-
-        return cls(specs(data["inputs"]), specs(data["outputs"]))
-
-
-def component_io(component: str, dims: dict[str, int]) -> ComponentIO:
-    """Fixed input/output specs of ``component``. ``dims``: widths read from the model configs."""
-    latent, image = dims["latent"], dims["latent"] * dims["vae_scale_factor"]
-    ids = TensorSpec("input_ids", (1, TOKEN_LENGTH), "int64")
-    if component == "text_encoder":
-        return ComponentIO((ids,), (TensorSpec("penultimate_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"]), "float32"),))
-    if component == "text_encoder_2":
-        return ComponentIO(
-            (ids,),
-            (
-                TensorSpec("text_embeds", (1, dims["te2_projection"]), "float32"),
-                TensorSpec("penultimate_hidden_states", (1, TOKEN_LENGTH, dims["te2_hidden"]), "float32"),
-            ),
-        )
-    if component == "unet":
-        return ComponentIO(
-            (
-                TensorSpec("sample", (1, 4, latent, latent), "float32"),
-                TensorSpec("timestep", (1,), "float32"),
-                TensorSpec("encoder_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"] + dims["te2_hidden"]), "float32"),
-                TensorSpec("text_embeds", (1, dims["te2_projection"]), "float32"),
-                TensorSpec("time_ids", (1, 6), "float32"),
-            ),
-            (TensorSpec("out_sample", (1, 4, latent, latent), "float32"),),
-        )
-    if component == "vae_decoder":
-        return ComponentIO(
-            (TensorSpec("latent_sample", (1, 4, latent, latent), "float32"),),
-            (TensorSpec("sample", (1, 3, image, image), "float32"),),
-        )
-    raise ValueError(f"unknown component {component!r}; expected one of {COMPONENTS}")
 
 
 def _wrapper(component: str, module: Any) -> Any:
@@ -180,8 +127,7 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
     model = onnx.load(str(raw))
     for leftover in dest.iterdir():
         leftover.unlink()
-    onnx.save_model(model, str(dest / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="model.onnx.data", size_threshold=1024)
+    save_with_external_data(model, dest / "model.onnx")
     (dest / "io.json").write_text(json.dumps(io.to_json(), indent=1))
     if progress:
         progress(f"exported {component}: {(dest / 'model.onnx.data').stat().st_size / 1e6:.1f} MB")
@@ -218,10 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     folder, model, component, dest = Path(args[0]), args[1], args[2], Path(args[3])
     export_component(folder, resolve_source(model), component, dest, progress=print)
     return 0
-
-
-def read_io(component_dir: Path) -> ComponentIO:
-    return ComponentIO.from_json(json.loads((component_dir / "io.json").read_text()))
 
 
 if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__

@@ -19,9 +19,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.errors import BuildError, ConfigError
 from quant.paths import RECIPES_DIR
+from quant.build.files import save_with_external_data
 
 DEFAULT_RECIPE = RECIPES_DIR / "qnn_w8a16.json"
 PLACEHOLDERS = ("model_path", "calibration_dir", "input_names", "input_shapes", "input_types", "output_dir",
@@ -119,8 +120,7 @@ def quantize_component(
             )
         proto = onnx.load(str(produced[0]))
         out.mkdir(parents=True, exist_ok=True)
-        onnx.save_model(proto, str(out / "model.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location="model.onnx.data", size_threshold=1024)
+        save_with_external_data(proto, out / "model.onnx")
     shutil.copy(model.parent / "io.json", out / "io.json")
     return out / "model.onnx"
 

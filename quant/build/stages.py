@@ -14,30 +14,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.cache import ArtifactCache, package_versions
 from quant.run.pipeline import ComponentSet
 from quant.models.prompts import Prompt, load_prompts
 from quant.models.source import ModelSource, resolve_source
+from quant.procs import StageClock
+from quant.procs import Progress
 
 # Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
 STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 2}
 
-Progress = Callable[[str], None]
 
 
 def _silent(_: str) -> None:
     pass
-
-
-class StageClock:
-    """Prefixes progress lines with the stage and the time since the build started."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.start = progress, time.perf_counter()
-
-    def __call__(self, stage: str) -> Progress:
-        return lambda msg: self.progress(f"[{time.perf_counter() - self.start:6.1f}s] {stage}: {msg}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +95,7 @@ def build(
     calib_dir = cache.get_or_build(
         "calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration")))
 
-    from quant.build.lean.quantize import choose_quantizer
+    from quant.build.lean.policy import choose_quantizer
 
     qdq_models, qdq_keys, quantizers = {}, {}, {}
     for component in COMPONENTS:
@@ -167,7 +158,7 @@ def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progre
 
 def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int, ...], out: Path, progress: Progress) -> None:
     from quant.build.calibration import record_calibration
-    from quant.build.lean.quantize import StepMeter
+    from quant.procs import StepMeter
 
     progress(f"running the float pipeline on {len(prompts)} train prompts at {', '.join(map(str, steps))} step(s)")
     meter, timings = StepMeter(progress), {}

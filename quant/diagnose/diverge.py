@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 
 from quant.judge.metrics import sqnr_db
+from quant.procs import Progress
 from quant.runtime import QnnOptions
 
-Progress = Callable[[str], None]
 Feeds = list[dict[str, np.ndarray]]
 DEFAULT_THRESHOLD_DB = 30.0  # AI Hub treats a QNN-vs-reference SQNR above 30 dB as good
 _QDQ = ("QuantizeLinear", "DequantizeLinear")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quant.build.files import save_with_external_data
 from quant.judge.metrics import sqnr_db
 from quant.runtime import create_session
 
@@ -35,7 +36,7 @@ def _expose_dequantized_activations(qdq_model: Path, out: Path) -> None:
     for node in model.graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] not in inits and node.output[0] not in existing:
             model.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
-    onnx.save_model(model, str(out), save_as_external_data=True, location=out.name + ".data")
+    save_with_external_data(model, out)
 
 
 def worst_layers(float_model: Path, qdq_model: Path, feeds: list[dict[str, np.ndarray]], *, top: int = 3) -> list[LayerError]:
@@ -68,8 +69,8 @@ def worst_layers(float_model: Path, qdq_model: Path, feeds: list[dict[str, np.nd
 
 def localize_build(build, *, samples: int = 4, top: int = 3) -> dict[str, list[LayerError]]:
     """Worst layers of every component of a ``Build``, on its first ``samples`` calibration inputs."""
-    from quant import COMPONENTS
     from quant.build.calibration import load_calibration
+    from quant.components import COMPONENTS
 
     return {
         c: worst_layers(build.float.models[c], build.qdq.models[c], load_calibration(build.calibration_dir, c)[:samples], top=top)

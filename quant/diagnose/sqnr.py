@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from quant import COMPONENTS
+from quant.components import COMPONENTS
 from quant.judge.metrics import sqnr_db
 from quant.models.prompts import Prompt
 from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
@@ -47,10 +46,6 @@ def component_sqnr(
         result[component] = {n: sqnr_db(np.stack(refs[n]), np.stack(tests[n])) for n in names}
     return result
 
-
-def model_size_mb(model: Path) -> float:
-    """Size of an ONNX model with its external data, in MB."""
-    return sum(p.stat().st_size for p in model.parent.glob(model.name + "*")) / 1e6
 
 
 PARITY_MARGIN_DB = 3.0  # a bound is the measured SQNR minus this: half the noise power again

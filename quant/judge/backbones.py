@@ -170,7 +170,7 @@ def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
         return model.eval(), processor
     if name != PROXY_CLIP:
         raise ConfigError(f"CLIP backbone {name!r} is not one of {CLIP_CHOICES[1:]}")
-    from quant.models.source import build_tokenizers
+    from quant.models.sdxl import build_tokenizers
 
     torch.manual_seed(0)
     config = CLIPConfig(

@@ -315,9 +315,9 @@ def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 25
     """The COCO images of ``prompts`` (by file name from the prompt fixture), center-cropped and resized to ``size``."""
     from PIL import Image
 
-    from quant.models.prompts import FIXTURE
+    from quant.models.prompts import PROMPTS_COCO
 
-    rows = [json.loads(line) for line in FIXTURE.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
     images = []
     for prompt in prompts:
         path = Path(coco_dir) / rows[prompt.index]["file_name"]

@@ -13,7 +13,13 @@ from pathlib import Path
 from quant.errors import ConfigError, ModelNotAvailableError
 from quant.paths import FIXTURES_DIR
 
-FIXTURE = FIXTURES_DIR / "prompts" / "coco2017_first100.jsonl"
+PROMPTS_DIR = FIXTURES_DIR / "prompts"
+
+
+PROMPTS_COCO = PROMPTS_DIR / "coco2017_first100.jsonl"
+
+
+PROMPTS_CANARY = PROMPTS_DIR / "canary_world.jsonl"
 HUB_DATASET = "phiyodr/coco2017"
 SPLITS = ("train", "test", "all")
 N_TRAIN = 50
@@ -42,7 +48,7 @@ def sanitize_caption(caption: str) -> str:
     return re.sub(r"^[^\w,\-]+|[^\w,\-]+$", "", " ".join(caption.split()))
 
 
-def load_prompts(split: str = "all", *, path: Path = FIXTURE, stream_from_hub: bool = False) -> list[Prompt]:
+def load_prompts(split: str = "all", *, path: Path = PROMPTS_COCO, stream_from_hub: bool = False) -> list[Prompt]:
     """Prompts of ``split`` ("train", "test" or "all"), in row order, from the JSONL at ``path``."""
     if split not in SPLITS:
         raise ConfigError(f"prompt split {split!r} is not one of {SPLITS}")

@@ -17,9 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from quant import COMPONENTS
-from quant.build.export import ComponentIO, read_io
-from quant.models.source import TOKEN_LENGTH
+from quant.components import COMPONENTS, TOKEN_LENGTH, ComponentIO, read_io
 from quant.runtime import QnnOptions, assert_assignment, create_session
 
 Recorder = Callable[[str, dict[str, np.ndarray]], None]

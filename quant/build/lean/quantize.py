@@ -40,178 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from quant.errors import ConfigError
+from quant.build.lean.graph import Graph
+from quant.build.lean.ort_patches import graph_only_quantizer, patched
+from quant.build.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
+from quant.procs import StepMeter
+from quant.procs import Progress
+from quant.build.files import save_with_external_data
 
-Progress = Callable[[str], None]
 SUPPORTED_PASSES = ("QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization")
 DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
-
-
-# ----------------------------------------------------------------------------------------- graph files
-@dataclass
-class Graph:
-    """A graph-only ModelProto whose external tensors live in files under ``base_dir``."""
-
-    proto: Any
-    base_dir: Path
-
-    @classmethod
-    def load(cls, path: Path) -> Graph:
-        import onnx
-
-        return cls(onnx.load(str(path), load_external_data=False), Path(path).parent)
-
-    def data_files(self) -> set[str]:
-        from onnx.external_data_helper import _get_all_tensors, uses_external_data
-
-        return {
-            next(e.value for e in t.external_data if e.key == "location")
-            for t in _get_all_tensors(self.proto) if uses_external_data(t)
-        }
-
-    def save(self, path: Path) -> Graph:
-        """Write the graph at ``path``. onnx and onnxruntime read external data only from the model's own
-        folder (no links), so data files of another folder are copied there: callers keep graphs next to
-        their data and only pay this when a stage must write its result elsewhere."""
-        import onnx
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.parent.resolve() != self.base_dir.resolve():
-            for name in self.data_files():
-                shutil.copyfile(self.base_dir / name, path.parent / name)
-        onnx.save_model(self.proto, str(path))
-        return Graph(self.proto, path.parent)
-
-    def loaded(self, tensors: Any = None) -> Any:
-        """A copy of the proto with the external data of ``tensors`` (names; default all) read in."""
-        import onnx
-        from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
-
-        proto = onnx.ModelProto()
-        proto.CopyFrom(self.proto)
-        for t in proto.graph.initializer:
-            if uses_external_data(t) and (tensors is None or t.name in tensors):
-                load_external_data_for_tensor(t, str(self.base_dir))
-                t.data_location = onnx.TensorProto.DEFAULT
-                del t.external_data[:]
-        return proto
-
-    def session(self, so: Any, **kwargs: Any) -> Any:
-        """An onnxruntime session over this graph, its weights read from ``base_dir`` by onnxruntime."""
-        import onnxruntime
-
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.base_dir))
-        return onnxruntime.InferenceSession(self.proto.SerializeToString(), so, providers=["CPUExecutionProvider"], **kwargs)
-
-    def weight_bytes(self) -> int:
-        return sum(_tensor_bytes(t) for t in self.proto.graph.initializer)
-
-
-def _tensor_bytes(t: Any) -> int:
-    import numpy as np
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    return int(np.prod(t.dims, dtype=np.int64)) * np.dtype(tensor_dtype_to_np_dtype(t.data_type)).itemsize
-
-
-def ort_optimize(graph: Graph, work: Path, *, disabled_optimizers: list[str] | None = None) -> Graph:
-    """onnxruntime's basic-level optimization (what the stock tools run) with the optimized weights written
-    to an external file: one copy of the weights, held by onnxruntime."""
-    import onnxruntime
-
-    out = work / "out"
-    out.mkdir(parents=True)
-    so = onnxruntime.SessionOptions()
-    so.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    so.log_severity_level = 3
-    so.optimized_model_filepath = str(out / "model.onnx")
-    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", "model.onnx.data")
-    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    kwargs = {"disabled_optimizers": disabled_optimizers} if disabled_optimizers else {}
-    graph.session(so, **kwargs)
-    return Graph.load(out / "model.onnx")
-
-
-# ------------------------------------------------------------------------------------------- the passes
-def qnn_preprocess(graph: Graph, work: Path, **options: Any) -> Graph:
-    """onnxruntime's ``qnn_preprocess_model``; its save-optimize-reload step works on the graph only."""
-    import onnx
-    from onnxruntime.quantization.execution_providers.qnn import preprocess
-
-    optimized: list[Graph] = []
-
-    def reload_optimized(model: Any, shape_infer: bool) -> Any:
-        g = Graph(onnx.shape_inference.infer_shapes(model) if shape_infer else model, graph.base_dir)
-        g = ort_optimize(g, work / "optimize")  # as onnxruntime.tools.onnx_model_utils.optimize_model
-        props = {"onnx.infer": "onnxruntime.tools.qnn.preprocess", **{p.key: p.value for p in g.proto.metadata_props}}
-        onnx.helper.set_model_props(g.proto, props)
-        optimized.append(g)
-        return g.proto
-
-    original = preprocess.save_and_reload_optimize_model
-    preprocess.save_and_reload_optimize_model = reload_optimized
-    try:
-        out = work / "out" / "model.onnx"
-        out.parent.mkdir(parents=True)
-        modified = preprocess.qnn_preprocess_model(graph.proto, str(out), save_as_external_data=False, **options)
-    finally:
-        preprocess.save_and_reload_optimize_model = original
-    if not modified:  # as Olive's pass: an unmodified model passes through
-        return graph
-    return Graph(onnx.load(str(out), load_external_data=False), optimized[0].base_dir)
-
-
-def graph_surgeries(graph: Graph, work: Path, surgeries: list[dict[str, Any]], remove_duplicate_initializers: bool = True) -> Graph:
-    """Olive's GraphSurgeries pass (surgeons, then initializer de-duplication), on the graph: the tensors a
-    surgeon or the de-duplication inspects are read from the data file on demand (relative to the cwd, as
-    ``numpy_helper.to_array`` and onnx_ir's external tensors read them), never all at once."""
-    import onnx
-    import onnx_ir as ir
-    from olive.passes.onnx.graph_surgeries import GraphSurgeries
-
-    import quant.build.surgeons  # noqa: F401  (registers this project's surgeons)
-
-    model = onnx.ModelProto()
-    model.CopyFrom(graph.proto)
-    with contextlib.chdir(graph.base_dir):
-        for surgery in surgeries:  # the pass's own surgeon lookup (it only reads the registry and the signature)
-            model = GraphSurgeries.init_surgeon_instance(GraphSurgeries, surgery)(model)
-        if remove_duplicate_initializers:
-            from onnx_ir.passes.common import DeduplicateHashedInitializersPass
-
-            ir_model = DeduplicateHashedInitializersPass()(ir.from_proto(model)).model
-            model = ir.to_proto(ir_model)
-            for value in ir_model.graph.initializers.values():  # unmap the data file (hashed through mmap)
-                if isinstance(value.const_value, ir.ExternalTensor):
-                    value.const_value.release()
-    return Graph(model, graph.base_dir)
-
-
-def quant_preprocess(graph: Graph, work: Path) -> Graph:
-    """onnxruntime's ``quant_pre_process`` as Olive calls it (auto_merge), on the graph only."""
-    import onnx
-    from onnxruntime.quantization.quant_utils import add_pre_process_metadata
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    # it reads the few initializers it computes shapes from through numpy_helper.to_array, relative to the cwd
-    with contextlib.chdir(graph.base_dir):
-        model = SymbolicShapeInference.infer_shapes(graph.proto, 2**31 - 1, True, False, 0)
-    g = ort_optimize(Graph(model, graph.base_dir), work / "optimize")
-    model = onnx.shape_inference.infer_shapes(g.proto)
-    add_pre_process_metadata(model)
-    return Graph(model, g.base_dir)
-
-
-def to_opset21(graph: Graph) -> Graph:
-    """onnxruntime's ``update_opset_version`` for 16-bit activations (convert, re-infer shapes), graph only."""
-    import onnx
-    from onnxruntime.quantization.quant_utils import add_infer_metadata, get_opset_version
-
-    model = onnx.shape_inference.infer_shapes(graph.proto)
-    add_infer_metadata(model)
-    if get_opset_version(model) < 21:
-        model = onnx.shape_inference.infer_shapes(onnx.version_converter.convert_version(model, 21))
-        add_infer_metadata(model)
-    return Graph(model, graph.base_dir)
 
 
 # ------------------------------------------------------------------------------------------- the stage
@@ -264,27 +101,6 @@ def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return steps
 
 
-class StepMeter:
-    """Wall time and peak resident memory per step (Linux: peak reset through /proc/self/clear_refs; freed
-    heap memory is handed back to the system after each step, so a step's peak is its own)."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.steps = progress, []
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        from quant.procs import current_rss_bytes, peak_rss_bytes, release_free_memory, reset_peak
-
-        release_free_memory()
-        reset_peak()
-        before, t = current_rss_bytes(), time.perf_counter()
-        yield
-        seconds, peak = time.perf_counter() - t, peak_rss_bytes()
-        self.steps.append({"step": name, "seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 3),
-                           "rss_before_gb": round(before / 1e9, 3)})
-        self.progress(f"{name}: {seconds:.1f}s, peak RSS {peak / 1e9:.2f} GB (RSS at start {before / 1e9:.2f} GB)")
-
-
 def lean_quantize(
     workflow: dict[str, Any],
     model: Path,
@@ -303,7 +119,8 @@ def lean_quantize(
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     from quant.build.calibration import iter_calibration
-    from quant.build.lean.segmented import quantize_with_ranges, segmented_minmax_ranges
+    from quant.build.lean.quantize import quantize_with_ranges
+    from quant.build.lean.segmented import segmented_minmax_ranges
 
     steps = plan(workflow)
     meter = StepMeter(progress)
@@ -357,53 +174,12 @@ def lean_quantize(
             staged = work / "result"
             staged.mkdir()
             onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "sdxl_qdq.quantizer": "lean"})
-            onnx.save_model(proto, str(staged / "model.onnx"), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+            save_with_external_data(proto, staged / "model.onnx")
             del proto
         for f in (work / "result").iterdir():
             os.replace(f, out / f.name)
     shutil.copy(model.parent / "io.json", out / "io.json")
     return meter.steps
-
-
-PROTOBUF_LIMIT = 2**31  # bytes: the stock path serializes whole models (opset conversion) and fails beyond
-
-
-def stock_peak_estimate(model: Path) -> int:
-    """A rough upper bound of the stock path's peak memory for ``model``: its weights three times (loaded by
-    the calibrator, copied by its augmentation, held by the session) plus every float activation at once
-    (the augmented session's default order keeps them all alive: 14.4 GB for the real VAE decoder). Shapes
-    come from onnxruntime's symbolic shape inference, which sizes what ONNX's leaves open (the decoder's
-    upsampling outputs)."""
-    import numpy as np
-    import onnx
-    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-    graph = Graph.load(model)
-    with contextlib.chdir(graph.base_dir):  # the few initializers it reads, from the data file on demand
-        proto = SymbolicShapeInference.infer_shapes(graph.proto, 2**31 - 1, True, False, 0)
-    acts = 0
-    for vi in [*proto.graph.value_info, *proto.graph.output]:
-        t = vi.type.tensor_type
-        if t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and all(d.HasField("dim_value") for d in t.shape.dim):
-            acts += int(np.prod([d.dim_value for d in t.shape.dim], dtype=np.int64)) * 4
-    return 3 * graph.weight_bytes() + acts
-
-
-def choose_quantizer(model: Path, requested: str, memory: int | None = None) -> str:
-    """``requested`` ('olive' or 'lean'), or for 'auto': 'lean' when the stock path may not fit ``model``:
-    weights over protobuf's 2 GB, or the stock estimate over half of this machine's memory (the estimate
-    leaves out onnxruntime's arena growth and Olive's own copies: 17.9 GB for the real VAE decoder, whose
-    stock calibration was measured above 20 GB). Both give the same model (``tests/test_lean.py``)."""
-    from quant.procs import total_memory_bytes
-
-    if requested not in ("auto", "olive", "lean"):
-        raise ConfigError(f"quantizer {requested!r} is not one of auto, olive, lean")
-    if requested != "auto":
-        return requested
-    weights = (model.parent / "model.onnx.data").stat().st_size if (model.parent / "model.onnx.data").exists() else 0
-    memory = memory or total_memory_bytes()
-    return "lean" if weights >= PROTOBUF_LIMIT or stock_peak_estimate(model) > 0.5 * memory else "olive"
 
 
 def _drop_unused(work: Path, graph: Graph) -> None:
@@ -453,3 +229,33 @@ if __name__ == "__main__":  # run the importable module, not a second copy of it
     from quant.build.lean.quantize import main as _main
 
     sys.exit(_main())
+
+
+def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any, *, lazy_weights: bool = False) -> None:
+    """``quantize_static`` with ``qdq_config`` (e.g. from ``get_qnn_qdq_config``), ranges from ``ranges`` (through
+    onnxruntime's calibration cache, so nothing is calibrated again).
+
+    ``lazy_weights``: quantize from the graph alone, inside the model's folder (``ort_patches.graph_only_quantizer``):
+    onnxruntime's quantizer reads each weight it quantizes from the data file and holds only the quantized ones
+    (a quarter of the float ones). The result is the same model (``tests/test_lean.py``).
+    """
+    import contextlib
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    model_path, output = Path(model_path).resolve(), Path(output).resolve()
+    with tempfile.TemporaryDirectory(prefix="chunked-quant-") as tmp:
+        cache = Path(tmp, "calibration.json")
+        save_tensors_data(ranges, cache)
+        kwargs = {k: v for k, v in inspect.getmembers(qdq_config) if not k.startswith("_")}
+        kwargs.pop("calibration_data_reader", None)
+        kwargs["use_external_data_format"] = True
+        run = lambda: quantize_static(str(model_path), str(output), calibration_data_reader=None,  # noqa: E731
+                                      calibration_cache_path=str(cache), **kwargs)
+        if not lazy_weights:
+            run()
+            return
+        with patched(graph_only_quantizer(model_path.parent)), contextlib.chdir(model_path.parent):
+            run()

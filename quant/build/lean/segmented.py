@@ -26,8 +26,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from quant.procs import Progress
+from quant.build.files import save_with_external_data
 
-Progress = Callable[[str], None]
 
 
 def _calibrator_class() -> type:
@@ -131,9 +132,9 @@ def split_nodes(model: Any, *, segments: int | None = None, segment_bytes: int |
     parts, or as many as keep each near ``segment_bytes``. Activations are not counted: with the reductions
     run next to their producers (``SegmentCalibrater``), a segment holds the live activations of a plain
     inference (1.4 GB for the real VAE decoder at 512×512), whatever its length."""
-    from quant.build.lean.quantize import _tensor_bytes
+    from quant.build.lean.graph import tensor_bytes
 
-    sizes = {t.name: _tensor_bytes(t) for t in model.graph.initializer}
+    sizes = {t.name: tensor_bytes(t) for t in model.graph.initializer}
     seen: set[str] = set()
     costs = []
     for node in model.graph.node:
@@ -211,7 +212,6 @@ def segmented_minmax_ranges(
     segments: int | None = None,
     segment_bytes: int | None = None,
     op_types_to_calibrate: list[str] | None = None,
-    symmetric: bool = False,
     work: Path | None = None,
     progress: Progress | None = None,
     timings: dict[str, float] | None = None,
@@ -222,7 +222,7 @@ def segmented_minmax_ranges(
     import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
 
-    from quant.build.lean.quantize import Graph
+    from quant.build.lean.graph import Graph
     from quant.run.pipeline import feeds_digest
 
     if segments is not None and segments < 1:
@@ -265,10 +265,9 @@ def segmented_minmax_ranges(
             started = time.perf_counter()
             seg_dir = Path(tmp, f"segment{k}")
             seg_dir.mkdir()
-            onnx.save_model(Graph(seg, graph.base_dir).loaded(), str(seg_dir / "model.onnx"), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=1024)
+            save_with_external_data(Graph(seg, graph.base_dir).loaded(), seg_dir / "model.onnx")
             calibrator = cls(str(seg_dir / "model.onnx"), op_types_to_calibrate, augmented_model_path=str(seg_dir / "augmented.onnx"),
-                             symmetric=symmetric, use_external_data_format=True, subset=subset)
+                             use_external_data_format=True, subset=subset)
             calibrator.augment_graph()
             calibrator.create_inference_session()
             names = [i.name for i in seg.graph.input]
@@ -314,104 +313,3 @@ def _safe(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()  # tensor names may hold '/', ':' and the like
 
 
-class _Reader:
-    """A CalibrationDataReader over an iterable of feeds."""
-
-    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]) -> None:
-        self._it = iter(feeds)
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._it, None)
-
-
-def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any, *, lazy_weights: bool = False) -> None:
-    """``quantize_static`` with ``qdq_config`` (e.g. from ``get_qnn_qdq_config``), ranges from ``ranges``.
-
-    ``lazy_weights``: quantize from the graph alone. onnxruntime's quantizer reads every weight it quantizes
-    through ``numpy_helper.to_array``, which reads an external tensor from its file (relative to the cwd);
-    so the model is loaded without its data (shape inference as onnxruntime runs it), run inside the
-    model's folder, and only the quantized weights (a quarter of the float ones) are held in memory. The
-    float tensors it leaves as they are get their data read in just before the result is saved. Two of its
-    per-tensor helpers that scan the whole graph (input replacement, lookup by name) are swapped for
-    equivalent ones that stop early or test in C: the quantizer's cost grows with the square of the node
-    count (14 k nodes on the real UNet). The result is the same model (``tests/test_lean.py``).
-    """
-    import contextlib
-    import importlib
-    import inspect
-
-    import onnx
-    from onnxruntime.quantization import quantize_static
-    from onnxruntime.quantization.calibrate import save_tensors_data
-    from onnxruntime.quantization.onnx_model import ONNXModel
-    from onnxruntime.quantization.quant_utils import add_infer_metadata
-
-    model_path, output = Path(model_path).resolve(), Path(output).resolve()
-    with tempfile.TemporaryDirectory(prefix="chunked-quant-") as tmp:
-        cache = Path(tmp, "calibration.json")
-        save_tensors_data(ranges, cache)
-        kwargs = {k: v for k, v in inspect.getmembers(qdq_config) if not k.startswith("_")}
-        kwargs.pop("calibration_data_reader", None)
-        kwargs["use_external_data_format"] = True
-        if not lazy_weights:
-            quantize_static(str(model_path), str(output), calibration_data_reader=None, calibration_cache_path=str(cache),
-                            **kwargs)
-            return
-
-        def load_graph_with_shape_infer(path: Path) -> Any:  # stands in for quant_utils.load_model_with_shape_infer
-            model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
-            add_infer_metadata(model)
-            return model
-
-        def reload_graph_with_shape_infer(model: Any) -> Any:  # ... and for quant_utils.save_and_reload_model_with_shape_infer
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)
-            model = onnx.shape_inference.infer_shapes(copy)
-            add_infer_metadata(model)
-            return model
-
-        save_model_to_file = ONNXModel.save_model_to_file
-
-        def save_with_data(self: Any, output_path: str, use_external_data_format: bool = False) -> None:
-            from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
-
-            for t in self.model.graph.initializer:
-                if uses_external_data(t):  # float tensors the quantizer kept: still in the input's data file
-                    load_external_data_for_tensor(t, str(model_path.parent))
-                    t.data_location = onnx.TensorProto.DEFAULT
-                    del t.external_data[:]
-            with contextlib.chdir(Path(output_path).parent):  # onnx checks the data file's name relative to the cwd
-                save_model_to_file(self, output_path, use_external_data_format)
-
-        def replace_input_of_all_nodes(self: Any, old: str, new: str) -> None:
-            # onnxruntime's loop, with the membership test done by protobuf in C: it runs once per quantized
-            # tensor over every node (quadratic: 14 k nodes on the real UNet)
-            for node in self.model.graph.node:
-                if old in node.input:
-                    ONNXModel.replace_node_input(node, old, new)
-
-        def find_by_name(item_name: str, item_list: Any) -> Any:
-            # onnxruntime's lookup (first item of that name, else None) without scanning past the first match:
-            # called per tensor over every initializer
-            return next((item for item in item_list if item.name == item_name), None)
-
-        # the package's `quantize` is a function; these are the modules
-        quantize_module = importlib.import_module("onnxruntime.quantization.quantize")
-        base_module = importlib.import_module("onnxruntime.quantization.base_quantizer")
-        lookups = [importlib.import_module(f"onnxruntime.quantization.{m}")
-                   for m in ("base_quantizer", "onnx_quantizer", "qdq_quantizer", "onnx_model")]
-        patches = [(quantize_module, "load_model_with_shape_infer", load_graph_with_shape_infer),
-                   (base_module, "save_and_reload_model_with_shape_infer", reload_graph_with_shape_infer),
-                   (ONNXModel, "save_model_to_file", save_with_data),
-                   (ONNXModel, "replace_input_of_all_nodes", replace_input_of_all_nodes),
-                   *[(module, "find_by_name", find_by_name) for module in lookups]]
-        saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-        for owner, name, replacement in patches:
-            setattr(owner, name, replacement)
-        try:
-            with contextlib.chdir(model_path.parent):
-                quantize_static(str(model_path), str(output), calibration_data_reader=None,
-                                calibration_cache_path=str(cache), **kwargs)
-        finally:
-            for owner, name, original in saved:
-                setattr(owner, name, original)

@@ -60,7 +60,7 @@ def parse(caption: str) -> Scene:
     return Scene(words[1], words[2], words[3])
 
 
-def _shape_mask(shape: str, centre: tuple[int, int], radius: float = RADIUS) -> np.ndarray:
+def shape_mask(shape: str, centre: tuple[int, int], radius: float = RADIUS) -> np.ndarray:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     cy, cx = centre
     if shape == "circle":
@@ -80,7 +80,7 @@ def render(scene: Scene) -> np.ndarray:
     image = np.empty((SIZE, SIZE, 3), dtype=np.uint8)
     image[:] = BACKGROUND
     for centre in CENTRES[scene.layout]:
-        image[_shape_mask(scene.shape, centre)] = COLOURS[scene.colour]
+        image[shape_mask(scene.shape, centre)] = COLOURS[scene.colour]
     return image
 
 
@@ -140,7 +140,7 @@ def classify_shape(pixels: np.ndarray) -> str:
     half = (max(y1 - y0, x1 - x0)) / 2  # half the extent of the blob's bounding box
 
     def iou(shape: str) -> float:
-        ideal = _shape_mask(shape, centre, radius=half / 0.85 if shape == "square" else half)
+        ideal = shape_mask(shape, centre, radius=half / 0.85 if shape == "square" else half)
         return float((ideal & blob).sum()) / float((ideal | blob).sum())
 
     return max(SHAPES, key=iou)
