@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from quant import COMPONENTS
 from quant.build.stages import Build, build
 from quant.cache import ArtifactCache
+from quant.components import COMPONENTS
 from quant.judge.backbones import CLIP_CHOICES, FID_CHOICES
 from quant.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions
 
@@ -125,7 +125,7 @@ def test_prompt_feeds(artifacts: Build) -> dict:
 @pytest.fixture(scope="session")
 def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
     """The evaluated gate of --model (default canary) against its baseline (written first with --update-baselines)."""
-    from quant.judge.gate import prepare_gate
+    from quant.flows import prepare_gate
 
     result = prepare_gate(
         quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,

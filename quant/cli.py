@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "study-baseline":
         from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
-        from quant.judge.gate import baseline_path, write_baseline
+        from quant.judge.baseline import baseline_path, write_baseline
         from quant.judge.study import study_baseline
 
         path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
@@ -152,8 +152,9 @@ def _diverge(result, args: argparse.Namespace) -> int:  # noqa: ANN001
 
 def _parity(result, args: argparse.Namespace) -> int:  # noqa: ANN001
     from quant.diagnose.sqnr import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, parity_baseline, qnn_parity
-    from quant.judge.gate import BASELINES_DIR, baseline_model_name, write_baseline
+    from quant.judge.baseline import baseline_model_name, write_baseline
     from quant.models.prompts import load_prompts
+    from quant.paths import BASELINES_DIR
     from quant.runtime import QnnOptions, qnn_is_simulated
 
     prompts = load_prompts("test", path=result.source.prompts)

@@ -190,3 +190,13 @@ def compile_ep_context(model: str | Path, out: Path, *, qnn: QnnOptions | None =
         raise ExecutionProviderError(f"QNN EP did not write an EP-context model for {model} (expected {tmp})")
     tmp.replace(out)
     return out
+
+
+def ep_description(ep: str, qnn: QnnOptions | None = None) -> str:
+    """The EP in words: for QNN, the chip and whether HTP is the x86 simulator or the NPU."""
+    import platform
+
+    if ep != "qnn":
+        return f"CPU EP ({platform.machine()})"
+    soc = (qnn or QnnOptions()).soc_model or DEFAULT_QNN_SOC
+    return f"QNN EP, HTP {'simulator on ' + platform.machine() if qnn_is_simulated() else 'NPU'}, soc {soc} ({QNN_SOCS.get(soc, '?')})"

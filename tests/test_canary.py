@@ -84,14 +84,15 @@ def canary_build(cache):
 
 @pytest.fixture(scope="module")
 def test_images(canary_build, cache):
+    from quant.flows import draw
+    from quant.judge.evaluation import load_images
     from quant.models.prompts import load_prompts
-    from quant.run.generate import Variant, generate, image_name, load_png
+    from quant.run.generate import Variant
 
     prompts = load_prompts("test", path=PROMPTS_CANARY)
     images = {}
     for variant in (Variant("float", 1), Variant("qdq", 1), Variant("qdq", 2)):
-        folder = generate(canary_build, variant, prompts, cache=cache)
-        images[variant.label] = [load_png(folder / image_name(p)) for p in prompts]
+        images[variant.label] = load_images(draw(canary_build, variant, prompts, cache=cache), prompts)
     return prompts, images
 
 
@@ -130,7 +131,7 @@ def test_scorer_separates_captions() -> None:
 def test_gate_fails_a_degraded_unet(canary_build, cache, variant: str) -> None:
     """A quantized UNet that is noised, or no longer reads the prompt, fails the CLIP and FID checks."""
     from quant.build.stages import build, with_qdq_component
-    from quant.judge.gate import prepare_gate
+    from quant.flows import prepare_gate
 
     degraded = with_qdq_component(canary_build, build(f"canary:{variant}", cache=cache), "unet")
     gate = prepare_gate(degraded, cache=cache)

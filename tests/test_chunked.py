@@ -14,7 +14,6 @@ from quant.build.lean.quantize import quantize_with_ranges
 from quant.build.lean.segmented import segmented_minmax_ranges, split_nodes
 
 
-
 class _Reader:
     """A CalibrationDataReader over a list of feeds (onnxruntime's stock calibration path)."""
 

@@ -9,7 +9,8 @@ import pytest
 
 from quant.components import COMPONENTS
 from quant.diagnose.coverage import op_histogram, qdq_coverage
-from quant.judge.gate import BASELINES_DIR, baseline_model_name
+from quant.judge.baseline import baseline_model_name
+from quant.paths import BASELINES_DIR
 
 
 def _exceptions(artifacts) -> dict:

@@ -9,8 +9,10 @@ import pytest
 
 from quant.build.recipe import DEFAULT_RECIPE
 from quant.errors import ConfigError
+from quant.flows import prepare_gate
 from quant.judge.backbones import PROXY_CLIP, PROXY_FID, Backbones
-from quant.judge.gate import Check, baseline_path, load_baseline, prepare_gate
+from quant.judge.baseline import baseline_path, load_baseline
+from quant.judge.gate import Check
 
 
 def test_check_message_has_value_baseline_limit_and_direction() -> None:

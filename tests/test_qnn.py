@@ -85,7 +85,8 @@ def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts
 def _parity_bounds(artifacts) -> dict:
     import json
 
-    from quant.judge.gate import BASELINES_DIR, baseline_model_name
+    from quant.judge.baseline import baseline_model_name
+    from quant.paths import BASELINES_DIR
 
     path = BASELINES_DIR / baseline_model_name(artifacts.source.name) / "parity.json"
     if not path.is_file():

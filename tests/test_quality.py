@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from quant.judge.gate import STEPS
+from quant.judge.evaluation import STEPS
 
 pytestmark = pytest.mark.quality
 # `quality_prompt` is parametrized by conftest.py with the prompt set of the model under test

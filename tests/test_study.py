@@ -37,7 +37,7 @@ def test_study_summary_figures_match_its_tables() -> None:
 
 
 def test_shipped_sdxl_turbo_baseline_is_the_study() -> None:
-    from quant.judge.gate import BASELINES_DIR
+    from quant.paths import BASELINES_DIR
 
     shipped = json.loads((BASELINES_DIR / "sdxl-turbo" / "cpu" / "openai--clip-vit-base-patch16__inception-v3-2048.json").read_text())
     fresh = study_baseline()

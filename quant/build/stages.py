@@ -47,6 +47,17 @@ class Build:
     def pipeline_dir(self) -> Path:
         return self.float.pipeline_dir
 
+    def components(self, kind: str) -> ComponentSet:
+        """The ``"float"`` or ``"qdq"`` components."""
+        if kind not in ("float", "qdq"):
+            raise ValueError(f"components are 'float' or 'qdq', not {kind!r}")
+        return self.float if kind == "float" else self.qdq
+
+    def image_key(self, kind: str) -> dict[str, Any]:
+        """What identifies the ``kind`` components in the key of the images drawn with them."""
+        return {"build": {k: self.keys[k] for k in ("export", "calibration")},
+                "models": self.keys["qdq"] if kind == "qdq" else self.keys["export"]}
+
 
 def build(
     model: str = "tiny",
@@ -129,6 +140,13 @@ def build(
         keys={"export": export_dir.name, "calibration": calib_dir.name, "qdq": qdq_keys, "quantizer": quantizers,
               "versions": versions},
     )
+
+
+def recalibrated(base: Build, *, cache: ArtifactCache) -> Build:
+    """``base``'s model and recipe calibrated on the other 50 prompts (the test split): an equally valid
+    quantization, whose distance from ``base`` is the noise a tolerance must allow."""
+    return build(base.source.name, recipe=base.recipe_path, cache=cache,
+                 calibration_prompts=load_prompts("test", path=base.source.prompts))
 
 
 def with_qdq_component(base: Build, other: Build, component: str) -> Build:

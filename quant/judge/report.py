@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from quant.cache import package_versions
-from quant.judge.gate import STEPS, Check, Gate
+from quant.judge.evaluation import STEPS
+from quant.judge.gate import Check, Gate
 from quant.judge.metrics import psnr_db
 from quant.run.generate import image_name
 
@@ -65,7 +66,7 @@ def _parity_line(model: str) -> str:
     """How closely the CPU EP emulates the NPU for this model's QDQ components (baselines/<model>/parity.json)."""
     import json
 
-    from quant.judge.gate import BASELINES_DIR
+    from quant.paths import BASELINES_DIR
 
     path = BASELINES_DIR / model / "parity.json"
     if not path.is_file():

@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from quant.build.stages import Build
 from quant.cache import ArtifactCache, package_versions
 from quant.models.prompts import Prompt, slugify
-from quant.run.pipeline import OrtSDXLPipeline, prompt_seed
+from quant.run.pipeline import ComponentSet, OrtSDXLPipeline, prompt_seed
 from quant.runtime import QnnOptions
 
 GENERATE_REVISION = 1
@@ -56,19 +56,19 @@ def load_png(path: Path) -> np.ndarray:
 
 
 def generate(
-    build: Build,
+    components: ComponentSet,
     variant: Variant,
     prompts: list[Prompt],
     *,
+    key: dict[str, Any],
     cache: ArtifactCache,
     qnn: QnnOptions | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
-    """Folder of ``variant``'s images for ``prompts`` (cached; built once)."""
-    components = build.float if variant.model == "float" else build.qdq
+    """Folder of ``variant``'s images of ``components`` for ``prompts`` (cached; drawn once). ``key`` identifies
+    the components (the keys of the artifacts they were built from)."""
     inputs = {
-        "build": {k: build.keys[k] for k in ("export", "calibration")},
-        "models": build.keys["qdq"] if variant.model == "qdq" else build.keys["export"],
+        **key,
         "variant": variant.label,
         "qnn": qnn.soc_model if (variant.ep == "qnn" and qnn) else None,
         "prompts": [[p.index, p.text] for p in prompts],
