@@ -1,19 +1,50 @@
-"""Command line: ``python -m quant build|sqnr|coverage|layers|diverge|study-baseline`` (also installed as ``sdxl-qdq``)."""
+"""``sdxl-qdq`` (also ``python -m quant``): the project's one command line.
+
+Verbs: build, sqnr, parity, coverage, layers, diverge, study-baseline, canary-train. Verbs starting with ``_``
+are the child processes other verbs start (one component per process); they are not listed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from quant.build.calibration import iter_calibration
+from quant.build.export import export_component
+from quant.build.files import model_size_mb
+from quant.build.lean.quantize import DEFAULT_SEGMENT_BYTES, quantize_child
+from quant.build.stages import build
+from quant.cache import ArtifactCache
 from quant.components import COMPONENTS
-from quant.diagnose.diverge import DEFAULT_THRESHOLD_DB
+from quant.diagnose.coverage import qdq_coverage
+from quant.diagnose.diverge import DEFAULT_THRESHOLD_DB, distinct_samples, localize, run_cut_child
+from quant.diagnose.localize import localize_build
+from quant.diagnose.sqnr import (
+    PARITY_MARGIN_DB,
+    PARITY_SIMULATOR_PROMPTS,
+    component_sqnr,
+    parity_baseline,
+    qnn_parity,
+    record_inputs,
+)
 from quant.errors import QuantError
-from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS
+from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
+from quant.judge.baseline import baseline_model_name, baseline_path, write_baseline
+from quant.judge.study import study_baseline
+from quant.models.canary.model import WEIGHTS_DIR
+from quant.models.canary.train import train
+from quant.models.prompts import load_prompts
+from quant.models.source import resolve_source
+from quant.paths import BASELINES_DIR
+from quant.procs import report_peak_at_exit
+from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS, QnnOptions, qnn_is_simulated
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _build_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", metavar="NAME",
                    help="model source: 'tiny' (embedded, offline), 'canary', 'sdxl-turbo:random' (the real "
                         "architecture with random weights, for sizing), a Hugging Face id such as stabilityai/sdxl-turbo, "
@@ -31,20 +62,34 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "fixture (needs network; default: off)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    _common(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
+def _qnn_soc(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
+                   help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                metavar="{build,sqnr,parity,coverage,layers,diverge,study-baseline,canary-train}")
+    _build_options(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
-    _common(sq)
+    _build_options(sq)
     sq.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
-    _common(sub.add_parser("coverage", help="QDQ coverage and float islands of each component"))
+    par = sub.add_parser("parity", help="QNN-vs-CPU SQNR of each QDQ component on the model's test prompts")
+    _build_options(par)
+    _qnn_soc(par)
+    par.add_argument("--prompts", type=int, default=None, metavar="N",
+                     help="test prompts to run (default: 5 on the HTP simulator, all 50 on a chip)")
+    par.add_argument("--write", action="store_true",
+                     help="write baselines/<model>/parity.json (bounds 3 dB below each value); review, then commit")
+    _build_options(sub.add_parser("coverage", help="QDQ coverage and float islands of each component"))
     lay = sub.add_parser("layers", help="layers with the largest quantization error (float vs QDQ SQNR), worst first")
-    _common(lay)
+    _build_options(lay)
     lay.add_argument("--top", type=int, default=3, metavar="N", help="layers per component (default: %(default)s)")
     dv = sub.add_parser("diverge", help="where the QNN EP computes a QDQ component differently from the CPU EP "
                                         "(single-output graph cuts), worst block first, reduced to the smallest failing subgraph")
-    _common(dv)
+    _build_options(dv)
+    _qnn_soc(dv)
     dv.add_argument("--component", choices=(*COMPONENTS, "all"), default="all", help="component (default: %(default)s)")
     dv.add_argument("--samples", type=int, default=2, metavar="N",
                     help="distinct recorded calibration inputs to run (default: %(default)s)")
@@ -53,88 +98,102 @@ def main(argv: list[str] | None = None) -> int:
     dv.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_DB, metavar="DB",
                     help="SQNR below which a cut counts as diverging (default: %(default)s)")
     dv.add_argument("--no-reduce", action="store_true", help="stop at the first diverging activation (default: reduce)")
-    dv.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
-                    help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})")
     dv.add_argument("--json", default=None, metavar="FILE", help="also write the findings as JSON")
-    par = sub.add_parser("parity", help="QNN-vs-CPU SQNR of each QDQ component on the model's test prompts")
-    _common(par)
-    par.add_argument("--prompts", type=int, default=None, metavar="N",
-                     help="test prompts to run (default: 5 on the HTP simulator, all 50 on a chip)")
-    par.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
-                     help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})")
-    par.add_argument("--write", action="store_true",
-                     help="write baselines/<model>/parity.json (bounds 3 dB below each value); review, then commit")
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
-    args = parser.parse_args(argv)
+    ct = sub.add_parser("canary-train", help="train the canary and its scorer (about 14 min on 2 cores), write fp16 "
+                                             "safetensors")
+    ct.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: quant/data/canary)")
+    # child processes (not listed)
+    ex = sub.add_parser("_export")
+    for name in ("folder", "model", "component", "dest"):
+        ex.add_argument(name)
+    le = sub.add_parser("_lean")
+    for name in ("recipe", "component", "model", "calibration_dir", "out"):
+        le.add_argument(name)
+    le.add_argument("segment_bytes", nargs="?", type=int, default=None)
+    sub.add_parser("_qnn-cut").add_argument("work", type=Path)
+    return parser
 
-    if args.command == "study-baseline":
-        from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
-        from quant.judge.baseline import baseline_path, write_baseline
-        from quant.judge.study import study_baseline
 
-        path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
-        write_baseline(study_baseline(), path)
-        print(f"wrote {path}")
-        return 0
-
-    from quant.build.stages import build
-    from quant.cache import ArtifactCache
-
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        start = time.perf_counter()
-        calibration = None
-        if args.prompts_from_hub:
-            from quant.models.prompts import load_prompts
-
-            calibration = load_prompts("train", stream_from_hub=True)
-        result = build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
-                       calibration_prompts=calibration, allow_download=args.allow_download, quantizer=args.quantizer,
-                       progress=lambda m: print(m, flush=True))
-        if args.command == "build":
-            from quant.build.files import model_size_mb
-
-            for c, path in result.qdq.models.items():
-                print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")
-            print(f"build took {time.perf_counter() - start:.1f}s")
-        elif args.command == "coverage":
-            from quant.diagnose.coverage import qdq_coverage
-
-            for c, path in result.qdq.models.items():
-                cov = qdq_coverage(path)
-                print(f"{c:15s} compute {cov.compute:5d}  covered {cov.covered:5d}  coverage {cov.ratio:7.2%}  "
-                      f"float islands {[list(i.op_types) for i in cov.islands]}")
-        elif args.command == "diverge":
-            return _diverge(result, args)
-        elif args.command == "parity":
-            return _parity(result, args)
-        elif args.command == "layers":
-            from quant.diagnose.localize import localize_build
-
-            for c, layers in localize_build(result, top=args.top).items():
-                for layer in layers:
-                    print(f"{c:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
-        else:
-            from quant.diagnose.sqnr import component_sqnr, record_inputs
-            from quant.models.prompts import load_prompts
-
-            feeds = record_inputs(result.float, load_prompts("test", path=result.source.prompts))
-            for c, outputs in component_sqnr(result.float, result.qdq, feeds, ep=args.ep).items():
-                for name, value in outputs.items():
-                    print(f"{c:15s} {name:26s} SQNR {value:6.2f} dB")
+        return VERBS[args.command](args)
     except QuantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+# ---------------------------------------------------------------------------------------------- verbs
+def _build(args: argparse.Namespace):  # noqa: ANN202 - a quant.build.stages.Build (imported lazily: heavy)
+
+    calibration = None
+    if args.prompts_from_hub:
+        calibration = load_prompts("train", stream_from_hub=True)
+    return build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
+                 calibration_prompts=calibration, allow_download=args.allow_download, quantizer=args.quantizer,
+                 progress=lambda m: print(m, flush=True))
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    result = _build(args)
+    for c, path in result.qdq.models.items():
+        print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")
+    print(f"build took {time.perf_counter() - start:.1f}s")
     return 0
 
 
-def _diverge(result, args: argparse.Namespace) -> int:  # noqa: ANN001
+def _cmd_sqnr(args: argparse.Namespace) -> int:
+    result = _build(args)
+    feeds = record_inputs(result.float, load_prompts("test", path=result.source.prompts))
+    for c, outputs in component_sqnr(result.float, result.qdq, feeds, ep=args.ep).items():
+        for name, value in outputs.items():
+            print(f"{c:15s} {name:26s} SQNR {value:6.2f} dB")
+    return 0
+
+
+def _cmd_parity(args: argparse.Namespace) -> int:
+    result = _build(args)
+    prompts = load_prompts("test", path=result.source.prompts)
+    count = args.prompts or (PARITY_SIMULATOR_PROMPTS if qnn_is_simulated() else len(prompts))
+    qnn = QnnOptions(soc_model=args.qnn_soc)
+    measured = qnn_parity(result, prompts[:count], qnn=qnn)
+    for c, outputs in measured.items():
+        for name, value in outputs.items():
+            print(f"{c:15s} {name:26s} QNN vs CPU {value:6.2f} dB")
+    if args.write:
+        path = BASELINES_DIR / baseline_model_name(result.source.name) / "parity.json"
+        previous = json.loads(path.read_text()) if path.is_file() else None
+        baseline = parity_baseline(result, measured, prompts=count, qnn=qnn, previous=previous)
+        for c, outputs in baseline["outputs"].items():
+            for name, entry in outputs.items():
+                if entry["bound_db"] > entry["measured_db"] - PARITY_MARGIN_DB + 1e-9:
+                    print(f"{c}.{name}: kept the previous bound {entry['bound_db']} dB (measured {entry['measured_db']} dB); "
+                          "lower it by hand in the file, with the reason")
+        write_baseline(baseline, path)
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_coverage(args: argparse.Namespace) -> int:
+    for c, path in _build(args).qdq.models.items():
+        cov = qdq_coverage(path)
+        print(f"{c:15s} compute {cov.compute:5d}  covered {cov.covered:5d}  coverage {cov.ratio:7.2%}  "
+              f"float islands {[list(i.op_types) for i in cov.islands]}")
+    return 0
+
+
+def _cmd_layers(args: argparse.Namespace) -> int:
+    for c, layers in localize_build(_build(args), top=args.top).items():
+        for layer in layers:
+            print(f"{c:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
+    return 0
+
+
+def _cmd_diverge(args: argparse.Namespace) -> int:
     """Localize QNN-vs-CPU divergence in each chosen component; exit 1 when one diverges."""
-    import json
-
-    from quant.build.calibration import iter_calibration
-    from quant.diagnose.diverge import distinct_samples, localize
-    from quant.runtime import QnnOptions
-
+    result = _build(args)
     findings, diverged = {}, False
     for c in COMPONENTS if args.component == "all" else (args.component,):
         print(f"== {c}", flush=True)
@@ -150,31 +209,36 @@ def _diverge(result, args: argparse.Namespace) -> int:  # noqa: ANN001
     return 1 if diverged else 0
 
 
-def _parity(result, args: argparse.Namespace) -> int:  # noqa: ANN001
-    from quant.diagnose.sqnr import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, parity_baseline, qnn_parity
-    from quant.judge.baseline import baseline_model_name, write_baseline
-    from quant.models.prompts import load_prompts
-    from quant.paths import BASELINES_DIR
-    from quant.runtime import QnnOptions, qnn_is_simulated
-
-    prompts = load_prompts("test", path=result.source.prompts)
-    count = args.prompts or (PARITY_SIMULATOR_PROMPTS if qnn_is_simulated() else len(prompts))
-    qnn = QnnOptions(soc_model=args.qnn_soc)
-    measured = qnn_parity(result, prompts[:count], qnn=qnn)
-    for c, outputs in measured.items():
-        for name, value in outputs.items():
-            print(f"{c:15s} {name:26s} QNN vs CPU {value:6.2f} dB")
-    if args.write:
-        import json
-
-        path = BASELINES_DIR / baseline_model_name(result.source.name) / "parity.json"
-        previous = json.loads(path.read_text()) if path.is_file() else None
-        baseline = parity_baseline(result, measured, prompts=count, qnn=qnn, previous=previous)
-        for c, outputs in baseline["outputs"].items():
-            for name, entry in outputs.items():
-                if entry["bound_db"] > entry["measured_db"] - PARITY_MARGIN_DB + 1e-9:
-                    print(f"{c}.{name}: kept the previous bound {entry['bound_db']} dB (measured {entry['measured_db']} dB); "
-                          "lower it by hand in the file, with the reason")
-        write_baseline(baseline, path)
-        print(f"wrote {path}")
+def _cmd_study_baseline(args: argparse.Namespace) -> int:
+    path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
+    write_baseline(study_baseline(), path)
+    print(f"wrote {path}")
     return 0
+
+
+def _cmd_canary_train(args: argparse.Namespace) -> int:
+    train(args.out or WEIGHTS_DIR)
+    return 0
+
+
+def _cmd_export_child(args: argparse.Namespace) -> int:
+    report_peak_at_exit()
+    export_component(Path(args.folder), resolve_source(args.model), args.component, Path(args.dest), progress=print)
+    return 0
+
+
+def _cmd_lean_child(args: argparse.Namespace) -> int:
+    quantize_child(Path(args.recipe), args.component, Path(args.model), Path(args.calibration_dir), Path(args.out),
+                   args.segment_bytes or DEFAULT_SEGMENT_BYTES)
+    return 0
+
+
+def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
+    return run_cut_child(args.work)
+
+
+VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
+    "diverge": _cmd_diverge, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
+    "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
+}

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import ctypes
 import os
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from ctypes import wintypes
 from pathlib import Path
 
 from quant.errors import BuildError
@@ -23,8 +27,6 @@ def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = No
     where the OS does not report a child's peak).
 
     Raises ``BuildError`` with the command and its last output lines when it fails."""
-    import tempfile
-
     start = time.perf_counter()
     peak_file = Path(tempfile.mkstemp(prefix="peak-", suffix=".txt")[1])
     # glibc: allocations from 1 MiB up are mapped and unmapped on their own, so memory freed by one stage
@@ -59,7 +61,6 @@ def total_memory_bytes() -> int:
     """Physical memory of this machine."""
     if hasattr(os, "sysconf") and "SC_PHYS_PAGES" in os.sysconf_names:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    import ctypes
 
     class MemoryStatus(ctypes.Structure):
         _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
@@ -85,9 +86,6 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     if sys.platform == "win32":
-        import ctypes
-        from ctypes import wintypes
-
         class Counters(ctypes.Structure):
             _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
                         *[(n, ctypes.c_size_t) for n in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
@@ -98,7 +96,6 @@ def peak_rss_bytes() -> int:
         ctypes.windll.psapi.GetProcessMemoryInfo(ctypes.windll.kernel32.GetCurrentProcess(), ctypes.byref(counters),
                                                  counters.cb)
         return int(counters.PeakWorkingSetSize)
-    import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
@@ -125,8 +122,6 @@ def reset_peak() -> None:
 def release_free_memory() -> None:
     """Hand memory the heap holds but no longer uses back to the system (glibc ``malloc_trim``)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
 

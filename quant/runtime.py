@@ -8,6 +8,7 @@ records its graph assignment, and ``assert_assignment`` compares it with what th
 
 from __future__ import annotations
 
+import platform
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -29,8 +30,6 @@ _registered = threading.Lock()
 
 def qnn_is_simulated() -> bool:
     """On x86_64 the QNN HTP backend is a simulator (slow, ~4 s per GMAC); on Snapdragon it is the NPU."""
-    import platform
-
     return platform.machine().lower() in {"x86_64", "amd64"}
 _qnn_library: str | None = None
 
@@ -194,8 +193,6 @@ def compile_ep_context(model: str | Path, out: Path, *, qnn: QnnOptions | None =
 
 def ep_description(ep: str, qnn: QnnOptions | None = None) -> str:
     """The EP in words: for QNN, the chip and whether HTP is the x86 simulator or the NPU."""
-    import platform
-
     if ep != "qnn":
         return f"CPU EP ({platform.machine()})"
     soc = (qnn or QnnOptions()).soc_model or DEFAULT_QNN_SOC

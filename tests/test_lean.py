@@ -179,17 +179,37 @@ def test_real_random_source_has_the_real_sizes() -> None:
                       "vae": 83_653_863}
 
 
-def test_lean_cli_usage_and_cleanup_on_failure(artifacts, tmp_path: Path) -> None:
-    from quant.build.lean.quantize import main
+def test_lean_child_usage_and_cleanup_on_failure(artifacts, tmp_path: Path, capsys) -> None:
+    """``python -m quant _lean``: wrong arguments are a usage error; a refused recipe is one line naming the
+    option and the fix, and leaves nothing in the cache entry."""
+    from quant.cli import main
 
-    assert main([]) == 2
+    with pytest.raises(SystemExit) as usage:
+        main(["_lean"])
+    assert usage.value.code == 2
     bad = tmp_path / "recipe.json"
     recipe = copy.deepcopy(RECIPE)
     recipe["workflows"]["vae_decoder"]["passes"]["quantization"]["calibrate_method"] = "Percentile"
     bad.write_text(json.dumps(recipe))
     out = tmp_path / "cache" / "entry"
     out.parent.mkdir()
-    with pytest.raises(ConfigError, match="calibrate_method"):
-        main([str(bad), "vae_decoder", str(artifacts.float.models["vae_decoder"]), str(artifacts.calibration_dir), str(out)])
+    capsys.readouterr()
+    assert main(["_lean", str(bad), "vae_decoder", str(artifacts.float.models["vae_decoder"]), str(artifacts.calibration_dir),
+                 str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "calibrate_method" in err and "--quantizer olive" in err and err.count("\n") == 1
     assert not out.exists() and list(out.parent.iterdir()) == []
-    shutil.rmtree(out.parent)
+
+
+def test_lean_defaults_are_olives() -> None:
+    """An option a recipe leaves out means what it means to Olive's OnnxStaticQuantization."""
+    from olive.hardware.accelerator import DEFAULT_CPU_ACCELERATOR
+    from olive.passes.onnx.quantization import OnnxStaticQuantization
+
+    from quant.build.lean.quantize import QuantSettings
+
+    config = OnnxStaticQuantization._default_config(DEFAULT_CPU_ACCELERATOR)
+    olive = {k: config[k].default_value for k in ("activation_type", "precision", "quant_preprocess", "per_channel")}
+    ours = QuantSettings.from_options({})
+    assert (ours.activation_type, ours.weight_type, ours.quant_preprocess, ours.per_channel) == (
+        str(olive["activation_type"]), str(olive["precision"]), olive["quant_preprocess"], olive["per_channel"])

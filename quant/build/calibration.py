@@ -33,73 +33,79 @@ def record_calibration(
     an earlier one's (the same prompt encoded again, the first UNet call at 2 steps) reuses its outputs instead
     of running the model again. ``timings`` receives, per stage, the seconds to create its sessions and per
     model call."""
-    counts: dict[str, int] = defaultdict(int)
-
-    def record(component: str, feeds: dict[str, np.ndarray]) -> None:
-        n = counts[component]
-        for name, array in feeds.items():
-            folder = out / component / name
-            folder.mkdir(parents=True, exist_ok=True)
-            np.ascontiguousarray(array).tofile(folder / f"{n:04d}.bin")
-        counts[component] += 1
-
+    recorder = _Recorder(out)
+    runs = [(p.text, k) for p in prompts for k in steps]
     # Stage by component, so that one model's weights are in memory at a time (the real UNet alone is
     # 10.3 GB); each component still sees its calls in the order the whole pipeline makes them.
-    runs = [(p.text, k) for p in prompts for k in steps]
-
-    def report(stage: str, i: int) -> None:
-        if progress and ((i + 1) % 10 == 0 or i + 1 == len(runs)):
-            progress(f"calibration {stage}: {i + 1}/{len(runs)} runs")
-
-    clock = time.perf_counter()
-
-    def loaded(stage: str) -> float:
-        nonlocal clock
-        seconds, clock = time.perf_counter() - clock, time.perf_counter()
-        if timings is not None:
-            timings.setdefault(stage, {})["load_s"] = round(seconds, 2)
-        if progress:
-            progress(f"calibration {stage}: sessions created in {seconds:.1f}s")
-        return seconds
-
-    def ran(stage: str, component: str) -> None:
-        nonlocal clock
-        seconds, clock = time.perf_counter() - clock, time.perf_counter()
-        calls = max(pipe.executed[component], 1)  # model runs; a call with the inputs of an earlier one is reused
-        if timings is not None:
-            timings.setdefault(stage, {}).update(runs=len(runs), calls=calls, per_call_s=round(seconds / calls, 3))
-        if progress:
-            progress(f"calibration {stage}: {len(runs)} runs, {calls} {component} calls in {seconds:.1f}s "
-                     f"({seconds / calls:.2f}s per call)")
-
-    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=record, load=("text_encoder", "text_encoder_2"), reuse=True)
-    loaded("text encoders")
+    meter = _StageMeter(runs, progress, timings if timings is not None else {})
+    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=recorder, load=("text_encoder", "text_encoder_2"), reuse=True)
+    meter.loaded("text encoders")
     encoded = []
     for i, (text, _) in enumerate(runs):
         encoded.append(pipe.encode_prompt(text))
-        report("text encoders", i)
-    ran("text encoders", "text_encoder")
+        meter.report("text encoders", i)
+    meter.ran("text encoders", pipe.executed["text_encoder"])
     pipe.release("text_encoder", "text_encoder_2")
     pipe.load("unet")
-    loaded("unet")
+    meter.loaded("unet")
     latents = []
     for i, ((text, k), (hidden, pooled)) in enumerate(zip(runs, encoded)):
         latents.append(pipe.denoise(text, hidden, pooled, steps=k))
-        report("unet", i)
-    ran("unet", "unet")
+        meter.report("unet", i)
+    meter.ran("unet", pipe.executed["unet"])
     pipe.release("unet")
     # The decoder's inputs are the final latents: recorded without running it (images are not needed here).
     for x in latents:
-        record("vae_decoder", pipe.decode_feeds(x))
+        recorder("vae_decoder", pipe.decode_feeds(x))
     for component in COMPONENTS:
         io = float_models.io(component)
-        meta = {
-            "samples": counts[component],
-            "input_names": [t.name for t in io.inputs],
-            "input_shapes": [list(t.shape) for t in io.inputs],
-            "input_types": [t.dtype for t in io.inputs],
-        }
+        meta = {"samples": recorder.counts[component], "input_names": [t.name for t in io.inputs],
+                "input_shapes": [list(t.shape) for t in io.inputs], "input_types": [t.dtype for t in io.inputs]}
         (out / component / "inputs.json").write_text(json.dumps(meta, indent=1))
+
+
+class _Recorder:
+    """Writes each call's inputs as ``<out>/<component>/<input>/<NNNN>.bin``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.counts = out, defaultdict(int)
+
+    def __call__(self, component: str, feeds: dict[str, np.ndarray]) -> None:
+        n = self.counts[component]
+        for name, array in feeds.items():
+            folder = self.out / component / name
+            folder.mkdir(parents=True, exist_ok=True)
+            np.ascontiguousarray(array).tofile(folder / f"{n:04d}.bin")
+        self.counts[component] += 1
+
+
+class _StageMeter:
+    """Progress every 10 runs, and per stage the seconds to create its sessions and per model call."""
+
+    def __init__(self, runs: list, progress: Callable[[str], None] | None, timings: dict[str, dict[str, float]]) -> None:
+        self.runs, self.progress, self.timings, self.clock = runs, progress, timings, time.perf_counter()
+
+    def _lap(self) -> float:
+        seconds, self.clock = time.perf_counter() - self.clock, time.perf_counter()
+        return seconds
+
+    def report(self, stage: str, i: int) -> None:
+        if self.progress and ((i + 1) % 10 == 0 or i + 1 == len(self.runs)):
+            self.progress(f"calibration {stage}: {i + 1}/{len(self.runs)} runs")
+
+    def loaded(self, stage: str) -> None:
+        seconds = self._lap()
+        self.timings.setdefault(stage, {})["load_s"] = round(seconds, 2)
+        if self.progress:
+            self.progress(f"calibration {stage}: sessions created in {seconds:.1f}s")
+
+    def ran(self, stage: str, executed: int) -> None:
+        seconds, calls = self._lap(), max(executed, 1)  # model runs; a call with the inputs of an earlier one is reused
+        self.timings.setdefault(stage, {}).update(runs=len(self.runs), calls=calls, per_call_s=round(seconds / calls, 3))
+        if self.progress:
+            component = "text_encoder" if stage == "text encoders" else stage
+            self.progress(f"calibration {stage}: {len(self.runs)} runs, {calls} {component} calls in {seconds:.1f}s "
+                          f"({seconds / calls:.2f}s per call)")
 
 
 def iter_calibration(calib_dir: Path, component: str) -> Iterator[dict[str, np.ndarray]]:

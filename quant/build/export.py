@@ -18,6 +18,8 @@ from quant.components import TOKEN_LENGTH
 from quant.models.source import ModelSource
 from quant.components import component_io
 from quant.build.files import save_with_external_data
+from quant.procs import run_measured
+import gc
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
@@ -104,8 +106,6 @@ def load_component(folder: Path, source: ModelSource, component: str) -> Any:
 
 def export_component(folder: Path, source: ModelSource, component: str, dest: Path, *, progress: Any = None) -> None:
     """Export ``component`` of the pipeline in ``folder`` into ``dest`` (model.onnx + model.onnx.data + io.json)."""
-    import gc
-
     import onnx
     import torch
 
@@ -136,37 +136,14 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
 def export_components(folder: Path, source: ModelSource, out: Path, *, progress: Any = None, isolate: bool = False) -> dict:
     """Export every component into ``out/<component>/``; with ``isolate``, each in its own process (memory is
     returned to the system between components). Returns per-component time and peak RSS when isolated."""
-    from quant.procs import run_measured
-
     stats = {}
     for component in COMPONENTS:
         if isolate:
             stats[component] = run_measured(
-                [sys.executable, "-m", "quant.build.export", str(folder), source.name, component, str(out / component)],
+                [sys.executable, "-m", "quant", "_export", str(folder), source.name, component, str(out / component)],
                 progress=progress)
             if progress:
                 progress(f"{component}: {stats[component]}")
         else:
             export_component(folder, source, component, out / component, progress=progress)
     return stats
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m quant.export FOLDER MODEL COMPONENT DEST``: export one component in this process."""
-    from quant.procs import report_peak_at_exit
-    from quant.models.source import resolve_source
-
-    report_peak_at_exit()
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    folder, model, component, dest = Path(args[0]), args[1], args[2], Path(args[3])
-    export_component(folder, resolve_source(model), component, dest, progress=print)
-    return 0
-
-
-if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__
-    from quant.build.export import main as _main
-
-    sys.exit(_main())

@@ -23,6 +23,7 @@ from quant.components import COMPONENTS
 from quant.errors import BuildError, ConfigError
 from quant.paths import RECIPES_DIR
 from quant.build.files import save_with_external_data
+from quant.runtime import register_qnn
 
 DEFAULT_RECIPE = RECIPES_DIR / "qnn_w8a16.json"
 PLACEHOLDERS = ("model_path", "calibration_dir", "input_names", "input_shapes", "input_types", "output_dir",
@@ -89,7 +90,6 @@ def quantize_component(
     from olive.workflows import run as olive_run
 
     import quant.build.surgeons  # noqa: F401  (registers this project's surgeons with Olive's GraphSurgeries)
-    from quant.runtime import register_qnn
 
     register_qnn()  # Olive's QNN passes look the EP up in this process
     meta = json.loads((calibration_dir / component / "inputs.json").read_text())

@@ -21,6 +21,15 @@ from quant.models.prompts import Prompt, load_prompts
 from quant.models.source import ModelSource, resolve_source
 from quant.procs import StageClock
 from quant.procs import Progress
+from quant.build.lean.policy import choose_quantizer
+from quant.build.recipe import DEFAULT_RECIPE, calibration_steps, load_recipe
+from dataclasses import replace
+from quant.build.calibration import record_calibration
+from quant.build.export import export_components
+from quant.build.recipe import quantize_component
+from quant.procs import StepMeter
+from quant.procs import run_measured
+import sys
 
 # Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
 STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 2}
@@ -73,11 +82,9 @@ def build(
     """Build (or find in the cache) the float and QDQ components of ``model`` with ``recipe``.
 
     ``quantizer``: 'olive' (the recipe's Olive workflows, in this process), 'lean' (the same passes
-    memory-bounded, one component per process: ``quant.lean``), or 'auto' (lean for a component the stock
+    memory-bounded, one component per process: ``quant.build.lean``), or 'auto' (lean for a component the stock
     path cannot fit in this machine's memory). ``segment_bytes``: weights per calibration segment (lean).
     """
-    from quant.build.recipe import DEFAULT_RECIPE, load_recipe
-
     cache = cache or ArtifactCache()
     clock = StageClock(progress)
     source = resolve_source(model, allow_download=allow_download)
@@ -85,7 +92,6 @@ def build(
     recipe_data = load_recipe(recipe_path)
     prompts = calibration_prompts if calibration_prompts is not None else load_prompts("train", path=source.prompts)
     versions = package_versions()
-
     pipeline_dir = _source_dir(source, cache, clock("source"))
 
     export_inputs = {"source": source.fingerprint, "revision": STAGE_REVISION["export"], "versions": versions}
@@ -94,40 +100,19 @@ def build(
         "export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export"), isolate=isolate))
     float_set = ComponentSet({c: export_dir / c / "model.onnx" for c in COMPONENTS}, pipeline_dir)
 
-    from quant.build.recipe import calibration_steps
-
     steps = calibration_steps(recipe_data)
-    calib_inputs = {
-        "export": export_inputs,
-        "prompts": [p.text for p in prompts],
-        "steps": list(steps),
-        "revision": STAGE_REVISION["calibration"],
-    }
+    calib_inputs = {"export": export_inputs, "prompts": [p.text for p in prompts], "steps": list(steps),
+                    "revision": STAGE_REVISION["calibration"]}
     calib_dir = cache.get_or_build(
         "calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration")))
 
-    from quant.build.lean.policy import choose_quantizer
-
     qdq_models, qdq_keys, quantizers = {}, {}, {}
     for component in COMPONENTS:
-        inputs = {
-            "export": export_inputs,
-            "calibration": calib_inputs,
-            "component": component,
-            "workflow": recipe_data["workflows"][component],
-            "revision": STAGE_REVISION["qdq"],
-        }
-        chosen = quantizers[component] = choose_quantizer(float_set.models[component], quantizer)
-        if chosen == "lean":  # same graph as the Olive path, but its own artifact (metadata says how it was made)
-            inputs["quantizer"] = "lean"
-        qdq_keys[component] = cache.path("qdq", inputs).name
-        if chosen == "lean":
-            def make(out: Path, c: str = component) -> None:
-                _quantize_lean(recipe_path, c, float_set.models[c], calib_dir, out, segment_bytes, clock(f"qdq {c}"))
-        else:
-            def make(out: Path, c: str = component) -> None:
-                _quantize(recipe_data, c, float_set.models[c], calib_dir, out, clock(f"qdq {c}"))
-        qdq_dir = cache.get_or_build("qdq", inputs, make)
+        inputs = {"export": export_inputs, "calibration": calib_inputs, "component": component,
+                  "workflow": recipe_data["workflows"][component], "revision": STAGE_REVISION["qdq"]}
+        quantizers[component] = choose_quantizer(float_set.models[component], quantizer)
+        qdq_dir, qdq_keys[component] = _qdq_component(cache, inputs, quantizers[component], recipe_path, recipe_data,
+                                                     float_set.models[component], calib_dir, segment_bytes, clock)
         qdq_models[component] = qdq_dir / "model.onnx"
     clock("build")(f"done ({len(cache.hits)} cached, {len(cache.misses)} built)")
     return Build(
@@ -142,6 +127,22 @@ def build(
     )
 
 
+def _qdq_component(cache: ArtifactCache, inputs: dict[str, Any], quantizer: str, recipe_path: Path, recipe: dict[str, Any],
+                   model: Path, calib_dir: Path, segment_bytes: int | None, clock: StageClock) -> tuple[Path, str]:
+    """One component's QDQ artifact (and its key) with the chosen quantizer; the lean path's models are the same
+    graphs but their own artifacts (their metadata says how they were made)."""
+    component = inputs["component"]
+    if quantizer == "lean":
+        inputs = {**inputs, "quantizer": "lean"}
+
+        def make(out: Path) -> None:
+            _quantize_lean(recipe_path, component, model, calib_dir, out, segment_bytes, clock(f"qdq {component}"))
+    else:
+        def make(out: Path) -> None:
+            _quantize(recipe, component, model, calib_dir, out, clock(f"qdq {component}"))
+    return cache.get_or_build("qdq", inputs, make), cache.path("qdq", inputs).name
+
+
 def recalibrated(base: Build, *, cache: ArtifactCache) -> Build:
     """``base``'s model and recipe calibrated on the other 50 prompts (the test split): an equally valid
     quantization, whose distance from ``base`` is the noise a tolerance must allow."""
@@ -151,8 +152,6 @@ def recalibrated(base: Build, *, cache: ArtifactCache) -> Build:
 
 def with_qdq_component(base: Build, other: Build, component: str) -> Build:
     """``base`` with one QDQ component taken from ``other`` (e.g. a degraded UNet), keys updated to match."""
-    from dataclasses import replace
-
     models = {**base.qdq.models, component: other.qdq.models[component]}
     keys = {**base.keys, "qdq": {**base.keys["qdq"], component: other.keys["qdq"][component]}}
     return replace(base, qdq=ComponentSet(models, base.pipeline_dir), keys=keys)
@@ -166,8 +165,6 @@ def _source_dir(source: ModelSource, cache: ArtifactCache, progress: Progress) -
 
 
 def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progress, *, isolate: bool) -> None:
-    from quant.build.export import export_components
-
     progress("exporting text_encoder, text_encoder_2, unet, vae_decoder to ONNX" + (", one per process" if isolate else ""))
     stats = export_components(pipeline_dir, source, out, progress=progress, isolate=isolate)
     if stats:
@@ -175,9 +172,6 @@ def _export(pipeline_dir: Path, source: ModelSource, out: Path, progress: Progre
 
 
 def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int, ...], out: Path, progress: Progress) -> None:
-    from quant.build.calibration import record_calibration
-    from quant.procs import StepMeter
-
     progress(f"running the float pipeline on {len(prompts)} train prompts at {', '.join(map(str, steps))} step(s)")
     meter, timings = StepMeter(progress), {}
     with meter("record"):
@@ -187,12 +181,9 @@ def _calibrate(float_set: ComponentSet, prompts: list[Prompt], steps: tuple[int,
 
 def _quantize_lean(recipe_path: Path, component: str, model: Path, calib_dir: Path, out: Path, segment_bytes: int | None,
                    progress: Progress) -> None:
-    import sys
-
-    from quant.procs import run_measured
 
     progress("memory-bounded quantization in its own process")
-    argv = [sys.executable, "-m", "quant.build.lean.quantize", str(recipe_path), component, str(model), str(calib_dir), str(out)]
+    argv = [sys.executable, "-m", "quant", "_lean", str(recipe_path), component, str(model), str(calib_dir), str(out)]
     stats = run_measured(argv + ([str(segment_bytes)] if segment_bytes else []), progress=progress)
     steps = json.loads((out / "steps.json").read_text())
     (out / "steps.json").unlink()
@@ -201,8 +192,6 @@ def _quantize_lean(recipe_path: Path, component: str, model: Path, calib_dir: Pa
 
 
 def _quantize(recipe: dict[str, Any], component: str, model: Path, calib_dir: Path, out: Path, progress: Progress) -> None:
-    from quant.build.recipe import quantize_component
-
     t = time.perf_counter()
     progress("running the Olive workflow")
     quantize_component(recipe, component, model=model, calibration_dir=calib_dir, out=out)

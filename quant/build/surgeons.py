@@ -17,7 +17,7 @@ calibrator all do). On a QDQ graph the fused op takes the input's DequantizeLine
 quantized data (reshaped to 1-D) and the Add's QuantizeLinear stays the output's: every tensor the fused
 op touches keeps the range it was calibrated with. Only graph structure is read and written, plus the
 InstanceNormalization's constant scale and bias (G values each), so it runs on graph-only models whose
-weights stay in an external data file (``quant.lean``).
+weights stay in an external data file (``quant.build.lean``).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
+
+from quant.graphs import consumers, producers
 
 @dataclass(frozen=True)
 class _Match:
@@ -85,11 +87,7 @@ def fuse_group_norms(model: ModelProto) -> int:
 class _GraphIndex:
     def __init__(self, graph: onnx.GraphProto) -> None:
         self.graph = graph
-        self.producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
-        self.consumers: dict[str, list[int]] = {}
-        for i, n in enumerate(graph.node):
-            for name in n.input:
-                self.consumers.setdefault(name, []).append(i)
+        self.producer, self.consumers = producers(graph.node), consumers(graph.node)
         self.initializers = {t.name: t for t in graph.initializer}
         self.outputs = {o.name for o in graph.output}
         self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
@@ -154,9 +152,33 @@ class _GraphIndex:
 
 
 def _match(index: _GraphIndex, inorm_index: int) -> _Match | None:
+    """The GroupNorm decomposition around the InstanceNormalization at ``inorm_index``, or None."""
     inorm = index.node(inorm_index)
     path: list[int] = []
-    # upstream: [Q → DQ →] InstanceNormalization ← Reshape [N, G, -1]
+    found = _upstream(index, inorm_index, path)
+    if found is None:
+        return None
+    reshape, groups, shape = found
+    path.append(inorm_index)
+    chain = _downstream(index, inorm.output[0], path)
+    if chain is None:
+        return None
+    restored, (mul, mul_in), (add, add_in) = chain
+    rank, channels = len(restored), int(restored[1])
+    if not _normalizes_what_it_restores(index.shape(reshape.input[0]), shape, restored, groups):
+        return None
+    gamma = next(t for t in mul.input if t != mul_in)
+    beta = next(t for t in add.input if t != add_in)
+    if channels <= 0 or channels % groups or not all(_per_channel(index, t, channels, rank) for t in (gamma, beta)):
+        return None
+    epsilon = next((a.f for a in inorm.attribute if a.name == "epsilon"), 1e-5)
+    name = inorm.name.replace("InstanceNormalization", "GroupNormalization") if inorm.name else f"GroupNormalization_{inorm_index}"
+    return _Match(reshape.input[0], groups, float(epsilon), gamma, beta, add.output[0], tuple(path), name)
+
+
+def _upstream(index: _GraphIndex, inorm_index: int, path: list[int]) -> tuple[NodeProto, int, np.ndarray] | None:
+    """``Reshape [N, G, -1] → [Q → DQ →] InstanceNormalization(ones, zeros)``: (the Reshape, G, its shape)."""
+    inorm = index.node(inorm_index)
     src, i = inorm.input[0], index.producer.get(inorm.input[0])
     if index.only_consumer(src) != inorm_index:
         return None
@@ -179,49 +201,51 @@ def _match(index: _GraphIndex, inorm_index: int) -> _Match | None:
         return None
     if len(shape) != 3 or shape[0] not in (0, 1) or shape[1] != groups:
         return None
-    path.append(inorm_index)
-    # downstream: InstanceNormalization → [Q → DQ →] Reshape → [Q → DQ →] Mul γ → [Q → DQ →] Add β
+    return reshape, groups, shape
+
+
+def _downstream(index: _GraphIndex, tensor: str, path: list[int]) -> tuple[np.ndarray, tuple, tuple] | None:
+    """``→ [Q → DQ →] Reshape → [Q → DQ →] Mul γ → [Q → DQ →] Add β``: (the restored shape, (Mul, the input it
+    reads from the chain), (Add, likewise))."""
     chain = []
-    tensor = inorm.output[0]
     for op in ("Reshape", "Mul", "Add"):
         step = index.through_qdq(tensor, path)
         if step is None or index.node(step[0]).op_type != op:
             return None
-        chain.append(step)
+        chain.append((index.node(step[0]), step[1]))
         path.append(step[0])
         tensor = index.node(step[0]).output[0]
-    (reshape1_i, _), (mul_i, mul_in), (add_i, add_in) = chain
-    restored = index.constant(index.node(reshape1_i).input[1])  # the input's shape, [N, C, ...]
-    mul, add = index.node(mul_i), index.node(add_i)
-    if restored is None or restored.ndim != 1 or len(restored) < 3 or list(mul.input).count(mul_in) != 1 \
-            or list(add.input).count(add_in) != 1:
+    (reshape1, _), mul, add = chain
+    restored = index.constant(reshape1.input[1])  # the input's shape, [N, C, ...]
+    if restored is None or restored.ndim != 1 or len(restored) < 3 or any(list(n.input).count(t) != 1 for n, t in (mul, add)):
         return None
-    rank, channels = len(restored), int(restored[1])
-    x_shape = index.shape(reshape.input[0])
-    if x_shape is None:  # torch's own export: [0, G, -1] of the very tensor the second Reshape restores
-        if shape[2] != -1 or restored[0] in (0, -1) or -1 in restored[1:]:
-            return None
-    elif len(x_shape) != rank or any(a is not None and a != b for a, b in zip(x_shape, restored)):
-        return None  # e.g. an earlier Reshape merged in: the normalized tensor is not the one restored
-    elif shape[2] != -1 and groups * int(shape[2]) != int(np.prod(restored[1:])):
-        return None
-    gamma = next(t for t in mul.input if t != mul_in)
-    beta = next(t for t in add.input if t != add_in)
-    if channels <= 0 or channels % groups or not all(_per_channel(index, t, channels, rank) for t in (gamma, beta)):
-        return None
-    epsilon = next((a.f for a in inorm.attribute if a.name == "epsilon"), 1e-5)
-    name = inorm.name.replace("InstanceNormalization", "GroupNormalization") if inorm.name else f"GroupNormalization_{inorm_index}"
-    return _Match(reshape.input[0], groups, float(epsilon), gamma, beta, add.output[0], tuple(path), name)
+    return restored, mul, add
+
+
+def _normalizes_what_it_restores(x_shape: list[int | None] | None, shape: np.ndarray, restored: np.ndarray, groups: int) -> bool:
+    """Whether the first Reshape splits the very tensor the second one restores into G groups."""
+    if x_shape is None:  # torch's own export: [0, G, -1] of the tensor the second Reshape restores
+        return shape[2] == -1 and restored[0] not in (0, -1) and -1 not in restored[1:]
+    if len(x_shape) != len(restored) or any(a is not None and a != b for a, b in zip(x_shape, restored)):
+        return False  # e.g. an earlier Reshape merged in: the normalized tensor is not the one restored
+    return shape[2] == -1 or groups * int(shape[2]) == int(np.prod(restored[1:]))
 
 
 def _source_tensor(index: _GraphIndex, tensor: str) -> tuple[TensorProto, NodeProto | None] | None:
-    """The initializer behind ``tensor`` and the DequantizeLinear reading it (None for a float initializer)."""
-    if tensor in index.initializers:
-        return index.initializers[tensor], None
-    i = index.producer.get(tensor)
-    if i is None or index.node(i).op_type != "DequantizeLinear" or index.node(i).input[0] not in index.initializers:
-        return None
-    return index.initializers[index.node(i).input[0]], index.node(i)
+    """The initializer behind ``tensor`` (through Identity nodes) and the DequantizeLinear reading it (None for a
+    float initializer)."""
+    while tensor not in index.initializers:
+        i = index.producer.get(tensor)
+        if i is None:
+            return None
+        node = index.node(i)
+        if node.op_type == "Identity":
+            tensor = node.input[0]
+        elif node.op_type == "DequantizeLinear" and node.input[0] in index.initializers:
+            return index.initializers[node.input[0]], node
+        else:
+            return None
+    return index.initializers[tensor], None
 
 
 def _per_channel(index: _GraphIndex, tensor: str, channels: int, rank: int) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
 QDQ_DOMAINS = {"", "ai.onnx", "com.microsoft"}
@@ -54,11 +55,11 @@ def _is_qdq(node) -> bool:
 
 
 def qdq_coverage(model_path: Path | str) -> Coverage:
+    """Which compute nodes (a float tensor in or out; shape arithmetic is not compute) read every float input
+    from a DequantizeLinear and feed every float output only to QuantizeLinears, and the float islands left."""
     import onnx
 
-    model = onnx.load(str(model_path), load_external_data=False)
-    model = onnx.shape_inference.infer_shapes(model)
-    graph = model.graph
+    graph = onnx.shape_inference.infer_shapes(onnx.load(str(model_path), load_external_data=False)).graph
     float_types = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
     elem = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.input, *graph.output]}
     elem.update({i.name: i.data_type for i in graph.initializer})
@@ -71,7 +72,6 @@ def qdq_coverage(model_path: Path | str) -> Coverage:
     def is_float(name: str) -> bool:
         return elem.get(name) in float_types
 
-    # shape arithmetic (no float tensor in or out) is not compute
     compute = [n for n in graph.node if not _is_qdq(n) and n.op_type not in NON_COMPUTE
                and any(is_float(t) for t in [*n.input, *n.output] if t)]
     uncovered = {}
@@ -85,9 +85,17 @@ def qdq_coverage(model_path: Path | str) -> Coverage:
             for o in node.output if o and is_float(o)
         )
         if not (ins_ok and outs_ok):
-            uncovered[node.name or f"{node.op_type}@{id(node)}"] = node.op_type
-    # islands: connected components of uncovered nodes through tensors
-    by_name = {(n.name or f"{n.op_type}@{id(n)}"): n for n in compute}
+            uncovered[_node_id(node)] = node.op_type
+    return Coverage(len(compute), len(compute) - len(uncovered), uncovered, _islands(compute, uncovered, consumers))
+
+
+def _node_id(node: Any) -> str:
+    return node.name or f"{node.op_type}@{id(node)}"
+
+
+def _islands(compute: list[Any], uncovered: dict[str, str], consumers: dict[str, list]) -> list[Island]:
+    """Connected components of the uncovered nodes (through the tensors between them), largest first."""
+    by_name = {_node_id(n): n for n in compute}
     parent = {name: name for name in uncovered}
 
     def find(x: str) -> str:
@@ -99,12 +107,10 @@ def qdq_coverage(model_path: Path | str) -> Coverage:
     for name in uncovered:
         for o in by_name[name].output:
             for c in consumers.get(o, []):
-                cname = c.name or f"{c.op_type}@{id(c)}"
-                if cname in uncovered:
-                    parent[find(cname)] = find(name)
+                if _node_id(c) in uncovered:
+                    parent[find(_node_id(c))] = find(name)
     groups: dict[str, list[str]] = {}
     for name in uncovered:
         groups.setdefault(find(name), []).append(name)
     islands = [Island(tuple(sorted(g)), tuple(sorted(uncovered[x] for x in g))) for g in groups.values()]
-    islands.sort(key=lambda i: (-len(i.nodes), i.nodes))
-    return Coverage(len(compute), len(compute) - len(uncovered), uncovered, islands)
+    return sorted(islands, key=lambda i: (-len(i.nodes), i.nodes))

@@ -25,7 +25,6 @@ scales, each node alone and inside the subgraph).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -38,9 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from quant.build.calibration import iter_calibration
+from quant.graphs import consumers, producers
 from quant.judge.metrics import sqnr_db
 from quant.procs import Progress
-from quant.runtime import QnnOptions
+from quant.run.pipeline import feeds_digest
+from quant.runtime import QnnOptions, assert_assignment, create_session
 
 Feeds = list[dict[str, np.ndarray]]
 DEFAULT_THRESHOLD_DB = 30.0  # AI Hub treats a QNN-vs-reference SQNR above 30 dB as good
@@ -69,11 +71,7 @@ class CutGraph:
         self.proto = onnx.load(str(self.path), load_external_data=False)
         graph = self.proto.graph
         self.nodes = list(graph.node)
-        self.producer = {o: i for i, n in enumerate(self.nodes) for o in n.output}
-        self.consumers: dict[str, list[int]] = {}
-        for i, n in enumerate(self.nodes):
-            for name in n.input:
-                self.consumers.setdefault(name, []).append(i)
+        self.producer, self.consumers = producers(self.nodes), consumers(self.nodes)
         self.initializers = {t.name: t for t in graph.initializer}
         self.inputs = {v.name for v in graph.input}
         self.value_info = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
@@ -237,8 +235,6 @@ def cpu_reference(graph: CutGraph, feeds: Feeds, tensors: Iterable[str]) -> list
 
 
 def _session(proto: Any, data_dir: Path, ep: str, qnn: QnnOptions | None) -> Any:
-    from quant.runtime import assert_assignment, create_session
-
     session = create_session(proto.SerializeToString(), ep=ep, qnn=qnn, optimize=ep != "cpu",
                              extra_config={"session.model_external_initializers_file_folder_path": str(data_dir)})
     assert_assignment(session, ep)
@@ -303,7 +299,7 @@ def _run_child(proto: Any, data_dir: Path, feeds: Feeds, qnn: QnnOptions) -> tup
         (work / "model.onnx").write_bytes(proto.SerializeToString())
         np.savez(work / "feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
         (work / "job.json").write_text(json.dumps({"data_dir": str(data_dir), "qnn": asdict(qnn), "n": len(feeds)}))
-        done = subprocess.run([sys.executable, "-m", "quant.diagnose.diverge", "--child", str(work)], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-m", "quant", "_qnn-cut", str(work)], capture_output=True, text=True)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             return [], f"QNN child exited with {done.returncode}: {lines[-1] if lines else 'no message'}"
@@ -311,7 +307,9 @@ def _run_child(proto: Any, data_dir: Path, feeds: Feeds, qnn: QnnOptions) -> tup
         return [out[str(i)] for i in range(len(feeds))], ""
 
 
-def _child(work: Path) -> int:
+def run_cut_child(work: Path) -> int:
+    """The QNN side of one cut, in its own process (``python -m quant _qnn-cut WORK``): ``work`` holds the cut
+    (model.onnx), its feeds (feeds.npz) and options (job.json); the outputs go to out.npz."""
     import onnx
 
     job = json.loads((work / "job.json").read_text())
@@ -441,75 +439,89 @@ def _first_failing(runner: Runner, acts: list[Activation], stops: frozenset[str]
     return acts[hi]
 
 
+class _Reduction:
+    """Cuts that end at ``target``, failing or not; ``outer`` is always fed from the CPU (the block inputs)."""
+
+    def __init__(self, runner: Runner, graph: CutGraph, target: Activation, outer: frozenset[str], threshold: float) -> None:
+        self.runner, self.graph, self.target, self.outer, self.threshold = runner, graph, target, outer, threshold
+        self.before = [a for a in graph.activations if a.index < target.index]
+
+    def fails(self, stops: frozenset[str]) -> tuple[bool, CutResult]:
+        r = self.runner.one(self.target.dequantized, stops)
+        return bool(r.sqnr_db < self.threshold or np.isnan(r.sqnr_db)), r
+
+    def prefix(self, k: int) -> frozenset[str]:
+        """Stops that leave only the last ``k`` activations before the target to be computed on QNN."""
+        return self.outer | {a.tensor for a in self.before[: len(self.before) - k]}
+
+    def latest_start(self) -> frozenset[str]:
+        """Grow the computed part backwards until the cut fails, then bisect the boundary."""
+        k, passing = 1, 0
+        while k < len(self.before) and not self.fails(self.prefix(k))[0]:
+            passing, k = k, min(2 * k, len(self.before))
+        lo, hi = passing, k  # prefix(lo) passes, prefix(hi) fails
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.fails(self.prefix(mid))[0]:
+                hi = mid
+            else:
+                lo = mid
+        return self.prefix(hi)
+
+    def minimized(self, stops: frozenset[str]) -> frozenset[str]:
+        """Feed from the CPU every activation inside the cut whose computing on QNN the failure does not need
+        (greedy, nearest the target first, in halving chunks)."""
+        produced = {o for n in self.graph.extract(self.target.dequantized, stops).graph.node for o in n.output}
+        todo = [a.tensor for a in reversed(self.before) if a.tensor in produced]
+        kept: set[str] = set()
+        chunk = max(1, len(todo) // 2)
+        while todo:
+            part, rest = todo[:chunk], todo[chunk:]
+            if self.fails(stops | kept | set(part))[0]:
+                kept |= set(part)
+                todo = rest
+            elif chunk == 1:
+                todo = rest  # this one must be computed on QNN for the failure to show
+            else:
+                chunk = max(1, chunk // 2)
+        return stops | frozenset(kept)
+
+    def rows(self, final: frozenset[str]) -> list[NodeRow]:
+        """Each compute node of the reduced cut: alone (fed the CPU values at its inputs) and inside the cut."""
+        graph = self.graph
+        cuts = []
+        for n in graph.extract(self.target.dequantized, final).graph.node:
+            out = next((a for a in graph.activations if a.tensor == n.output[0]), None) if n.op_type not in _QDQ else None
+            if out is not None:
+                inputs = frozenset(graph.by_dequantized[i].tensor for i in n.input if i in graph.by_dequantized)
+                cuts.append((n, out, inputs | self.outer))
+        alone = self.runner.run([(out.dequantized, stops) for _, out, stops in cuts])
+        inside = self.runner.run([(out.dequantized, final) for _, out, _ in cuts])
+        return [NodeRow(n.name, n.op_type,
+                        [{"tensor": i, **graph.quantization(i)} for i in n.input
+                         if i and i not in graph.initializers and graph.quantization(i)],
+                        {"tensor": out.tensor, **graph.quantization(out.dequantized)}, a.sqnr_db, s.sqnr_db)
+                for (n, out, _), a, s in zip(cuts, alone, inside)]
+
+
 def _reduce(runner: Runner, graph: CutGraph, target: Activation, outer: frozenset[str], threshold: float,
             result: Divergence, progress: Progress) -> None:
-    """The smallest cut ending at ``target`` that still fails: latest start first, then each activation inside
-    fed from the CPU where the failure survives it (greedy, halving chunks)."""
-    before = [a for a in graph.activations if a.index < target.index]
-
-    def fails(stops: frozenset[str]) -> tuple[bool, CutResult]:
-        r = runner.one(target.dequantized, stops)
-        return bool(r.sqnr_db < threshold or np.isnan(r.sqnr_db)), r
-
-    def prefix(k: int) -> frozenset[str]:  # every activation quantized before the k-th latest one is fed from the CPU
-        return outer | {a.tensor for a in before[: len(before) - k]}
-
-    # the latest start: grow the computed part backwards until it fails, then bisect the boundary
-    k, passing = 1, 0
-    while k < len(before) and not fails(prefix(k))[0]:
-        passing, k = k, min(2 * k, len(before))
-    lo, hi = passing, k  # prefix(lo) passes, prefix(hi) fails
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fails(prefix(mid))[0]:
-            hi = mid
-        else:
-            lo = mid
-    stops = prefix(hi)
-    produced = {o for n in graph.extract(target.dequantized, stops).graph.node for o in n.output}
-    candidates = [a.tensor for a in graph.activations if a.tensor in produced and a.index < target.index]
-    kept: set[str] = set()
-    chunk = max(1, len(candidates) // 2)
-    todo = list(reversed(candidates))  # nearest the target first
-    while todo:
-        part, rest = todo[:chunk], todo[chunk:]
-        bad, _ = fails(stops | kept | set(part))
-        if bad:
-            kept |= set(part)
-            todo = rest
-        elif chunk == 1:
-            todo = rest  # this one must be computed on QNN for the failure to show
-        else:
-            chunk = max(1, chunk // 2)
-    final = stops | kept
-    bad, r = fails(final)
-    proto = graph.extract(target.dequantized, final)
+    """The smallest cut ending at ``target`` that still fails, into ``result``: the latest start first, then each
+    activation inside fed from the CPU where the failure survives it."""
+    reduction = _Reduction(runner, graph, target, outer, threshold)
+    final = reduction.minimized(reduction.latest_start())
+    _, r = reduction.fails(final)
     progress(f"reduced to {r.nodes} compute nodes at {r.sqnr_db:.2f} dB")
     result.reduced_db = r.sqnr_db
-    result.reduced_inputs = sorted(i.name for i in proto.graph.input if i.name not in graph.inputs)
-    compute = [n for n in proto.graph.node if n.op_type not in _QDQ]
-    rows_cuts = []
-    for n in compute:
-        out = next((a for a in graph.activations if a.tensor == n.output[0]), None)
-        if out is None:
-            continue
-        node_inputs = [graph.by_dequantized[i].tensor for i in n.input if i in graph.by_dequantized]
-        rows_cuts.append((n, out, frozenset(node_inputs) | outer))
-    alone = runner.run([(out.dequantized, stops_) for _, out, stops_ in rows_cuts])
-    inside_runs = runner.run([(out.dequantized, final) for _, out, _ in rows_cuts])
-    for (n, out, _), a, s in zip(rows_cuts, alone, inside_runs):
-        result.reduced.append(NodeRow(
-            n.name, n.op_type,
-            [{"tensor": i, **graph.quantization(i)} for i in n.input if i and i not in graph.initializers and graph.quantization(i)],
-            {"tensor": out.tensor, **graph.quantization(out.dequantized)}, a.sqnr_db, s.sqnr_db))
+    result.reduced_inputs = sorted(i.name for i in graph.extract(target.dequantized, final).graph.input
+                                   if i.name not in graph.inputs)
+    result.reduced = reduction.rows(final)
 
 
 def divergence_summary(build: Any, components: Iterable[str], *, qnn: QnnOptions | None = None, samples: int = 2,
                        top: int = 3) -> list[str]:
     """A few lines per component for a failure summary: its worst blocks and first diverging activation (no
     reduction: that is ``sdxl-qdq diverge``)."""
-    from quant.build.calibration import iter_calibration
-
     lines = []
     for c in components:
         found = localize(build.qdq.models[c], distinct_samples(iter_calibration(build.calibration_dir, c), samples),
@@ -524,8 +536,6 @@ def divergence_summary(build: Any, components: Iterable[str], *, qnn: QnnOptions
 def distinct_samples(feeds: Iterable[dict[str, np.ndarray]], count: int) -> Feeds:
     """The first ``count`` feeds that differ from each other (recorded calls repeat: the first UNet call is the
     same at 1 and 2 steps)."""
-    from quant.run.pipeline import feeds_digest
-
     chosen, seen = [], set()
     for f in feeds:
         d = feeds_digest(f)
@@ -536,10 +546,3 @@ def distinct_samples(feeds: Iterable[dict[str, np.ndarray]], count: int) -> Feed
                 break
     return chosen
 
-
-if __name__ == "__main__":  # the QNN child: python -m quant.diverge --child WORKDIR
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
-        sys.exit(_child(Path(sys.argv[2])))
-    print("usage: python -m quant.diverge --child WORKDIR (internal; use `sdxl-qdq diverge`)", file=sys.stderr)
-    sys.exit(2)

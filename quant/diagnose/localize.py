@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from quant.build.calibration import load_calibration
 from quant.build.files import save_with_external_data
+from quant.components import COMPONENTS
 from quant.judge.metrics import sqnr_db
 from quant.runtime import create_session
 
@@ -69,9 +71,6 @@ def worst_layers(float_model: Path, qdq_model: Path, feeds: list[dict[str, np.nd
 
 def localize_build(build, *, samples: int = 4, top: int = 3) -> dict[str, list[LayerError]]:
     """Worst layers of every component of a ``Build``, on its first ``samples`` calibration inputs."""
-    from quant.build.calibration import load_calibration
-    from quant.components import COMPONENTS
-
     return {
         c: worst_layers(build.float.models[c], build.qdq.models[c], load_calibration(build.calibration_dir, c)[:samples], top=top)
         for c in COMPONENTS

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from quant.cache import package_versions
 from quant.components import COMPONENTS
 from quant.judge.metrics import sqnr_db
 from quant.models.prompts import Prompt
 from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
-from quant.runtime import QnnOptions, create_session
+from quant.runtime import QNN_SOCS, QnnOptions, create_session, qnn_is_simulated
 
 
 def record_inputs(float_models: ComponentSet, prompts: list[Prompt], *, steps: int = 1) -> dict[str, list[dict[str, np.ndarray]]]:
@@ -72,9 +73,6 @@ def parity_baseline(build: Any, measured: dict[str, dict[str, float]], *, prompt
                     previous: dict[str, Any] | None = None) -> dict[str, Any]:
     """``baselines/<model>/parity.json`` from a measurement: bounds ``PARITY_MARGIN_DB`` below each value, never
     below a ``previous`` bound (a bound is lowered only by hand, with its reason)."""
-    from quant.cache import package_versions
-    from quant.runtime import QNN_SOCS, qnn_is_simulated
-
     return {
         "about": (f"QNN EP vs CPU EP on the same QDQ models: SQNR in dB per output over the first {prompts} test "
                   f"prompts (1 step). bound_db = measured_db - {PARITY_MARGIN_DB:g} dB (half the noise power again) is "

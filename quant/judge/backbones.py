@@ -3,7 +3,7 @@
 - Real: CLIP ViT-B/16 (``openai/clip-vit-base-patch16``, what the study used) when its weights are in the
   local Hugging Face cache; Inception-v3 (2048 features, torchmetrics/torch-fidelity) when torch-fidelity
   is installed (extra ``real-backbones``) and its weights are in the torch hub cache.
-- Canary: the scorer trained with the ``canary`` model in its synthetic world (quant.canary): its image and
+- Canary: the scorer trained with the ``canary`` model in its synthetic world (quant.models.canary): its image and
   text towers give a CLIP score that means "shows the caption", its image tower FID features. ``auto``
   picks it for the canary model.
 - Proxy: seeded embedded networks, so the gate runs offline. A proxy number says nothing about semantics
@@ -17,10 +17,17 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
+import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from quant.errors import ConfigError, ModelNotAvailableError
+from quant.models.canary.model import load_models, scorer_token_ids
+from quant.models.sdxl import build_tokenizers
 
 REAL_CLIP = "openai/clip-vit-base-patch16"
 PROXY_CLIP = "proxy-clip-s0-v1"
@@ -51,14 +58,20 @@ def real_clip_available() -> bool:
 
 
 def real_fid_available() -> bool:
-    import importlib.util
-    from pathlib import Path
-
     import torch
 
     if importlib.util.find_spec("torch_fidelity") is None:
         return False
     return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).is_file()
+
+
+def _pick(choice: str, real: str, proxy: str, available: Callable[[], bool], missing: str) -> str:
+    """``auto``: the real backbone when it is available, else the proxy; the real one asked for and missing: an error."""
+    if choice == "auto":
+        return real if available() else proxy
+    if choice == real and not available():
+        raise ModelNotAvailableError(missing)
+    return choice
 
 
 def resolve_backbones(clip: str = "auto", fid: str = "auto", *, model: str = "") -> Backbones:
@@ -71,21 +84,13 @@ def resolve_backbones(clip: str = "auto", fid: str = "auto", *, model: str = "")
     canary = model.split(":")[0] == "canary"
     clip = CANARY_CLIP if (clip == "auto" and canary) else clip
     fid = CANARY_FID if (fid == "auto" and canary) else fid
-    if clip == "auto":
-        clip = REAL_CLIP if real_clip_available() else PROXY_CLIP
-    elif clip == REAL_CLIP and not real_clip_available():
-        raise ModelNotAvailableError(
-            f"CLIP backbone {REAL_CLIP!r} is not in the local Hugging Face cache; on a machine with network run "
-            f"`hf download {REAL_CLIP} config.json model.safetensors preprocessor_config.json tokenizer.json "
-            f"tokenizer_config.json vocab.json merges.txt special_tokens_map.json`, or use --clip-backbone {PROXY_CLIP}"
-        )
-    if fid == "auto":
-        fid = REAL_FID if real_fid_available() else PROXY_FID
-    elif fid == REAL_FID and not real_fid_available():
-        raise ModelNotAvailableError(
-            f"FID backbone {REAL_FID!r} needs torch-fidelity (pip install '.[real-backbones]' with a torch + "
-            f"torchvision pair) and {INCEPTION_WEIGHTS} in the torch hub cache; or use --fid-backbone {PROXY_FID}"
-        )
+    clip = _pick(clip, REAL_CLIP, PROXY_CLIP, real_clip_available, (
+        f"CLIP backbone {REAL_CLIP!r} is not in the local Hugging Face cache; on a machine with network run "
+        f"`hf download {REAL_CLIP} config.json model.safetensors preprocessor_config.json tokenizer.json "
+        f"tokenizer_config.json vocab.json merges.txt special_tokens_map.json`, or use --clip-backbone {PROXY_CLIP}"))
+    fid = _pick(fid, REAL_FID, PROXY_FID, real_fid_available, (
+        f"FID backbone {REAL_FID!r} needs torch-fidelity (pip install '.[real-backbones]' with a torch + "
+        f"torchvision pair) and {INCEPTION_WEIGHTS} in the torch hub cache; or use --fid-backbone {PROXY_FID}"))
     return Backbones(clip, fid)
 
 
@@ -124,7 +129,6 @@ class _CanaryProcessor:
     def __call__(self, *, images: Any = None, text: Any = None, **_: Any) -> dict[str, Any]:
         import torch
 
-        from quant.models.canary.model import scorer_token_ids
 
         if images is not None:
             x = torch.stack([torch.as_tensor(i) for i in images]).float()
@@ -151,8 +155,6 @@ class _CanaryModel:
 
 @functools.lru_cache(maxsize=1)
 def canary_scorer() -> Any:
-    from quant.models.canary.model import load_models
-
     return load_models(names=("scorer",))[0]["scorer"]
 
 
@@ -170,7 +172,6 @@ def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
         return model.eval(), processor
     if name != PROXY_CLIP:
         raise ConfigError(f"CLIP backbone {name!r} is not one of {CLIP_CHOICES[1:]}")
-    from quant.models.sdxl import build_tokenizers
 
     torch.manual_seed(0)
     config = CLIPConfig(
@@ -235,7 +236,6 @@ def proxy_features_body() -> Any:
 
 def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
     """FID (torchmetrics) between two sets of uint8 H×W×3 images, with features from ``backbone``."""
-    import numpy as np
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import shutil
 import tempfile
 from datetime import datetime, timezone
@@ -11,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from quant.cache import package_versions
-from quant.judge.evaluation import STEPS
+from quant.judge.evaluation import STEPS, Evaluation
 from quant.judge.gate import Check, Gate
 from quant.judge.metrics import psnr_db
+from quant.paths import BASELINES_DIR
 from quant.run.generate import image_name
 
 GRID = ("float@1", "qdq@1", "float@2", "qdq@2")
@@ -64,9 +66,6 @@ def _mse_plot(gate: Gate) -> str:
 
 def _parity_line(model: str) -> str:
     """How closely the CPU EP emulates the NPU for this model's QDQ components (baselines/<model>/parity.json)."""
-    import json
-
-    from quant.paths import BASELINES_DIR
 
     path = BASELINES_DIR / model / "parity.json"
     if not path.is_file():
@@ -76,6 +75,48 @@ def _parity_line(model: str) -> str:
                        for c, outs in data["outputs"].items())
     return (f"QNN-vs-CPU parity of these QDQ components (SQNR, {html.escape(str(data.get('qnn_backend', 'QNN')))}, "
             f"soc {html.escape(str(data.get('qnn_soc', '?')))}, {data.get('prompts')} prompts): {html.escape(values)}.")
+
+
+def _summary_rows(gate: Gate) -> list[str]:
+    """Mean MSE, CLIP and FID of each variant against the baseline's, as table rows."""
+    ev, rows = gate.evaluation, []
+    for k in STEPS:
+        mse = np.asarray(ev.mse[k])
+        rows.append(f"<tr><td class=l>mean MSE qdq@{k} vs float@{k}</td><td>{mse.mean():.5g}</td>"
+                    f"<td>{np.mean(gate.baseline['mse'][str(k)]['values']) if gate.has('mse', str(k)) else float('nan'):.5g}</td>"
+                    f"<td>PSNR {psnr_db(float(mse.mean())):.2f} dB</td></tr>")
+    for label, scores in ev.clip.items():
+        base = np.mean(gate.baseline["clip"][label]) if label in gate.baseline.get("clip", {}) else float("nan")
+        rows.append(f"<tr><td class=l>mean CLIP {label} [{html.escape(ev.backbones.clip)}]</td>"
+                    f"<td>{np.mean(scores):.5g}</td><td>{base:.5g}</td><td></td></tr>")
+    for label, value in ev.fid.items():
+        base = gate.baseline.get("fid", {}).get(label, {}).get("value", float("nan"))
+        rows.append(f"<tr><td class=l>FID {label} [{html.escape(ev.backbones.fid)}]</td>"
+                    f"<td>{value:.5g}</td><td>{base:.5g}</td><td></td></tr>")
+    return rows
+
+
+def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
+    """One table row per prompt, worst 1-step MSE first, its images copied under ``folder/images``."""
+    rows = []
+    for i in sorted(range(len(ev.prompts)), key=lambda i: -ev.mse[1][i]):
+        prompt = ev.prompts[i]
+        cells = []
+        for label in GRID:
+            dest = folder / "images" / label.replace("@", "-") / image_name(prompt)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ev.image(label, prompt), dest)
+            note = ""
+            if label.startswith("qdq"):
+                k = int(label[-1])
+                note = f"MSE {ev.mse[k][i]:.3f} · PSNR {psnr_db(ev.mse[k][i]):.1f} dB"
+            if label in ev.clip:
+                note += f"{' · ' if note else ''}CLIP {ev.clip[label][i]:.2f}"
+            cells.append(f'<td><img src="{dest.relative_to(folder).as_posix()}" alt="{label}">'
+                         f'<span class=small>{note}</span></td>')
+        rows.append(f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
+                    + "".join(cells) + "</tr>")
+    return rows
 
 
 def write_report(gate: Gate, out: Path) -> Path:
@@ -89,41 +130,8 @@ def write_report(gate: Gate, out: Path) -> Path:
     aggregate = [c for c in checks if c.metric.startswith(("mean CLIP", "FID"))]
     per_prompt_failed = [c for c in failed if c not in aggregate]
 
-    summary_rows = []
-    for k in STEPS:
-        mse = np.asarray(ev.mse[k])
-        summary_rows.append(f"<tr><td class=l>mean MSE qdq@{k} vs float@{k}</td><td>{mse.mean():.5g}</td>"
-                            f"<td>{np.mean(gate.baseline['mse'][str(k)]['values']) if gate.has('mse', str(k)) else float('nan'):.5g}</td>"
-                            f"<td>PSNR {psnr_db(float(mse.mean())):.2f} dB</td></tr>")
-    for label, scores in ev.clip.items():
-        base = np.mean(gate.baseline["clip"][label]) if label in gate.baseline.get("clip", {}) else float("nan")
-        summary_rows.append(f"<tr><td class=l>mean CLIP {label} [{html.escape(ev.backbones.clip)}]</td>"
-                            f"<td>{np.mean(scores):.5g}</td><td>{base:.5g}</td><td></td></tr>")
-    for label, value in ev.fid.items():
-        base = gate.baseline.get("fid", {}).get(label, {}).get("value", float("nan"))
-        summary_rows.append(f"<tr><td class=l>FID {label} [{html.escape(ev.backbones.fid)}]</td>"
-                            f"<td>{value:.5g}</td><td>{base:.5g}</td><td></td></tr>")
-
-    order = sorted(range(len(ev.prompts)), key=lambda i: -ev.mse[1][i])
-    grid = []
-    for i in order:
-        prompt = ev.prompts[i]
-        cells = []
-        for label in GRID:
-            src = ev.image(label, prompt)
-            dest = tmp / "images" / label.replace("@", "-") / image_name(prompt)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dest)
-            note = ""
-            if label.startswith("qdq"):
-                k = int(label[-1])
-                note = f"MSE {ev.mse[k][i]:.3f} · PSNR {psnr_db(ev.mse[k][i]):.1f} dB"
-            if label in ev.clip:
-                note += f"{' · ' if note else ''}CLIP {ev.clip[label][i]:.2f}"
-            cells.append(f'<td><img src="{dest.relative_to(tmp).as_posix()}" alt="{label}">'
-                         f'<span class=small>{note}</span></td>')
-        grid.append(f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
-                    + "".join(cells) + "</tr>")
+    summary_rows = _summary_rows(gate)
+    grid = _image_grid(ev, tmp)
 
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     parity = _parity_line(ev.model)

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant.cache import ArtifactCache, make_key
+from quant.cache import ArtifactCache, file_digest
 from quant.errors import ConfigError, ModelNotAvailableError
+from quant.models.canary import world
+from quant.models.canary.model import TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, WEIGHTS_DIR, pipeline_from_weights
 from quant.models.prompts import PROMPTS_CANARY, PROMPTS_COCO
 from quant.models.sdxl import (
     REAL_MODEL_ID,
@@ -49,8 +51,7 @@ class ModelSource:
     """A resolved model: a diffusers folder plus the fixed shapes its components are exported at.
 
     ``prompts`` is the JSONL prompt set of this model (50 train for calibration + 50 test); ``reference``
-    optionally renders the model's own FID reference images for given prompt texts (offline models);
-    ``baseline`` names its folder under baselines/ (variants of a model share their parent's baseline).
+    optionally renders the model's own FID reference images for given prompt texts (offline models).
     """
 
     name: str
@@ -60,17 +61,12 @@ class ModelSource:
     materialize: Callable[[ArtifactCache], Path] = field(compare=False, repr=False)
     prompts: Path = PROMPTS_COCO
     reference: Callable[[list[str]], list[Any]] | None = field(default=None, compare=False, repr=False)
-    baseline: str | None = None
     # builds one component's torch module from the materialized folder; None: load its weights from there
     load_component: Callable[[Path, str], Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def image_size(self) -> int:
         return self.latent_size * self.vae_scale_factor
-
-    @property
-    def key(self) -> str:
-        return make_key(self.fingerprint)
 
 
 def _tiny_source() -> ModelSource:
@@ -171,9 +167,6 @@ CANARY_VARIANTS = ("unet-noise5", "no-xattn")  # degraded UNets: the gate must f
 
 
 def _canary_source(variant: str | None = None) -> ModelSource:
-    from quant.cache import file_digest
-    from quant.models.canary.model import TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, WEIGHTS_DIR
-
     files = sorted(WEIGHTS_DIR.glob("*"))
     if not (WEIGHTS_DIR / "canary.json").is_file():
         raise ModelNotAvailableError(
@@ -187,20 +180,15 @@ def _canary_source(variant: str | None = None) -> ModelSource:
 
     def materialize(cache: ArtifactCache) -> Path:
         def build(out: Path) -> None:
-            from quant.models.canary.model import pipeline_from_weights
-
             pipeline_from_weights(variant).save_pretrained(out / "pipeline", safe_serialization=True)
 
         return cache.get_or_build("source", fingerprint, build) / "pipeline"
 
     def reference(texts: list[str]) -> list[Any]:
-        from quant.models.canary import world
-
         return [world.render(world.parse(t)) for t in texts]
 
     name = "canary" if variant is None else f"canary:{variant}"
-    return ModelSource(name, fingerprint, 8, 8, materialize, prompts=PROMPTS_CANARY, reference=reference,
-                       baseline="canary")
+    return ModelSource(name, fingerprint, 8, 8, materialize, prompts=PROMPTS_CANARY, reference=reference)
 
 
 SOURCES: dict[str, Callable[[], ModelSource]] = {

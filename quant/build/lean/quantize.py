@@ -14,14 +14,14 @@ load_external_data=False)``, weights stay in their external data file):
    inference.
 4. ``get_qnn_qdq_config`` on that graph (the same QNN overrides, the same contrib-op choice as the stock
    path, which asks before the opset bump), then the graph alone is converted to opset 21.
-5. Calibration in segments (``quant.chunked``): contiguous slices of the topologically sorted graph, each
+5. Calibration in segments (``quant.build.lean.segmented``): contiguous slices of the topologically sorted graph, each
    with ~``segment_bytes`` of weights, run over every distinct sample; a slice's boundary activations
    feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges (a repeated sample
    cannot change a min or a max, so repeats are skipped).
 6. ``quantize_static`` from those ranges (onnxruntime's calibration cache), on the graph: it reads each
    weight from the data file as it quantizes it and holds only the quantized ones.
 
-``python -m quant.lean`` runs one component in its own process (``build`` does so); each step reports its
+``python -m quant _lean`` runs one component in its own process (``build`` does so); each step reports its
 time and peak resident memory.
 """
 
@@ -46,6 +46,13 @@ from quant.build.lean.passes import graph_surgeries, qnn_preprocess, quant_prepr
 from quant.procs import StepMeter
 from quant.procs import Progress
 from quant.build.files import save_with_external_data
+from quant.build.calibration import iter_calibration
+from quant.build.lean.segmented import segmented_minmax_ranges
+from quant.build.recipe import load_recipe
+from quant.procs import report_peak_at_exit
+from quant.runtime import register_qnn
+import contextlib
+import inspect
 
 SUPPORTED_PASSES = ("QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization")
 DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
@@ -54,13 +61,21 @@ DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
 # ------------------------------------------------------------------------------------------- the stage
 @dataclass(frozen=True)
 class QuantSettings:
-    """The OnnxStaticQuantization options this path supports (the recipe's; anything else is refused)."""
+    """The OnnxStaticQuantization options this path reads, defaulting as Olive's pass does (checked against
+    Olive's own defaults by a test); ``plan`` refuses every other option."""
 
-    activation_type: str = "uint16"
-    weight_type: str = "uint8"
-    calibrate_method: str = "MinMax"
+    activation_type: str = "int8"
+    weight_type: str = "int8"  # Olive calls it "precision"
     quant_preprocess: bool = True
     per_channel: bool = False
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> QuantSettings:
+        default = cls()
+        return cls(activation_type=str(options.get("activation_type", default.activation_type)),
+                   weight_type=str(options.get("precision", default.weight_type)),
+                   quant_preprocess=bool(options.get("quant_preprocess", default.quant_preprocess)),
+                   per_channel=bool(options.get("per_channel", default.per_channel)))
 
 
 def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -114,14 +129,6 @@ def lean_quantize(
     """Run ``workflow``'s passes on ``model`` memory-bounded; write ``out/model.onnx`` (+ data). Calibration
     runs in segments of about ``segment_bytes`` of weights, or in exactly ``segments``. Returns
     the per-step measurements."""
-    import onnx
-    from olive.passes.onnx.quantization import quant_type_from_precision
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
-
-    from quant.build.calibration import iter_calibration
-    from quant.build.lean.quantize import quantize_with_ranges
-    from quant.build.lean.segmented import segmented_minmax_ranges
-
     steps = plan(workflow)
     meter = StepMeter(progress)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,47 +146,58 @@ def lean_quantize(
                     graph = graph_surgeries(graph, step_dir, options.get("surgeries", []),
                                             options.get("remove_duplicate_initializers", True))
             else:
-                settings = QuantSettings(
-                    activation_type=options.get("activation_type", "uint8"), weight_type=options.get("precision", "uint8"),
-                    quant_preprocess=bool(options.get("quant_preprocess", False)),
-                    per_channel=bool(options.get("per_channel", False)),
-                )
-                if settings.quant_preprocess:
-                    with meter("quant_preprocess"):
-                        graph = quant_preprocess(graph, step_dir / "pre")
-                    _drop_unused(work, graph)
-                with meter("qdq_config"):
-                    config = get_qnn_qdq_config(
-                        graph.proto, None, activation_type=quant_type_from_precision(settings.activation_type),
-                        weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel,
-                    )
-                    graph = to_opset21(graph)
-                    opset21 = graph.base_dir / "opset21.onnx"  # beside its data (see Graph.save)
-                    graph = graph.save(opset21) if _owned(graph, work) else graph.save(step_dir / "opset21" / "opset21.onnx")
-                timings: dict[str, float] = {}
-                with meter("calibration"):
-                    ranges = segmented_minmax_ranges(
-                        graph, lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model)),
-                        segments=segments, segment_bytes=segment_bytes, op_types_to_calibrate=config.op_types_to_quantize,
-                        work=step_dir / "calibration", progress=progress, timings=timings,
-                    )
-                meter.steps[-1].update(timings)
-                with meter("quantize"):
-                    produced = step_dir / "qdq" / "model.onnx"
-                    produced.parent.mkdir(parents=True)
-                    quantize_with_ranges(graph.base_dir / "opset21.onnx", produced, ranges, config, lazy_weights=True)
-                    graph = Graph.load(produced)
+                calibration = lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model))  # noqa: E731
+                graph = _quantize(graph, QuantSettings.from_options(options), calibration, work, step_dir, meter,
+                                  segments=segments, segment_bytes=segment_bytes, progress=progress)
         with meter("save"):
-            proto = graph.loaded()
-            staged = work / "result"
-            staged.mkdir()
-            onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "sdxl_qdq.quantizer": "lean"})
-            save_with_external_data(proto, staged / "model.onnx")
-            del proto
-        for f in (work / "result").iterdir():
+            staged = _save_result(graph, work / "result")
+        for f in staged.iterdir():
             os.replace(f, out / f.name)
     shutil.copy(model.parent / "io.json", out / "io.json")
     return meter.steps
+
+
+def _quantize(graph: Graph, settings: QuantSettings, calibration: Callable[[], Iterator[dict[str, Any]]], work: Path,
+              step_dir: Path, meter: StepMeter, *, segments: int | None, segment_bytes: int, progress: Progress) -> Graph:
+    """OnnxStaticQuantization: [quant_preprocess,] the QNN QDQ config and the opset-21 graph, segmented MinMax
+    calibration, then onnxruntime's quantizer from those ranges, on the graph."""
+    from olive.passes.onnx.quantization import quant_type_from_precision
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    if settings.quant_preprocess:
+        with meter("quant_preprocess"):
+            graph = quant_preprocess(graph, step_dir / "pre")
+        _drop_unused(work, graph)
+    with meter("qdq_config"):
+        config = get_qnn_qdq_config(
+            graph.proto, None, activation_type=quant_type_from_precision(settings.activation_type),
+            weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel,
+        )
+        graph = to_opset21(graph)
+        opset21 = graph.base_dir / "opset21.onnx"  # beside its data (see Graph.save)
+        graph = graph.save(opset21) if _owned(graph, work) else graph.save(step_dir / "opset21" / "opset21.onnx")
+    timings: dict[str, float] = {}
+    with meter("calibration"):
+        ranges = segmented_minmax_ranges(graph, calibration, segments=segments, segment_bytes=segment_bytes,
+                                         op_types_to_calibrate=config.op_types_to_quantize, work=step_dir / "calibration",
+                                         progress=progress, timings=timings)
+    meter.steps[-1].update(timings)
+    with meter("quantize"):
+        produced = step_dir / "qdq" / "model.onnx"
+        produced.parent.mkdir(parents=True)
+        quantize_with_ranges(graph.base_dir / "opset21.onnx", produced, ranges, config, lazy_weights=True)
+    return Graph.load(produced)
+
+
+def _save_result(graph: Graph, folder: Path) -> Path:
+    """The final model in ``folder`` with all its data, marked as made by this path."""
+    import onnx
+
+    proto = graph.loaded()
+    folder.mkdir()
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props}, "sdxl_qdq.quantizer": "lean"})
+    save_with_external_data(proto, folder / "model.onnx")
+    return folder
 
 
 def _drop_unused(work: Path, graph: Graph) -> None:
@@ -203,32 +221,15 @@ def model_component(calibration_dir: Path, model: Path) -> str:
     return component
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m quant.lean RECIPE COMPONENT MODEL CALIBRATION_DIR OUT [SEGMENT_BYTES]``: one component, this process."""
-    from quant.build.recipe import load_recipe
-    from quant.runtime import register_qnn
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (5, 6):
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    recipe, component = load_recipe(args[0]), args[1]
-    model, calibration_dir, out = Path(args[2]), Path(args[3]), Path(args[4])
-    from quant.procs import report_peak_at_exit
-
+def quantize_child(recipe_path: Path, component: str, model: Path, calibration_dir: Path, out: Path,
+                   segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+    """One component's memory-bounded quantization in this process (``python -m quant _lean``, started by
+    ``quant.build.stages``): its steps go to ``out/steps.json``, its peak memory to the parent."""
     report_peak_at_exit()
     register_qnn()  # get_qnn_qdq_config and Olive's QNN code expect the EP in this process
-    steps = lean_quantize(recipe["workflows"][component], model, calibration_dir, out,
-                          segment_bytes=int(args[5]) if len(args) == 6 else DEFAULT_SEGMENT_BYTES,
-                          progress=lambda m: print(f"{component}: {m}", flush=True))
+    steps = lean_quantize(load_recipe(recipe_path)["workflows"][component], model, calibration_dir, out,
+                          segment_bytes=segment_bytes, progress=lambda m: print(f"{component}: {m}", flush=True))
     (out / "steps.json").write_text(json.dumps(steps, indent=1))
-    return 0
-
-
-if __name__ == "__main__":  # run the importable module, not a second copy of it named __main__
-    from quant.build.lean.quantize import main as _main
-
-    sys.exit(_main())
 
 
 def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any, *, lazy_weights: bool = False) -> None:
@@ -239,9 +240,6 @@ def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config
     onnxruntime's quantizer reads each weight it quantizes from the data file and holds only the quantized ones
     (a quarter of the float ones). The result is the same model (``tests/test_lean.py``).
     """
-    import contextlib
-    import inspect
-
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
 

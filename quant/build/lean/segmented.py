@@ -28,6 +28,10 @@ from typing import Any
 import numpy as np
 from quant.procs import Progress
 from quant.build.files import save_with_external_data
+from quant.build.lean.graph import Graph
+from quant.run.pipeline import feeds_digest
+from quant.build.lean.graph import tensor_bytes
+import hashlib
 
 
 
@@ -132,8 +136,6 @@ def split_nodes(model: Any, *, segments: int | None = None, segment_bytes: int |
     parts, or as many as keep each near ``segment_bytes``. Activations are not counted: with the reductions
     run next to their producers (``SegmentCalibrater``), a segment holds the live activations of a plain
     inference (1.4 GB for the real VAE decoder at 512×512), whatever its length."""
-    from quant.build.lean.graph import tensor_bytes
-
     sizes = {t.name: tensor_bytes(t) for t in model.graph.initializer}
     seen: set[str] = set()
     costs = []
@@ -216,14 +218,11 @@ def segmented_minmax_ranges(
     progress: Progress | None = None,
     timings: dict[str, float] | None = None,
 ) -> Any:
-    """``TensorsData`` of the MinMax ranges of ``graph`` (a ``quant.lean.Graph`` or a model path), computed
-    segment by segment; ``feeds()`` yields the calibration samples (each distinct one is run once). Give
+    """``TensorsData`` of the MinMax ranges of ``graph`` (a ``quant.build.lean.graph.Graph`` or a model path),
+    computed segment by segment; ``feeds()`` yields the calibration samples (each distinct one is run once). Give
     ``segments`` or ``segment_bytes``."""
     import onnx
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
-
-    from quant.build.lean.graph import Graph
-    from quant.run.pipeline import feeds_digest
 
     if segments is not None and segments < 1:
         raise ValueError(f"segments must be >= 1, got {segments}")
@@ -231,59 +230,33 @@ def segmented_minmax_ranges(
         graph = Graph.load(Path(graph))
     model = onnx.shape_inference.infer_shapes(graph.proto)
     selected = tensors_to_calibrate(model, op_types_to_calibrate)
-    parts = split_nodes(model, segments=segments, segment_bytes=segment_bytes)
-    seg_models = segment_models(model, parts)
-    graph_inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
-    cls = _calibrator_class()
+    seg_models = segment_models(model, split_nodes(model, segments=segments, segment_bytes=segment_bytes))
+    graph_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    first_reader, last_reader = {}, {}
+    for k, (seg, _) in enumerate(seg_models):
+        for i in seg.graph.input:
+            first_reader.setdefault(i.name, k)
+            last_reader[i.name] = k
     merged: dict[str, Any] = {}
-    spent = {"segments": len(seg_models), "setup_s": 0.0, "samples_s": 0.0, "duplicates": 0}
+    spent = {"segments": len(seg_models), "setup_s": 0.0, "samples_s": 0.0}
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="segments-", dir=work) as tmp:
         store = Path(tmp, "activations")
-        n_samples, distinct = 0, set()
-        for sample in feeds():  # a sample equal to an earlier one cannot move a min or a max: skipped
-            digest = feeds_digest(sample)
-            spent["duplicates"] += digest in distinct
-            if digest not in distinct:
-                distinct.add(digest)
-                _spill(store, n_samples, sample)
-                n_samples += 1
+        n_samples, spent["duplicates"] = _spill_distinct(feeds(), store)
         if n_samples == 0:
             raise ValueError(f"no calibration samples for {graph.proto.graph.name!r}")
         if progress:
             progress(f"calibration: {n_samples} distinct samples ({spent['duplicates']} repeats skipped), "
                      f"{len(seg_models)} segments")
-        first_reader, last_reader = {}, {}
-        for k, (seg, _) in enumerate(seg_models):
-            for i in seg.graph.input:
-                first_reader.setdefault(i.name, k)
-                last_reader[i.name] = k
         for k, (seg, produced) in enumerate(seg_models):
             subset = {t for t in produced if t in selected}
             subset |= {i.name for i in seg.graph.input if i.name in selected and i.name in graph_inputs and first_reader[i.name] == k}
-            started = time.perf_counter()
-            seg_dir = Path(tmp, f"segment{k}")
-            seg_dir.mkdir()
-            save_with_external_data(Graph(seg, graph.base_dir).loaded(), seg_dir / "model.onnx")
-            calibrator = cls(str(seg_dir / "model.onnx"), op_types_to_calibrate, augmented_model_path=str(seg_dir / "augmented.onnx"),
-                             use_external_data_format=True, subset=subset)
-            calibrator.augment_graph()
-            calibrator.create_inference_session()
-            names = [i.name for i in seg.graph.input]
-            done = [n for n in names if last_reader[n] == k]
-            setup, started = time.perf_counter() - started, time.perf_counter()
+            done = [i.name for i in seg.graph.input if last_reader[i.name] == k]  # no later segment reads them
+            ranges, setup, ran = _calibrate_segment(Graph(seg, graph.base_dir), subset, op_types_to_calibrate, store,
+                                                    n_samples, done, Path(tmp, f"segment{k}"))
+            merged.update(ranges)
             spent["setup_s"] += setup
-            for s in range(n_samples):
-                outputs = calibrator.run(_load(store, s, names))
-                _spill(store, s, outputs)
-                for n in done:  # no later segment reads it
-                    (store / f"{s:04d}" / f"{_safe(n)}.npy").unlink()
-            if subset:
-                merged.update(calibrator.compute_data().data)
-            del calibrator
-            shutil.rmtree(seg_dir)  # this segment's weights, twice (model and augmented model)
-            ran = time.perf_counter() - started
             spent["samples_s"] += ran
             if progress:
                 progress(f"calibration segment {k + 1}/{len(seg_models)}: {len(seg.graph.node)} nodes, "
@@ -294,6 +267,44 @@ def segmented_minmax_ranges(
     if missing:
         raise RuntimeError(f"segmented calibration left {len(missing)} tensors without a range, e.g. {sorted(missing)[:3]}")
     return TensorsData(CalibrationMethod.MinMax, merged)
+
+
+def _spill_distinct(samples: Iterable[dict[str, np.ndarray]], store: Path) -> tuple[int, int]:
+    """Write each distinct sample to ``store`` (a sample equal to an earlier one cannot move a min or a max);
+    return (distinct samples, repeats skipped)."""
+    distinct: set[str] = set()
+    repeats = 0
+    for sample in samples:
+        digest = feeds_digest(sample)
+        if digest in distinct:
+            repeats += 1
+            continue
+        distinct.add(digest)
+        _spill(store, len(distinct) - 1, sample)
+    return len(distinct), repeats
+
+
+def _calibrate_segment(seg: Graph, subset: set[str], op_types: list[str] | None, store: Path, n_samples: int,
+                       done: list[str], folder: Path) -> tuple[dict[str, Any], float, float]:
+    """Run one segment over every stored sample with onnxruntime's calibrator for ``subset``: its boundary outputs
+    replace, in ``store``, the inputs no later segment reads (``done``). Returns (ranges, setup s, samples s)."""
+    started = time.perf_counter()
+    folder.mkdir()
+    save_with_external_data(seg.loaded(), folder / "model.onnx")
+    calibrator = _calibrator_class()(str(folder / "model.onnx"), op_types, augmented_model_path=str(folder / "augmented.onnx"),
+                                     use_external_data_format=True, subset=subset)
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    names = [i.name for i in seg.proto.graph.input]
+    setup, started = time.perf_counter() - started, time.perf_counter()
+    for s in range(n_samples):
+        _spill(store, s, calibrator.run(_load(store, s, names)))
+        for n in done:
+            (store / f"{s:04d}" / f"{_safe(n)}.npy").unlink()
+    ranges = calibrator.compute_data().data if subset else {}
+    del calibrator
+    shutil.rmtree(folder)  # this segment's weights, twice (model and augmented model)
+    return ranges, setup, time.perf_counter() - started
 
 
 def _spill(store: Path, sample: int, arrays: dict[str, np.ndarray]) -> None:
@@ -308,8 +319,6 @@ def _load(store: Path, sample: int, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def _safe(name: str) -> str:
-    import hashlib
-
     return hashlib.sha1(name.encode()).hexdigest()  # tensor names may hold '/', ':' and the like
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from quant.models.canary import world
+from quant.models.sdxl import build_tokenizers, turbo_scheduler
 from quant.paths import DATA_DIR
 
 WEIGHTS_DIR = DATA_DIR / "canary"
@@ -100,7 +101,6 @@ def scorer_token_ids(captions: list[str]) -> Any:
     """The words that carry meaning (count/article, colour, shape, layout) as CLIP token ids, N×4."""
     import torch
 
-    from quant.models.sdxl import build_tokenizers
 
     tok = build_tokenizers()[0]
     rows = []
@@ -113,8 +113,6 @@ def scorer_token_ids(captions: list[str]) -> Any:
 
 # ---------------------------------------------------------------------------------------------- save/load
 def used_token_ids() -> list[int]:
-    from quant.models.sdxl import build_tokenizers
-
     tok, tok_2 = build_tokenizers()
     captions = [s.caption for s in world.all_scenes()]
     ids: set[int] = set()
@@ -153,7 +151,6 @@ def pipeline_from_weights(variant: str | None = None, folder: Path = WEIGHTS_DIR
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from quant.models.sdxl import build_tokenizers, turbo_scheduler
 
     models, meta = load_models(folder)
     unet = models["unet"]

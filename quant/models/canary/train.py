@@ -27,6 +27,7 @@ from quant.models.canary.model import (
     to_tensor,
     used_token_ids,
 )
+from quant.models.sdxl import build_tokenizers, turbo_scheduler
 
 STEPS = {"vae": 600, "unet": 3000, "scorer": 1000}
 
@@ -89,7 +90,6 @@ def train_unet(models: dict[str, Any], tokenizers: tuple[Any, Any], scaling: flo
     """Text encoders and UNet together, x0 loss at t ∈ {999, 499} (sdxl-turbo's 1- and 2-step timesteps)."""
     import torch
 
-    from quant.models.sdxl import turbo_scheduler
 
     alphas = turbo_scheduler().alphas_cumprod
     scenes = [s for s in world.all_scenes() if not s.held_out]
@@ -184,8 +184,6 @@ def save(models: dict[str, Any], scaling: float, out: Path, log_rows: dict[str, 
 
 def train(out: Path, *, steps: dict[str, int] | None = None, progress: Callable[[str], None] = print) -> dict[str, list[float]]:
     """Run all three stages and save; returns the loss log."""
-    from quant.models.sdxl import build_tokenizers
-
     steps = {**STEPS, **(steps or {})}
     start = time.perf_counter()
     models = build_models()

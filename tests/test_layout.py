@@ -1,0 +1,122 @@
+"""The package's shape: one folder per stage, imports that point down the data flow, no private name used
+across modules, and a README layout table that matches the tree."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "quant"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _resolve(importer: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = importer.split(".") if is_package else importer.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports(modules: dict[str, Path]) -> dict[str, set[tuple[str, str | None]]]:
+    """Per module: (imported module, imported name or None) for every import inside the package, at any depth
+    (an import inside a function is still an arrow of the design)."""
+    found: dict[str, set[tuple[str, str | None]]] = {}
+    for name, path in modules.items():
+        edges = found.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                edges |= {(a.name, None) for a in node.names if a.name.split(".")[0] == "quant"}
+            elif isinstance(node, ast.ImportFrom):
+                target = _resolve(name, path.name == "__init__.py", node)
+                if target.split(".")[0] != "quant":
+                    continue
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    edges.add((sub, None) if sub in modules else (target, alias.name))
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    graph = {}
+    for name, edges in _imports(modules).items():
+        targets = set()
+        for target, _ in edges:
+            while target not in modules and "." in target:
+                target = target.rsplit(".", 1)[0]
+            if target in modules and target != name and not name.startswith(target + "."):
+                targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph, state, cycles = _graph(), {}, []
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_no_private_name_imported_across_modules() -> None:
+    private = [f"{importer} imports {target}.{name}" for importer, edges in _imports(_modules()).items()
+               for target, name in edges if name and name.startswith("_") and target != importer]
+    assert not private, private
+
+
+STAGES = ("quant.models", "quant.run", "quant.build", "quant.judge", "quant.diagnose")
+TOP = ("quant.cli", "quant.flows", "quant.plugin", "quant.__main__")  # they tie the stages together
+
+
+def test_stages_import_down_the_data_flow() -> None:
+    """Import order models → run → build → judge (build records its calibration inputs by running run's float
+    pipeline), diagnose beside them; a stage never imports a later one, and none imports diagnose."""
+    order = {"quant.models": 0, "quant.run": 1, "quant.build": 2, "quant.judge": 3, "quant.diagnose": 3}
+    wrong = []
+    for importer, targets in _graph().items():
+        stage = next((s for s in order if importer.startswith(s + ".")), None)
+        for target in targets:
+            other = next((s for s in order if target.startswith(s + ".")), None)
+            if stage and other and order[other] > order[stage] or (stage and other == "quant.diagnose" and stage != other):
+                wrong.append(f"{importer} -> {target}")
+    assert not wrong, wrong
+
+
+def test_shared_modules_import_no_stage() -> None:
+    """errors, paths, cache, procs, components, runtime sit below every stage."""
+    wrong = [f"{m} -> {t}" for m, targets in _graph().items() if m.count(".") == 1 and m not in TOP
+             for t in targets if t.startswith(STAGES)]
+    assert not wrong, wrong
+
+
+def test_readme_layout_table_matches_the_tree() -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(quant/[\w/]+(?:\.py)?)`", section))
+    assert named, "the README's layout table names no quant/ path"
+    missing = sorted(p for p in named if not (ROOT / p).exists())
+    assert not missing, f"README names paths that do not exist: {missing}"
+    folders = {str(p.parent.relative_to(ROOT)) for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
+    unnamed = sorted(f for f in folders if not any(n.rstrip("/") == f or n.startswith(f + "/") for n in named))
+    assert not unnamed, f"packages missing from the README's layout table: {unnamed}"
