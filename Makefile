@@ -3,15 +3,20 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
+# Where pip finds torch: empty (the default index; on this machine's kind, a local CPU wheel), or e.g.
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu on a hosted Linux runner, where the default index serves a
+# multi-GB CUDA build.
+TORCH_INDEX ?=
+WHEEL_CHECK := $(shell mktemp -d -u)
 
-.PHONY: setup gate gate-qnn test bench bench-save bench-compare real-size clean
+.PHONY: setup gate gate-qnn test bench bench-save bench-compare real-size check-wheels night-rehearsal clean
 
 $(BIN)/sdxl-qdq: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install --quiet -c constraints.txt torch
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[host]"
 	touch $@
 
 setup: $(BIN)/sdxl-qdq
@@ -44,6 +49,24 @@ bench-compare: setup
 # time and peak memory per component and stage in reports/real-size.json (about 20 min on 2 cores, 12 GB, 35 GB of disk).
 real-size: setup
 	$(PYTEST) -m slow tests/test_real_size.py -s
+
+# The installs resolve to binary wheels: the device profile for win_arm64 at cp311 and cp312, the host profile for
+# linux x86_64 (pip's resolver in dry-run; needs the package registry).
+check-wheels:
+	for py in 3.11 3.12; do \
+		$(PYTHON) -m pip install --dry-run --quiet --ignore-installed --only-binary=:all: --platform win_arm64 \
+			--python-version $$py --implementation cp --target $(WHEEL_CHECK) -r requirements/device-wheels.txt || exit 1; \
+		echo "device profile: win_arm64 cp$$py resolves"; \
+	done
+	$(PYTHON) -m pip install --dry-run --quiet --ignore-installed --only-binary=:all: --python-version 3.11 \
+		--implementation cp --target $(WHEEL_CHECK) $(foreach v,$(shell seq 5 39),--platform manylinux_2_$(v)_x86_64) \
+		--platform manylinux2014_x86_64 --platform linux_x86_64 -r constraints.txt \
+		&& echo "host profile: linux x86_64 cp3.11 resolves"
+
+# The whole night on canary, here: build + bundle, a fresh venv with only the device profile running the device
+# steps (HTP simulator), then the judge and its report (reports/night/).
+night-rehearsal: setup
+	bash .ci/night-rehearsal
 
 clean:
 	rm -rf $(VENV) reports .benchmarks

@@ -20,6 +20,7 @@ MARKERS = {
     "quality": "quality gate: metrics of the quantized model against baselines/ (pytest -m quality)",
     "qnn": "needs the QNN EP (the HTP simulator on x86_64 Linux, the NPU on Snapdragon)",
     "slow": "real-size model or long run; not part of the default CI selection",
+    "device": "runs on the NPU runner from a bundle with the device profile (pytest tests/device --bundle DIR)",
 }
 
 
@@ -52,6 +53,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)")
     group.addoption("--report", dest="qdq_report", default=None, metavar="DIR",
                     help="write the quality report (index.html + images) to DIR at the end of the run (default: none)")
+    group.addoption("--from-device", dest="qdq_from_device", default=None, metavar="DIR",
+                    help="judge the qdq@1/qdq@2 images of a device results folder (`sdxl-qdq device-run`) instead of "
+                         "drawing them here (default: draw here)")
+    group.addoption("--baseline-ep", dest="qdq_baseline_ep", default=None, choices=EPS, metavar="EP",
+                    help="gate by the baseline made on this EP instead of --ep's own (an explicit cross-EP rule, stated in "
+                         "the report; default: --ep's own baseline)")
+    group.addoption("--bundle", dest="qdq_bundle", default=None, metavar="DIR",
+                    help="device tests (-m device): the bundle to run, made by `sdxl-qdq bundle` (default: none; the "
+                         "device tests skip without one)")
+    group.addoption("--device-out", dest="qdq_device_out", default=None, metavar="DIR",
+                    help="device tests: where measured figures go (default: a temporary folder)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -68,6 +80,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Real-size runs take ~20 min, 12 GB and 35 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
     markexpr = config.getoption("markexpr") or ""
+    if not config.getoption("qdq_bundle"):
+        no_bundle = pytest.mark.skip(reason="a device test runs from a bundle: pass --bundle DIR (make one with "
+                                            "`sdxl-qdq bundle --model M DIR`)")
+        for item in items:
+            if "device" in item.keywords:
+                item.add_marker(no_bundle)
     if "slow" in markexpr and "not slow" not in markexpr:
         return
     skip = pytest.mark.skip(reason="real-size run (about 20 min on 2 cores, 12 GB of memory, 35 GB of disk): "
@@ -116,8 +134,8 @@ def quality_artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Buil
 @pytest.fixture(scope="session")
 def test_prompt_feeds(artifacts: Build) -> dict:
     """Each component's inputs while the float pipeline draws the 50 test prompts (1 step)."""
-    from quant.diagnose.sqnr import record_inputs
     from quant.models.prompts import load_prompts
+    from quant.run.pipeline import record_inputs
 
     return record_inputs(artifacts.float, load_prompts("test"))
 
@@ -131,6 +149,7 @@ def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactC
         quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
         clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
         coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
+        from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
         progress=lambda msg: print(msg, flush=True),
     )
     pytestconfig.stash[GATE_KEY] = result

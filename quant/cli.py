@@ -1,7 +1,8 @@
 """``sdxl-qdq`` (also ``python -m quant``): the project's one command line.
 
-Verbs: build, sqnr, parity, coverage, layers, diverge, study-baseline, canary-train. Verbs starting with ``_``
-are the child processes other verbs start (one component per process); they are not listed.
+Host verbs: build, sqnr, parity, coverage, layers, diverge, bundle, coco-images, study-baseline, canary-train. Device verbs
+(the NPU runner, device profile only): device-check, device-run. Verbs starting with ``_`` are the child
+processes other verbs start (one component per process); they are not listed.
 """
 
 from __future__ import annotations
@@ -23,14 +24,7 @@ from quant.components import COMPONENTS
 from quant.diagnose.coverage import qdq_coverage
 from quant.diagnose.diverge import DEFAULT_THRESHOLD_DB, distinct_samples, localize, run_cut_child
 from quant.diagnose.localize import localize_build
-from quant.diagnose.sqnr import (
-    PARITY_MARGIN_DB,
-    PARITY_SIMULATOR_PROMPTS,
-    component_sqnr,
-    parity_baseline,
-    qnn_parity,
-    record_inputs,
-)
+from quant.diagnose.sqnr import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, component_sqnr, parity_baseline, qnn_parity
 from quant.errors import QuantError
 from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
 from quant.judge.baseline import baseline_model_name, baseline_path, write_baseline
@@ -41,6 +35,7 @@ from quant.models.prompts import load_prompts
 from quant.models.source import resolve_source
 from quant.paths import BASELINES_DIR
 from quant.procs import report_peak_at_exit
+from quant.run.pipeline import record_inputs
 from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS, QnnOptions, qnn_is_simulated
 
 
@@ -70,7 +65,8 @@ def _qnn_soc(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{build,sqnr,parity,coverage,layers,diverge,study-baseline,canary-train}")
+                                metavar="{build,sqnr,parity,coverage,layers,diverge,bundle,coco-images,study-baseline,"
+                                        "canary-train,device-check,device-run}")
     _build_options(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
     _build_options(sq)
@@ -99,6 +95,27 @@ def _parser() -> argparse.ArgumentParser:
                     help="SQNR below which a cut counts as diverging (default: %(default)s)")
     dv.add_argument("--no-reduce", action="store_true", help="stop at the first diverging activation (default: reduce)")
     dv.add_argument("--json", default=None, metavar="FILE", help="also write the findings as JSON")
+    bu = sub.add_parser("bundle", help="everything the NPU runner needs for a night: QDQ models (+ EP-context binaries "
+                                       "for the soc), the host's token ids, latents, noise and scheduler, parity inputs")
+    _build_options(bu)
+    _qnn_soc(bu)
+    bu.add_argument("out", type=Path, metavar="OUT", help="bundle folder (replaced if it exists)")
+    bu.add_argument("--prompts", type=int, default=None, metavar="N", help="first N of the model's prompts (default: all)")
+    bu.add_argument("--no-context", action="store_true", help="skip compiling EP-context binaries (default: compile "
+                                                             "when onnxruntime-qnn is installed)")
+    dc = sub.add_parser("device-check", help="on the NPU runner: a native ARM64 Python, onnxruntime-qnn, the HTP backend")
+    dc.add_argument("--allow-emulation", action="store_true", help="accept an emulated or simulated setup (rehearsals)")
+    dr = sub.add_parser("device-run", help="on the NPU runner: verify a bundle, check placement and parity, draw its "
+                                           "prompts on the NPU, write the results the host judges")
+    _qnn_soc(dr)
+    dr.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="the bundle made by `sdxl-qdq bundle`")
+    dr.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder (replaced if it exists)")
+    dr.add_argument("--ep", choices=("qnn", "cpu"), default="qnn", help="EP of the quantized components (default: %(default)s)")
+    dr.add_argument("--prompts", type=int, default=None, metavar="N", help="first N of the bundle's prompts (default: all)")
+    dr.add_argument("--no-context", action="store_true", help="load the QDQ models, not the EP-context binaries")
+    co = sub.add_parser("coco-images", help="download the 100 COCO 2017 images of the prompts (the real model's FID "
+                                            "reference, for --coco-dir; needs network)")
+    co.add_argument("out", type=Path, metavar="DIR", help="folder for the images (completed if it exists)")
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
     ct = sub.add_parser("canary-train", help="train the canary and its scorer (about 14 min on 2 cores), write fp16 "
                                              "safetensors")
@@ -209,6 +226,43 @@ def _cmd_diverge(args: argparse.Namespace) -> int:
     return 1 if diverged else 0
 
 
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    from quant.build.bundle import write_bundle
+    from quant.models.prompts import load_prompts
+
+    result = _build(args)
+    prompts = load_prompts("all", path=result.source.prompts)
+    write_bundle(result, args.out, qnn=QnnOptions(soc_model=args.qnn_soc), prompts=prompts[: args.prompts or len(prompts)],
+                 context=False if args.no_context else None, progress=lambda m: print(m, flush=True))
+    return 0
+
+
+def _cmd_device_check(args: argparse.Namespace) -> int:
+    from quant.device.check import require_device
+
+    for key, value in require_device(native=not args.allow_emulation).items():
+        print(f"{key:16s} {value}")
+    return 0
+
+
+def _cmd_device_run(args: argparse.Namespace) -> int:
+    from quant.device.bundle import Bundle
+    from quant.device.night import run_night
+
+    bundle = Bundle.load(args.bundle, soc=args.qnn_soc)
+    out = run_night(bundle, args.out, qnn=QnnOptions(soc_model=args.qnn_soc), ep=args.ep, context=not args.no_context,
+                    prompt_count=args.prompts, progress=lambda m: print(m, flush=True))
+    print(f"device results written to {out}")
+    return 0
+
+
+def _cmd_coco_images(args: argparse.Namespace) -> int:
+    from quant.judge.evaluation import download_coco_images
+
+    print(f"{download_coco_images(args.out, progress=lambda m: print(m, flush=True))} images in {args.out}")
+    return 0
+
+
 def _cmd_study_baseline(args: argparse.Namespace) -> int:
     path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
     write_baseline(study_baseline(), path)
@@ -239,6 +293,7 @@ def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
-    "diverge": _cmd_diverge, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
+    "diverge": _cmd_diverge, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
+    "device-check": _cmd_device_check, "device-run": _cmd_device_run, "coco-images": _cmd_coco_images,
     "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
 }

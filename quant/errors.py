@@ -19,3 +19,7 @@ class ExecutionProviderError(QuantError):
 
 class BuildError(QuantError):
     """A build stage (export, calibration, Olive workflow) failed."""
+
+
+class IntegrityError(QuantError):
+    """A file that a manifest lists is missing, or its size or digest is not the recorded one."""

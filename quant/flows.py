@@ -7,6 +7,8 @@ from pathlib import Path
 
 from quant.build.stages import Build, recalibrated
 from quant.cache import ArtifactCache
+from quant.device.night import DeviceResults
+from quant.errors import ConfigError
 from quant.judge.backbones import resolve_backbones
 from quant.judge.baseline import (
     BASELINES_DIR,
@@ -51,6 +53,20 @@ def reference_set(build: Build, prompts: list[Prompt], *, cache: ArtifactCache, 
     return load_images(folder, prompts), f"float@1 images of the same prompts drawn with seed base {REFERENCE_SEED}"
 
 
+def device_results(path: str | Path, build: Build, *, ep: str, qnn: QnnOptions | None, prompts: list[Prompt]) -> DeviceResults:
+    """The device's results for ``build``, verified (manifest digests) and matched to this build, chip and prompts."""
+    results = DeviceResults.load(path)
+    if results.manifest["ep"] != ep:
+        raise ConfigError(f"device results {path} were drawn on the {results.manifest['ep']} EP; judge them with "
+                          f"--ep {results.manifest['ep']} (against the baseline made on that EP), not --ep {ep}")
+    results.check_matches(build.keys, model=build.source.name, soc=(qnn or QnnOptions()).soc_model)
+    missing = [p.id for p in prompts if p.id not in results.manifest["prompts"]]
+    if missing:
+        raise ConfigError(f"device results {path} hold {len(results.manifest['prompts'])} prompts; the gate needs all "
+                          f"{len(prompts)} (missing {missing[:3]}…): run `sdxl-qdq device-run` without --prompts")
+    return results
+
+
 def prepare_gate(
     build: Build,
     *,
@@ -61,21 +77,41 @@ def prepare_gate(
     fid_backbone: str = "auto",
     coco_dir: str | Path | None = None,
     update: bool = False,
+    from_device: str | Path | None = None,
+    baseline_ep: str | None = None,
     baselines_root: Path = BASELINES_DIR,
     progress: Progress = lambda _: None,
 ) -> Gate:
     """Draw ``build``'s variants on the 100 prompts (quantized ones on ``ep``), judge them and pair them with
-    their baseline (re-derived from measured noise and written first when ``update``)."""
+    their baseline (re-derived from measured noise and written first when ``update``). ``from_device``: a device
+    results folder whose qdq@1 and qdq@2 images, drawn on the NPU, are judged instead of drawing them here.
+    ``baseline_ep``: gate by the baseline made on another EP than ``ep`` (an explicit cross-EP rule, stated in
+    the report; by default a run is gated by its own EP's baseline only)."""
     backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
     prompts = load_prompts("all", path=build.source.prompts)
-    if not update:
-        baseline = load_baseline(build.source.name, backbones, baselines_root, ep=ep)  # fail before drawing anything
+    if update and from_device is not None:
+        raise ConfigError("--update-baselines derives tolerances from images this host draws (the re-calibrated model "
+                          "too); it cannot take them --from-device: make the baseline here with --ep qnn")
+    if update and baseline_ep not in (None, ep):
+        raise ConfigError(f"--update-baselines writes the baseline of the EP that drew the images ({ep}); drop "
+                          f"--baseline-ep {baseline_ep}")
+    if not update:  # fail before drawing anything
+        baseline = load_baseline(build.source.name, backbones, baselines_root, ep=baseline_ep or ep)
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
-    variants = [Variant("float", 1), Variant("qdq", 1, ep=ep), Variant("float", 2), Variant("qdq", 2, ep=ep)]
+    variants = [Variant("float", 1), Variant("float", 2)]
+    detail = ep_description(ep, qnn)
+    if from_device is None:
+        variants += [Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
     dirs = {v.label.split("[")[0]: draw(build, v, prompts, cache=cache, qnn=qnn, progress=progress) for v in variants}
+    if from_device is not None:
+        results = device_results(from_device, build, ep=ep, qnn=qnn, prompts=prompts)
+        dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
+        detail = results.describe()
+    if baseline_ep not in (None, ep):
+        detail += f"; gated by the {baseline_ep}-EP baseline by explicit request (--baseline-ep {baseline_ep})"
     ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts, backbones=backbones,
-                  image_dirs=dirs, reference_images=reference, reference_name=described, ep=ep,
-                  ep_detail=ep_description(ep, qnn), progress=progress)
+                  image_dirs=dirs, reference_images=reference, reference_name=described, ep=ep, ep_detail=detail,
+                  progress=progress)
     if update:
         recal = recalibrated(build, cache=cache)
         ev.noise = seed_noise(

@@ -7,7 +7,6 @@ import atexit
 import contextlib
 import ctypes
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -96,6 +95,8 @@ def peak_rss_bytes() -> int:
         ctypes.windll.psapi.GetProcessMemoryInfo(ctypes.windll.kernel32.GetCurrentProcess(), ctypes.byref(counters),
                                                  counters.cb)
         return int(counters.PeakWorkingSetSize)
+
+    import resource  # POSIX only: imported where used, so that Windows can import this module
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 

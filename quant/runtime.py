@@ -75,8 +75,8 @@ def register_qnn() -> str:
             import onnxruntime_qnn
         except ImportError as e:
             raise ExecutionProviderError(
-                "the QNN EP needs the onnxruntime-qnn package; install it (pip install onnxruntime-qnn, "
-                "pinned in constraints.txt) or run with --ep cpu"
+                "the QNN EP needs the onnxruntime-qnn package; install it (on a host: `make setup`, which pins it in "
+                "constraints.txt; on the NPU runner: `pip install -r requirements/device.txt`) or run with --ep cpu"
             ) from e
         library = onnxruntime_qnn.get_library_path()
         if QNN_EP not in ort.get_available_providers():

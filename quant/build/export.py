@@ -20,6 +20,7 @@ from quant.components import component_io
 from quant.build.files import save_with_external_data
 from quant.procs import run_measured
 import gc
+import warnings
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
@@ -117,7 +118,10 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
     )
     raw = dest / "raw.onnx"
     wrapper = _wrapper(component, load_component(folder, source, component))
-    with torch.inference_mode():
+    with torch.inference_mode(), warnings.catch_warnings():
+        # tracing notes (constant shapes, Python control flow) are expected at fixed shapes: not the user's concern
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
         torch.onnx.export(
             wrapper, args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
             input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],

@@ -11,17 +11,8 @@ from quant.cache import package_versions
 from quant.components import COMPONENTS
 from quant.judge.metrics import sqnr_db
 from quant.models.prompts import Prompt
-from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
+from quant.run.pipeline import ComponentSet, record_inputs
 from quant.runtime import QNN_SOCS, QnnOptions, create_session, qnn_is_simulated
-
-
-def record_inputs(float_models: ComponentSet, prompts: list[Prompt], *, steps: int = 1) -> dict[str, list[dict[str, np.ndarray]]]:
-    """Every component's inputs while the float pipeline draws ``prompts``."""
-    feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
-    pipe = OrtSDXLPipeline(float_models, recorder=lambda c, f: feeds[c].append(dict(f)))
-    for prompt in prompts:
-        pipe(prompt.text, steps=steps)
-    return dict(feeds)
 
 
 def component_sqnr(

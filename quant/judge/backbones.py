@@ -17,8 +17,8 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 import importlib.util
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

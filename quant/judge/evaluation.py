@@ -122,3 +122,27 @@ def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 25
             left, top = (im.width - side) // 2, (im.height - side) // 2
             images.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
     return images
+
+
+def download_coco_images(out: Path, *, progress: Any = lambda _: None) -> int:
+    """Download the COCO 2017 train images of the 100 prompts (``coco_url`` of the prompt fixture) into ``out``,
+    each written aside and renamed when complete; files already there are kept. Returns how many are there."""
+    import urllib.request
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
+    for n, row in enumerate(rows):
+        dest = out / row["file_name"]
+        if not dest.is_file():
+            tmp = dest.with_name(f".{dest.name}.part")
+            try:
+                with urllib.request.urlopen(row["coco_url"], timeout=60) as response:
+                    tmp.write_bytes(response.read())
+            except OSError as e:
+                raise ConfigError(f"could not download {row['coco_url']} ({e}); on a machine with network, run "
+                                  f"`sdxl-qdq coco-images {out}` again (it keeps what it has)") from e
+            tmp.replace(dest)
+        if (n + 1) % 25 == 0:
+            progress(f"COCO images: {n + 1}/{len(rows)}")
+    return sum((out / r["file_name"]).is_file() for r in rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from quant.components import COMPONENTS, TOKEN_LENGTH, ComponentIO, read_io
+from quant.models.prompts import Prompt
 from quant.runtime import QnnOptions, assert_assignment, create_session
 
 Recorder = Callable[[str, dict[str, np.ndarray]], None]
@@ -116,14 +118,19 @@ class OrtSDXLPipeline:
             self._outputs[key] = self.sessions[component].run(None, feeds)
         return [a.copy() for a in self._outputs[key]]
 
+    def token_ids(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
+        """Both encoders' input ids for ``prompt``: [1, 77] int64 each."""
+        return self._tokens(self.tokenizer, prompt), self._tokens(self.tokenizer_2, prompt)
+
     def _tokens(self, tokenizer: Any, prompt: str) -> np.ndarray:
         ids = tokenizer(prompt, padding="max_length", max_length=TOKEN_LENGTH, truncation=True, return_tensors="np")
         return ids.input_ids.astype(np.int64)
 
     def encode_prompt(self, prompt: str) -> tuple[np.ndarray, np.ndarray]:
         """(encoder_hidden_states [1, 77, h1+h2], pooled text_embeds [1, p]) as SDXL builds them."""
-        (h1,) = self._run("text_encoder", {"input_ids": self._tokens(self.tokenizer, prompt)})
-        pooled, h2 = self._run("text_encoder_2", {"input_ids": self._tokens(self.tokenizer_2, prompt)})
+        ids, ids_2 = self.token_ids(prompt)
+        (h1,) = self._run("text_encoder", {"input_ids": ids})
+        pooled, h2 = self._run("text_encoder_2", {"input_ids": ids_2})
         return np.concatenate([h1, h2], axis=-1), pooled
 
     def __call__(self, prompt: str, *, steps: int = 1, seed: int | None = None) -> np.ndarray:
@@ -167,3 +174,12 @@ class OrtSDXLPipeline:
         (image,) = self._run("vae_decoder", self.decode_feeds(latents))
         image = np.clip(image[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
         return (image * 255).round().astype(np.uint8)
+
+
+def record_inputs(float_models: ComponentSet, prompts: list[Prompt], *, steps: int = 1) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Every component's inputs while the float pipeline draws ``prompts``."""
+    feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
+    pipe = OrtSDXLPipeline(float_models, recorder=lambda c, f: feeds[c].append(dict(f)))
+    for prompt in prompts:
+        pipe(prompt.text, steps=steps)
+    return dict(feeds)

@@ -1,0 +1,146 @@
+"""The host → device → host path: the bundle (what it holds, verification), the device pipeline (numpy, the host's
+noise and scheduler) drawing what the host pipeline draws, the device steps without torch, judging device results."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from quant.build.bundle import write_bundle
+from quant.components import COMPONENTS
+from quant.device.bundle import Bundle
+from quant.device.check import native_python_error
+from quant.device.night import DeviceResults
+from quant.device.pipeline import DevicePipeline
+from quant.errors import ConfigError, IntegrityError
+from quant.models.prompts import load_prompts
+from quant.run.pipeline import OrtSDXLPipeline
+from quant.runtime import QnnOptions
+
+PROMPTS = 4
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(artifacts, tmp_path_factory) -> Path:
+    prompts = load_prompts("all", path=artifacts.source.prompts)[:PROMPTS]
+    return write_bundle(artifacts, tmp_path_factory.mktemp("bundle") / "tiny", qnn=QnnOptions("60"), prompts=prompts,
+                        parity_prompts=2, context=False)
+
+
+def test_bundle_holds_what_the_device_needs(bundle_dir: Path, artifacts) -> None:
+    bundle = Bundle.load(bundle_dir, soc="60")
+    files = set(bundle.manifest["files"])
+    assert {f"models/{c}/{n}" for c in COMPONENTS for n in ("model.onnx", "io.json")} <= files
+    assert {"schedule.npz", "pipeline.json"} <= files and len([f for f in files if f.startswith("prompts/")]) == PROMPTS
+    assert bundle.manifest["keys"]["qdq"] == artifacts.keys["qdq"] and bundle.soc == "60"
+    assert [s.timestep for s in bundle.schedule(2)] == [999.0, 499.0]
+    inputs = bundle.inputs(bundle.prompts[0])
+    assert inputs["input_ids"].shape == (1, 77) and inputs["noise"].shape[0] == 2
+    call = bundle.parity("unet")[0]
+    assert set(call) == {"in", "cpu", "float"} and call["cpu"]["out_sample"].shape == call["in"]["sample"].shape
+    assert not any("torch" in f or f.endswith((".bin", ".pt")) for f in files)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "remove", "add"])
+def test_a_changed_bundle_is_refused_naming_the_file(bundle_dir: Path, tmp_path: Path, damage: str) -> None:
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, copy)
+    target = copy / "models" / "unet" / "model.onnx.data"
+    data = bytearray(target.read_bytes())
+    if damage == "flip":
+        data[len(data) // 2] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(bytes(data[: len(data) // 3]))
+    elif damage == "remove":
+        target.unlink()
+    else:
+        (copy / "models" / "unet" / "extra.onnx").write_bytes(b"x")
+    with pytest.raises(IntegrityError, match=r"unet/(model\.onnx\.data|extra\.onnx)|files its manifest does not list") as info:
+        Bundle.load(copy)
+    assert "copy the whole bundle again" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_bundle_for_another_chip_is_refused(bundle_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"made for QNN soc 60 .* this run is for soc 69 .* --qnn-soc 69"):
+        Bundle.load(bundle_dir, soc="69")
+
+
+def test_device_pipeline_draws_what_the_host_pipeline_draws(bundle_dir: Path, artifacts) -> None:
+    """The same QDQ models on the CPU EP: the device's numpy replay of the host's noise and diffusers' scheduler
+    gives the host pipeline's latents and images, bit for bit."""
+    bundle = Bundle.load(bundle_dir)
+    device = DevicePipeline(bundle, ep="cpu")
+    host = OrtSDXLPipeline(artifacts.qdq)
+    for prompt in bundle.prompts:
+        drawn = device.draw(prompt)
+        for steps, (image, latents) in drawn.items():
+            hidden, pooled = host.encode_prompt(prompt.text)
+            host_latents = host.denoise(prompt.text, hidden, pooled, steps=steps).numpy()
+            np.testing.assert_array_equal(latents, host_latents)
+            np.testing.assert_array_equal(image, host.decode(host.denoise(prompt.text, hidden, pooled, steps=steps)))
+
+
+BLOCKER = """
+import importlib.abc, sys
+BLOCKED = {"torch", "diffusers", "transformers", "datasets", "olive", "torchmetrics", "safetensors", "resource", "fcntl"}
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not part of the device profile")
+sys.meta_path.insert(0, Blocker())
+from quant.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.qnn
+def test_device_steps_need_no_torch(bundle_dir: Path, tmp_path: Path) -> None:
+    """``sdxl-qdq device-run`` in a process where torch, diffusers, transformers, datasets, Olive and the POSIX-only
+    modules cannot be imported (as on the Windows NPU runner): placement, parity and two prompts drawn on QNN."""
+    out = tmp_path / "results"
+    done = subprocess.run([sys.executable, "-c", BLOCKER, "device-run", "--bundle", str(bundle_dir), "--out", str(out),
+                           "--prompts", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = DeviceResults.load(out)
+    assert results.manifest["images"] == 4 and results.manifest["ep"] == "qnn"
+    figures = json.loads((out / "figures.json").read_text())
+    assert set(figures["placement"]) == set(COMPONENTS)
+    assert all(v["qnn_vs_cpu_db"] > 25 for outs in figures["parity"].values() for v in outs.values())
+    assert len(list(results.images(2).glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize(("process", "native", "refused"), [("AMD64", "ARM64", True), ("ARM64", "ARM64", False),
+                                                             ("x86_64", "x86_64", False)])
+def test_an_emulated_python_is_refused(process: str, native: str, refused: bool) -> None:
+    why = native_python_error(process, native)
+    assert (why is not None) == refused
+    if refused:
+        assert "emulated" in why and "native ARM64 Python" in why and "\n" not in why
+
+
+def test_device_results_judged_on_the_host_give_the_host_verdict(quality_artifacts, cache, tmp_path: Path) -> None:
+    """Device results drawn on the CPU EP (bit-identical to the host's images) through `--from-device`: the same
+    checks, measured values included, as drawing here; results of another build are refused."""
+    from quant.device.night import run_night
+    from quant.flows import prepare_gate
+
+    bundle = Bundle.load(write_bundle(quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1,
+                                      context=False))
+    results = run_night(bundle, tmp_path / "results", qnn=QnnOptions("60"), ep="cpu")
+    here = prepare_gate(quality_artifacts, cache=cache)
+    there = prepare_gate(quality_artifacts, cache=cache, from_device=results)
+    assert [(c.metric, c.measured) for c in there.all_checks()] == [(c.metric, c.measured) for c in here.all_checks()]
+    assert "device results" in there.evaluation.ep_detail
+    with pytest.raises(ConfigError, match="drawn on the cpu EP; judge them with --ep cpu"):
+        prepare_gate(quality_artifacts, cache=cache, ep="qnn", from_device=results)
+    other = json.loads((results / "manifest.json").read_text())
+    with pytest.raises(ConfigError, match="other QDQ models"):
+        DeviceResults(results, {**other, "bundle": {**other["bundle"], "keys": {"qdq": {}}}}).check_matches(
+            quality_artifacts.keys, model=quality_artifacts.source.name, soc="60")
