@@ -144,3 +144,17 @@ def test_device_results_judged_on_the_host_give_the_host_verdict(quality_artifac
     with pytest.raises(ConfigError, match="other QDQ models"):
         DeviceResults(results, {**other, "bundle": {**other["bundle"], "keys": {"qdq": {}}}}).check_matches(
             quality_artifacts.keys, model=quality_artifacts.source.name, soc="60")
+
+
+def test_a_device_venv_without_onnxruntime_qnn_is_one_line_with_the_fix(monkeypatch, capsys) -> None:
+    from importlib import metadata
+
+    from quant.cli import main
+
+    real = metadata.version
+    monkeypatch.setattr(metadata, "version", lambda name: (_ for _ in ()).throw(metadata.PackageNotFoundError(name))
+                        if name == "onnxruntime-qnn" else real(name))
+    assert main(["device-check"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: onnxruntime-qnn is not installed") and "pip install -r requirements/device.txt" in err
+    assert err.count("\n") == 1
