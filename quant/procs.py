@@ -161,3 +161,85 @@ class StageClock:
 
     def __call__(self, stage: str) -> Progress:
         return lambda msg: self.progress(f"[{time.perf_counter() - self.start:6.1f}s] {stage}: {msg}")
+
+
+@contextlib.contextmanager
+def stage_log(path: Path) -> Iterator[None]:
+    """Send a stage's third-party output to ``path`` (appended): its C-level stdout and stderr (file descriptors 1
+    and 2: onnxruntime's and QNN's own logs, child processes), Python warnings and log records. Python's
+    ``sys.stdout``/``sys.stderr`` keep writing where they did (the terminal, or pytest's capture), so this
+    project's progress lines are still seen."""
+    import io
+    import logging
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab", buffering=0) as log:
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        streams = sys.stdout, sys.stderr
+
+        def rebound(stream, fd: int):  # noqa: ANN001, ANN202
+            try:
+                same = stream.fileno() == fd
+            except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+                same = False
+            return os.fdopen(os.dup(saved[fd]), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
+                             errors="backslashreplace") if same else stream
+
+        text = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+        handler = logging.StreamHandler(text)
+        handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+        loggers = [logging.getLogger()] + [logging.getLogger(n) for n, lg in logging.Logger.manager.loggerDict.items()
+                                          if isinstance(lg, logging.Logger) and lg.handlers]
+        handlers = {lg: lg.handlers[:] for lg in loggers}
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            sys.stdout, sys.stderr = rebound(streams[0], 1), rebound(streams[1], 2)
+            for lg in loggers:
+                lg.handlers = [handler]
+            with warnings.catch_warnings():
+                warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: text.write(
+                    warnings.formatwarning(message, category, filename, lineno, line))
+                yield
+        finally:
+            for lg, old in handlers.items():
+                lg.handlers = old
+            for stream, original in zip((sys.stdout, sys.stderr), streams):
+                if stream is not original:
+                    stream.close()
+            sys.stdout, sys.stderr = streams
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            text.close()
+
+
+def log_tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` lines of a log file ('' if there is none)."""
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class Meter:
+    """How far a long loop is, as a progress line every ``every`` items: done/total, elapsed, ETA and rate."""
+
+    def __init__(self, label: str, total: int, progress: Progress | None, *, every: int = 10) -> None:
+        self.label, self.total, self.progress, self.every = label, total, progress, every
+        self.done, self.start = 0, time.perf_counter()
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress and (self.done % self.every == 0 or self.done == self.total):
+            self.progress(f"{self.label}: {self.line()}")
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.start
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        clock = lambda s: f"{int(s) // 60:02d}:{int(s) % 60:02d}"  # noqa: E731
+        return f"{self.done}/{self.total} [{clock(elapsed)}<{clock(eta)}, {rate:.2f}/s]"
