@@ -1,6 +1,7 @@
 """``sdxl-qdq`` (also ``python -m quant``): the project's one command line.
 
-Host verbs: build, sqnr, parity, coverage, layers, diverge, bundle, coco-images, study-baseline, canary-train. Device verbs
+Host verbs: build, sqnr, parity, coverage, layers, diverge, bundle, verify, coco-images, study-baseline,
+canary-train. Device verbs
 (the NPU runner, device profile only): device-check, device-run. Verbs starting with ``_`` are the child
 processes other verbs start (one component per process); they are not listed.
 """
@@ -8,8 +9,10 @@ processes other verbs start (one component per process); they are not listed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,15 +31,16 @@ from quant.diagnose.sqnr import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, comp
 from quant.errors import QuantError
 from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
 from quant.judge.baseline import baseline_model_name, baseline_path, write_baseline
+from quant.judge.evaluation import COCO_REFERENCE
 from quant.judge.study import study_baseline
 from quant.models.canary.model import WEIGHTS_DIR
 from quant.models.canary.train import train
 from quant.models.prompts import load_prompts
 from quant.models.source import resolve_source
 from quant.paths import BASELINES_DIR
-from quant.procs import report_peak_at_exit
+from quant.procs import report_peak_at_exit, stage_log
 from quant.run.pipeline import record_inputs
-from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS, QnnOptions, qnn_is_simulated
+from quant.runtime import DEFAULT_QNN_SOC, QNN_SOCS, QnnOptions, qnn_is_simulated, require_qnn_package
 
 
 def _build_options(p: argparse.ArgumentParser) -> None:
@@ -65,8 +69,8 @@ def _qnn_soc(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{build,sqnr,parity,coverage,layers,diverge,bundle,coco-images,study-baseline,"
-                                        "canary-train,device-check,device-run}")
+                                metavar="{build,sqnr,parity,coverage,layers,diverge,compare,bundle,verify,coco-images,"
+                                        "study-baseline,canary-train,device-check,device-run}")
     _build_options(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
     _build_options(sq)
@@ -113,6 +117,25 @@ def _parser() -> argparse.ArgumentParser:
     dr.add_argument("--ep", choices=("qnn", "cpu"), default="qnn", help="EP of the quantized components (default: %(default)s)")
     dr.add_argument("--prompts", type=int, default=None, metavar="N", help="first N of the bundle's prompts (default: all)")
     dr.add_argument("--no-context", action="store_true", help="load the QDQ models, not the EP-context binaries")
+    cp = sub.add_parser("compare", help="recipe A/B: both recipes on the same prompts, paired differences with bootstrap "
+                                         "intervals, a verdict per metric, a side-by-side report")
+    cp.add_argument("recipe_a", metavar="A.json")
+    cp.add_argument("recipe_b", metavar="B.json")
+    cp.add_argument("--model", default="canary", metavar="NAME", help="model source (default: %(default)s)")
+    cp.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
+    _qnn_soc(cp)
+    cp.add_argument("--cache-dir", default=None, metavar="DIR",
+                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    cp.add_argument("--quantizer", choices=("auto", "olive", "lean"), default="auto", help="(default: %(default)s)")
+    cp.add_argument("--coco-dir", default=None, metavar="DIR", help="COCO images, the real model's FID reference")
+    cp.add_argument("--out", type=Path, default=Path("reports/compare"), metavar="DIR",
+                    help="report folder (index.html, comparison.json; default: %(default)s)")
+    ve = sub.add_parser("verify", help="hash every file of every cached artifact against its manifest; move bad ones "
+                                       "aside (the next build rebuilds them)")
+    ve.add_argument("--cache-dir", default=None, metavar="DIR",
+                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    ve.add_argument("--stage", action="append", default=None, metavar="NAME",
+                    help="only this stage (source, export, calibration, qdq, images); repeatable (default: all)")
     co = sub.add_parser("coco-images", help="download the 100 COCO 2017 images of the prompts (the real model's FID "
                                             "reference, for --coco-dir; needs network)")
     co.add_argument("out", type=Path, metavar="DIR", help="folder for the images (completed if it exists)")
@@ -135,10 +158,22 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if _needs_qnn(args):
+            require_qnn_package()  # before minutes of building, not after
         return VERBS[args.command](args)
     except QuantError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _needs_qnn(args: argparse.Namespace) -> bool:
+    if args.command in ("parity", "diverge"):
+        return True
+    if args.command == "compare":
+        return args.ep == "qnn"
+    if args.command == "bundle":
+        return not args.no_context
+    return args.command == "sqnr" and args.ep == "qnn"
 
 
 # ---------------------------------------------------------------------------------------------- verbs
@@ -190,6 +225,28 @@ def _cmd_parity(args: argparse.Namespace) -> int:
                           "lower it by hand in the file, with the reason")
         write_baseline(baseline, path)
         print(f"wrote {path}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    """Exit 0 whatever the verdicts: a comparison informs, the gate decides."""
+    from quant.flows import compare_builds
+    from quant.judge.evaluation import check_coco_dir
+    from quant.judge.report import write_comparison
+
+    if args.coco_dir:
+        check_coco_dir(Path(args.coco_dir))
+    cache = ArtifactCache(Path(args.cache_dir) if args.cache_dir else None)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    a, b = (build(args.model, recipe=r, cache=cache, quantizer=args.quantizer, progress=say) for r in (args.recipe_a, args.recipe_b))
+    ev_a, ev_b, rows = compare_builds(a, b, cache=cache, ep=args.ep, qnn=QnnOptions(soc_model=args.qnn_soc),
+                                      coco_dir=args.coco_dir, progress=say)
+    names = (Path(args.recipe_a).stem, Path(args.recipe_b).stem)
+    if names[0] == names[1]:
+        names = ("A", "B")
+    for row in rows:
+        print(row.line(*names))
+    print(f"report: {write_comparison(ev_a, ev_b, rows, args.out, names=names)}")
     return 0
 
 
@@ -256,6 +313,20 @@ def _cmd_device_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 1 when an artifact was bad (it is moved aside), else 0."""
+    cache = ArtifactCache(Path(args.cache_dir) if args.cache_dir else None)
+    start, found = time.perf_counter(), cache.verify_all(stages=tuple(args.stage) if args.stage else None)
+    size = sum(p.stat().st_size for folder, _ in found for p in folder.rglob("*") if p.is_file())
+    bad = [(folder, problem) for folder, problem in found if problem]
+    for folder, problem in bad:
+        cache.quarantine(folder, problem)
+    seconds = time.perf_counter() - start
+    print(f"{len(found)} artifacts, {size / 1e9:.2f} GB hashed in {seconds:.1f}s ({size / 1e9 / max(seconds, 1e-9):.2f} GB/s); "
+          f"{len(bad)} bad")
+    return 1 if bad else 0
+
+
 def _cmd_coco_images(args: argparse.Namespace) -> int:
     from quant.judge.evaluation import download_coco_images
 
@@ -264,7 +335,7 @@ def _cmd_coco_images(args: argparse.Namespace) -> int:
 
 
 def _cmd_study_baseline(args: argparse.Namespace) -> int:
-    path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu")
+    path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu", reference=COCO_REFERENCE)
     write_baseline(study_baseline(), path)
     print(f"wrote {path}")
     return 0
@@ -277,13 +348,20 @@ def _cmd_canary_train(args: argparse.Namespace) -> int:
 
 def _cmd_export_child(args: argparse.Namespace) -> int:
     report_peak_at_exit()
-    export_component(Path(args.folder), resolve_source(args.model), args.component, Path(args.dest), progress=print)
+    with stage_log(Path(args.dest).parent / "build.log"):  # the parent's artifact folder: its log
+        export_component(Path(args.folder), resolve_source(args.model), args.component, Path(args.dest), progress=print)
     return 0
 
 
 def _cmd_lean_child(args: argparse.Namespace) -> int:
-    quantize_child(Path(args.recipe), args.component, Path(args.model), Path(args.calibration_dir), Path(args.out),
-                   args.segment_bytes or DEFAULT_SEGMENT_BYTES)
+    out = Path(args.out)
+    with contextlib.ExitStack() as stack:
+        # third-party output goes to the log of the parent's artifact folder; run by hand, to a temp file that goes
+        # (the child's own errors still reach stderr: they are printed after the log is closed)
+        folder = out if out.is_dir() else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdxl-qdq-lean-")))
+        stack.enter_context(stage_log(folder / "build.log"))
+        quantize_child(Path(args.recipe), args.component, Path(args.model), Path(args.calibration_dir), out,
+                       args.segment_bytes or DEFAULT_SEGMENT_BYTES)
     return 0
 
 
@@ -293,7 +371,8 @@ def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
-    "diverge": _cmd_diverge, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
+    "diverge": _cmd_diverge, "compare": _cmd_compare, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
     "device-check": _cmd_device_check, "device-run": _cmd_device_run, "coco-images": _cmd_coco_images,
+    "verify": _cmd_verify,
     "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
 }

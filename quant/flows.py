@@ -18,10 +18,13 @@ from quant.judge.baseline import (
     load_baseline,
     write_baseline,
 )
+from quant.judge.compare import Difference, compare
 from quant.judge.evaluation import (
+    COCO_REFERENCE,
     NOISE_SEEDS,
     REFERENCE_SEED,
     STEPS,
+    Evaluation,
     evaluate,
     load_coco_reference,
     load_images,
@@ -39,6 +42,13 @@ def draw(build: Build, variant: Variant, prompts: list[Prompt], *, cache: Artifa
     """The folder of ``variant``'s images of ``build`` (drawn once, then cached)."""
     return generate(build.components(variant.model), variant, prompts, key=build.image_key(variant.model), cache=cache,
                     qnn=qnn, progress=progress)
+
+
+def reference_id(build: Build, coco_dir: str | Path | None) -> str:
+    """The name of the FID reference set a run uses (part of its baseline's key)."""
+    if coco_dir:
+        return COCO_REFERENCE
+    return "world-render" if build.source.reference is not None else f"float1-seed{REFERENCE_SEED}"
 
 
 def reference_set(build: Build, prompts: list[Prompt], *, cache: ArtifactCache, coco_dir: str | Path | None,
@@ -95,8 +105,10 @@ def prepare_gate(
     if update and baseline_ep not in (None, ep):
         raise ConfigError(f"--update-baselines writes the baseline of the EP that drew the images ({ep}); drop "
                           f"--baseline-ep {baseline_ep}")
+    ref_id = reference_id(build, coco_dir)
     if not update:  # fail before drawing anything
-        baseline = load_baseline(build.source.name, backbones, baselines_root, ep=baseline_ep or ep)
+        baseline = load_baseline(build.source.name, backbones, baselines_root, ep=baseline_ep or ep, reference=ref_id,
+                                 prompts=prompts)
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2)]
     detail = ep_description(ep, qnn)
@@ -110,7 +122,8 @@ def prepare_gate(
     if baseline_ep not in (None, ep):
         detail += f"; gated by the {baseline_ep}-EP baseline by explicit request (--baseline-ep {baseline_ep})"
     ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts, backbones=backbones,
-                  image_dirs=dirs, reference_images=reference, reference_name=described, ep=ep, ep_detail=detail,
+                  image_dirs=dirs, reference_images=reference, reference_name=described, reference_id=ref_id, ep=ep,
+                  ep_detail=detail,
                   progress=progress)
     if update:
         recal = recalibrated(build, cache=cache)
@@ -122,5 +135,34 @@ def prepare_gate(
             reference_images=reference,
         )
         baseline = baseline_from_evaluation(ev)
-        write_baseline(baseline, baseline_path(build.source.name, backbones, baselines_root, ep=ep))
+        write_baseline(baseline, baseline_path(build.source.name, backbones, baselines_root, ep=ep, reference=ref_id))
     return Gate(ev, baseline)
+
+
+def evaluate_build(build: Build, *, cache: ArtifactCache, ep: str = "cpu", qnn: QnnOptions | None = None,
+                   clip_backbone: str = "auto", fid_backbone: str = "auto", coco_dir: str | Path | None = None,
+                   progress: Progress = lambda _: None) -> tuple[Evaluation, list]:
+    """``build``'s four variants drawn on its 100 prompts (quantized ones on ``ep``) and judged, with no baseline;
+    and the FID reference images."""
+    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
+    prompts = load_prompts("all", path=build.source.prompts)
+    reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
+    variants = [Variant("float", 1), Variant("float", 2), Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
+    dirs = {v.label.split("[")[0]: draw(build, v, prompts, cache=cache, qnn=qnn, progress=progress) for v in variants}
+    ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts, backbones=backbones,
+                  image_dirs=dirs, reference_images=reference, reference_name=described,
+                  reference_id=reference_id(build, coco_dir), ep=ep, ep_detail=ep_description(ep, qnn), progress=progress)
+    return ev, reference
+
+
+def compare_builds(a: Build, b: Build, *, cache: ArtifactCache, ep: str = "cpu", qnn: QnnOptions | None = None,
+                   clip_backbone: str = "auto", fid_backbone: str = "auto", coco_dir: str | Path | None = None,
+                   progress: Progress = lambda _: None) -> tuple[Evaluation, Evaluation, list[Difference]]:
+    """Two builds of one model (two recipes) on the same prompts, noise and backbones: B against A per metric."""
+    if a.source.name != b.source.name:
+        raise ConfigError(f"compare needs two recipes of one model, got {a.source.name!r} and {b.source.name!r}")
+    options = dict(cache=cache, ep=ep, qnn=qnn, clip_backbone=clip_backbone, fid_backbone=fid_backbone, coco_dir=coco_dir,
+                   progress=progress)
+    ev_a, reference = evaluate_build(a, **options)
+    ev_b, _ = evaluate_build(b, **options)
+    return ev_a, ev_b, compare(ev_a, ev_b, reference)

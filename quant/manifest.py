@@ -45,13 +45,13 @@ def write_manifest(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
-def read_manifest(folder: Path, *, digests: bool = True, what: str = "folder") -> dict[str, Any]:
+def read_manifest(folder: Path, *, digests: bool = True, what: str = "folder", extra: bool = True) -> dict[str, Any]:
     """The manifest of ``folder``, after checking every listed file (sizes, and digests unless ``digests`` is
-    False) and that no unlisted file was added; ``what`` names the folder in errors (e.g. "bundle")."""
+    False) and, with ``extra``, that no unlisted file was added; ``what`` names the folder in errors ("bundle")."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise IntegrityError(f"{what} {folder} has no {MANIFEST}: it is incomplete or not a {what}; make it again")
+        raise IntegrityError(f"{what} {folder} has no {MANIFEST} (incomplete, or made by an older version); make it again")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -69,10 +69,11 @@ def read_manifest(folder: Path, *, digests: bool = True, what: str = "folder") -
         if digests and sha256(file) != entry["sha256"]:
             raise IntegrityError(f"{what} {folder}: {rel} does not match its sha256 in the manifest; it was changed: "
                                  f"copy the whole {what} again")
-    extra = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                   if p.is_file() and p.relative_to(folder).as_posix() not in manifest["files"] and p.name != MANIFEST)
-    if extra:
-        raise IntegrityError(f"{what} {folder} holds files its manifest does not list ({extra[:3]}); it was changed: "
+    added = [] if not extra else sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).as_posix() not in manifest["files"] and p.name != MANIFEST)
+    if added:
+        raise IntegrityError(f"{what} {folder} holds files its manifest does not list ({added[:3]}); it was changed: "
                              f"copy the whole {what} again")
     return manifest
 

@@ -1,8 +1,13 @@
-"""The pytest plugin of the gate: options, markers and thin session fixtures. Logic lives in ``quant``."""
+"""The pytest plugin of the gate, installed as the ``pytest11`` entry point ``sdxl_qdq``: options, markers, thin
+session fixtures and the failure summary. Its options exist wherever pytest runs in an environment where this
+package is installed (any directory, any path form). Logic lives in the rest of ``quant``."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,10 +15,12 @@ import pytest
 from quant.build.stages import Build, build
 from quant.cache import ArtifactCache
 from quant.components import COMPONENTS
+from quant.errors import QuantError
 from quant.judge.backbones import CLIP_CHOICES, FID_CHOICES
-from quant.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions
+from quant.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions, require_qnn_package
 
 GATE_KEY = pytest.StashKey["object"]()
+START_KEY = pytest.StashKey[float]()
 BUILD_KEY = pytest.StashKey["object"]()
 
 MARKERS = {
@@ -40,6 +47,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"QNN soc_model of the (simulated) chip (default: {DEFAULT_QNN_SOC}, {QNN_SOCS[DEFAULT_QNN_SOC]})")
     group.addoption("--cache-dir", dest="qdq_cache_dir", default=None, metavar="DIR",
                     help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    group.addoption("--verify-cache", dest="qdq_verify_cache", action="store_true", default=False,
+                    help="hash every file of every cached artifact used (default: the files changed since their last "
+                         "verification; sizes always)")
     group.addoption("--allow-download", dest="qdq_allow_download", action="store_true", default=False,
                     help="allow Hugging Face downloads of a model that is not cached (default: off)")
     group.addoption("--clip-backbone", dest="qdq_clip_backbone", default="auto", choices=CLIP_CHOICES, metavar="NAME",
@@ -51,6 +61,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default: none; offline models use their own documented reference set)")
     group.addoption("--update-baselines", dest="qdq_update_baselines", action="store_true", default=False,
                     help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)")
+    group.addoption("--strict-gate", dest="qdq_strict", action="store_true", default=False,
+                    help="fail checks that changed (outside their noise window) even when inside their harm floor "
+                         "(default: a change is a warning and a line of the report; only harm fails)")
     group.addoption("--report", dest="qdq_report", default=None, metavar="DIR",
                     help="write the quality report (index.html + images) to DIR at the end of the run (default: none)")
     group.addoption("--from-device", dest="qdq_from_device", default=None, metavar="DIR",
@@ -70,6 +83,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     _check_stored_benchmarks(config)
+    _check_options(config)
     if not config.getoption("qdq_allow_download"):
         # No network at test time unless the user opts in. quant imports no Hugging Face library at module
         # level, so these are read when the first one is imported, after this hook.
@@ -95,10 +109,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def say(config: pytest.Config):  # noqa: ANN201 - a Progress
+    """A progress writer that reaches the terminal through pytest's own writer, output capture or not (a line,
+    not a page: third-party output of a stage goes to its log, see ``quant.procs.stage_log``)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(message: str) -> None:
+        if reporter is None or capture is None:  # an xdist worker: nobody to show it to
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(message)
+
+    return write
+
+
+@contextlib.contextmanager
+def _as_usage_errors() -> Iterator[None]:
+    """A bad option, recipe, model or baseline found while setting up stops the session with its one-line message
+    and the fix (exit code 2), not a traceback per test."""
+    try:
+        yield
+    except QuantError as e:
+        pytest.exit(f"error: {e}", returncode=2)
+
+
 @pytest.fixture(scope="session")
 def cache(pytestconfig: pytest.Config) -> ArtifactCache:
     root = pytestconfig.getoption("qdq_cache_dir")
-    return ArtifactCache(Path(root) if root else None)
+    return ArtifactCache(Path(root) if root else None, verify="full" if pytestconfig.getoption("qdq_verify_cache") else "auto",
+                         notice=say(pytestconfig))
 
 
 @pytest.fixture(scope="session")
@@ -107,14 +147,15 @@ def qnn_options(pytestconfig: pytest.Config) -> QnnOptions:
 
 
 def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> Build:
-    result = build(
-        config.getoption("qdq_model") or default_model,
-        recipe=config.getoption("qdq_recipe"),
-        cache=cache,
-        allow_download=config.getoption("qdq_allow_download"),
-        quantizer=config.getoption("qdq_quantizer"),
-        progress=lambda msg: print(msg, flush=True),
-    )
+    with _as_usage_errors():
+        result = build(
+            config.getoption("qdq_model") or default_model,
+            recipe=config.getoption("qdq_recipe"),
+            cache=cache,
+            allow_download=config.getoption("qdq_allow_download"),
+            quantizer=config.getoption("qdq_quantizer"),
+            progress=say(config),
+        )
     config.stash[BUILD_KEY] = result
     return result
 
@@ -145,15 +186,37 @@ def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactC
     """The evaluated gate of --model (default canary) against its baseline (written first with --update-baselines)."""
     from quant.flows import prepare_gate
 
-    result = prepare_gate(
-        quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
-        clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
-        coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
-        from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
-        progress=lambda msg: print(msg, flush=True),
-    )
+    with _as_usage_errors():
+        result = prepare_gate(
+            quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
+            clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
+            coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
+            from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
+            progress=say(pytestconfig),
+        )
     pytestconfig.stash[GATE_KEY] = result
     return result
+
+
+@pytest.fixture
+def judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a Callable[[Check], None]
+    """Assert a gate check: harm fails always, a change (outside the noise window) only under --strict-gate, else it
+    is a ``QualityChanged`` warning. Its numbers become JUnit properties (``--junitxml``)."""
+    import warnings
+
+    from quant.judge.gate import QualityChanged
+
+    strict = pytestconfig.getoption("qdq_strict")
+
+    def check(c) -> None:  # noqa: ANN001 - a quant.judge.gate.Check
+        for name in ("metric", "measured", "baseline", "limit", "harm", "status"):
+            record_property(name, getattr(c, name))
+        message = c.verdict(strict=strict)
+        assert message is None, message
+        if c.change:
+            warnings.warn(QualityChanged(c.change), stacklevel=2)
+
+    return check
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -166,14 +229,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("quality_prompt", prompts, ids=[p.id for p in prompts])
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[START_KEY] = time.time()
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Where the gate ran (this process, or each xdist worker that ran quality tests): the report and summary.json.
+    In the process that reports to the terminal: the Markdown summary for CI (``$GITHUB_STEP_SUMMARY``)."""
     report_dir = session.config.getoption("qdq_report")
     gate = session.config.stash.get(GATE_KEY, None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if report_dir and gate is not None:
         from quant.judge.report import write_report
+        from quant.judge.summary import write_summary
 
-        path = write_report(gate, Path(report_dir))
-        session.config.pluginmanager.get_plugin("terminalreporter").write_line(f"quality report: {path}")
+        path = write_report(gate, Path(report_dir), strict=session.config.getoption("qdq_strict"))
+        write_summary(gate, Path(report_dir), strict=session.config.getoption("qdq_strict"))
+        if reporter is not None:
+            reporter.write_line(f"quality report: {path}")
+    summary_json = Path(report_dir) / "summary.json" if report_dir else None
+    if (not hasattr(session.config, "workerinput") and summary_json is not None and summary_json.is_file()
+            and summary_json.stat().st_mtime >= session.config.stash[START_KEY]):
+        from quant.judge.summary import append_step_summary
+
+        append_step_summary(summary_json)
+        if gate is None and reporter is not None:  # xdist: the workers wrote it
+            reporter.write_line(f"quality report: {summary_json.parent / 'index.html'}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -213,6 +294,27 @@ def _controller_build(config: pytest.Config, failed: list) -> Build | None:
     except Exception as e:  # the summary must not hide the failures it explains
         config.pluginmanager.get_plugin("terminalreporter").write_line(f"(no localization: {e})")
         return None
+
+
+def _check_options(config: pytest.Config) -> None:
+    """What can be checked before anything is built: each failure is one line with the value and the fix."""
+    from quant.build.recipe import load_recipe
+    from quant.judge.evaluation import check_coco_dir
+
+    try:
+        if config.getoption("qdq_recipe"):
+            load_recipe(config.getoption("qdq_recipe"))
+        for option in ("qdq_bundle", "qdq_from_device"):
+            value = config.getoption(option)
+            if value and not Path(value).is_dir():
+                flag = "--" + option.removeprefix("qdq_").replace("_", "-")
+                raise pytest.UsageError(f"{flag} {value}: no such folder")
+        if config.getoption("qdq_ep") == "qnn":
+            require_qnn_package()
+        if config.getoption("qdq_coco_dir"):
+            check_coco_dir(Path(config.getoption("qdq_coco_dir")))
+    except QuantError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def _check_stored_benchmarks(config: pytest.Config) -> None:

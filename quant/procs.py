@@ -166,9 +166,9 @@ class StageClock:
 @contextlib.contextmanager
 def stage_log(path: Path) -> Iterator[None]:
     """Send a stage's third-party output to ``path`` (appended): its C-level stdout and stderr (file descriptors 1
-    and 2: onnxruntime's and QNN's own logs, child processes), Python warnings and log records. Python's
-    ``sys.stdout``/``sys.stderr`` keep writing where they did (the terminal, or pytest's capture), so this
-    project's progress lines are still seen."""
+    and 2: onnxruntime's and QNN's own logs, child processes), what Python code writes to ``sys.stderr`` (tqdm
+    bars, warnings, log records). ``sys.stdout`` keeps writing where it did (the terminal, or pytest's capture),
+    so this project's progress lines, printed there, are still seen."""
     import io
     import logging
     import warnings
@@ -197,7 +197,9 @@ def stage_log(path: Path) -> Iterator[None]:
         try:
             os.dup2(log.fileno(), 1)
             os.dup2(log.fileno(), 2)
-            sys.stdout, sys.stderr = rebound(streams[0], 1), rebound(streams[1], 2)
+            # this project's progress is printed to stdout: it still reaches the terminal; what third parties write
+            # to Python's stderr (tqdm bars, warnings, loggers created now) goes to the log
+            sys.stdout, sys.stderr = rebound(streams[0], 1), text
             for lg in loggers:
                 lg.handlers = [handler]
             with warnings.catch_warnings():
@@ -205,15 +207,20 @@ def stage_log(path: Path) -> Iterator[None]:
                     warnings.formatwarning(message, category, filename, lineno, line))
                 yield
         finally:
-            for lg, old in handlers.items():
-                lg.handlers = old
-            for stream, original in zip((sys.stdout, sys.stderr), streams):
-                if stream is not original:
-                    stream.close()
-            sys.stdout, sys.stderr = streams
+            # the terminal first: whatever fails below must be seen
             for fd, copy in saved.items():
                 os.dup2(copy, fd)
                 os.close(copy)
+            if sys.stdout is not streams[0]:
+                sys.stdout.close()
+            sys.stdout, sys.stderr = streams
+            for lg, old in handlers.items():
+                lg.handlers = old
+            for lg in [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                               if isinstance(lg, logging.Logger)]:
+                for h in lg.handlers:  # a handler made during the stage (an import) writes to stderr from now on
+                    if type(h) is logging.StreamHandler and h.stream is text:
+                        h.setStream(streams[1])
             text.close()
 
 
@@ -226,15 +233,23 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 
 class Meter:
-    """How far a long loop is, as a progress line every ``every`` items: done/total, elapsed, ETA and rate."""
+    """How far a long loop is, as a tqdm-style progress line (done/total, elapsed<ETA, rate): after the first item,
+    then at most every ``seconds`` or every ``every`` items, whichever comes first, and at the end. A fast loop
+    says two lines; a slow one says where it is at least every ``seconds``."""
 
-    def __init__(self, label: str, total: int, progress: Progress | None, *, every: int = 10) -> None:
-        self.label, self.total, self.progress, self.every = label, total, progress, every
+    def __init__(self, label: str, total: int, progress: Progress | None, *, every: int | None = None,
+                 seconds: float = 10.0) -> None:
+        self.label, self.total, self.progress, self.every, self.seconds = label, total, progress, every, seconds
         self.done, self.start = 0, time.perf_counter()
+        self.said = self.start
 
     def step(self, n: int = 1) -> None:
         self.done += n
-        if self.progress and (self.done % self.every == 0 or self.done == self.total):
+        now = time.perf_counter()
+        due = (self.done == n or self.done == self.total or now - self.said >= self.seconds
+               or (self.every is not None and self.done % self.every == 0))
+        if self.progress and due:
+            self.said = now
             self.progress(f"{self.label}: {self.line()}")
 
     def line(self) -> str:

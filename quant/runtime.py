@@ -8,6 +8,7 @@ records its graph assignment, and ``assert_assignment`` compares it with what th
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import threading
 from collections import Counter
@@ -63,6 +64,16 @@ class QnnOptions:
         return opts
 
 
+QNN_MISSING = ("the QNN EP needs the onnxruntime-qnn package; install it (on a host: `make setup`, which pins it in "
+               "constraints.txt; on the NPU runner: `pip install -r requirements/device.txt`) or run with --ep cpu")
+
+
+def require_qnn_package() -> None:
+    """Fail before any work when onnxruntime-qnn is not installed (checked without importing it)."""
+    if importlib.util.find_spec("onnxruntime_qnn") is None:
+        raise ExecutionProviderError(QNN_MISSING)
+
+
 def register_qnn() -> str:
     """Register the QNN plugin EP in this process (idempotent); return its library path."""
     global _qnn_library
@@ -74,10 +85,7 @@ def register_qnn() -> str:
         try:
             import onnxruntime_qnn
         except ImportError as e:
-            raise ExecutionProviderError(
-                "the QNN EP needs the onnxruntime-qnn package; install it (on a host: `make setup`, which pins it in "
-                "constraints.txt; on the NPU runner: `pip install -r requirements/device.txt`) or run with --ep cpu"
-            ) from e
+            raise ExecutionProviderError(QNN_MISSING) from e
         library = onnxruntime_qnn.get_library_path()
         if QNN_EP not in ort.get_available_providers():
             ort.register_execution_provider_library(QNN_EP, library)

@@ -53,7 +53,51 @@ def test_compare_passes_against_itself_and_fails_against_a_30_percent_faster_run
 
 def test_compare_without_a_stored_run_for_this_machine_says_how_to_record_one(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_bench=BENCH)
-    pytester.makeconftest((Path(__file__).resolve().parent.parent / "conftest.py").read_text())
+    # no conftest: the plugin is an installed entry point, loaded in any folder
     result = _run(pytester, "--benchmark-only", "--benchmark-compare")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*no stored benchmark run for this machine*make bench-save*"])
+
+
+PLANTED = '''
+import time
+import quant.build.stages as stages
+
+_build = stages.build
+
+
+def slow_build(*args, **kwargs):
+    time.sleep(float(__import__("os").environ["PLANTED_DELAY_S"]))
+    return _build(*args, **kwargs)
+
+
+def pytest_configure(config):
+    if float(__import__("os").environ.get("PLANTED_DELAY_S", "0")) > 0:
+        stages.build = slow_build
+        __import__("tests.test_benchmarks").test_benchmarks.build = slow_build
+'''
+
+
+@pytest.mark.parametrize("slowdown", [1, 10])
+def test_ci_perf_gate_fails_a_planted_10x_slowdown_of_the_warm_build(tmp_path: Path, monkeypatch, slowdown: int) -> None:
+    """`make bench-ci`'s comparison (median 3x against the stored run of this machine kind) on the real warm-build
+    benchmark: it passes as the code is, and fails with the warm path made 10x slower (a sleep of 9 stored medians
+    before each build)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    stored = json.loads(next((repo / "baselines" / "benchmarks").glob("*/0001_*.json")).read_text())
+    median = next(b["stats"]["median"] for b in stored["benchmarks"] if b["name"] == "test_build_warm")
+    (tmp_path / "planted.py").write_text(PLANTED)
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{repo}", "PLANTED_DELAY_S": str((slowdown - 1) * median)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "planted", "-p", "no:xdist", "--benchmark-only", "-q",
+                           "tests/test_benchmarks.py::test_build_warm", "--benchmark-compare=0001",
+                           "--benchmark-compare-fail=median:200%", "--benchmark-max-time=0.3"],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    out = done.stdout + done.stderr
+    if slowdown == 1:
+        assert done.returncode == 0, out[-3000:]
+    else:
+        assert done.returncode != 0 and "Performance has regressed" in out and "test_build_warm" in out, out[-3000:]

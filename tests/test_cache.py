@@ -29,8 +29,10 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match="mid-write"):
         cache.get_or_build("stage", {"a": 1}, half_written)
-    assert not cache.path("stage", {"a": 1}).exists()
-    assert [p.name for p in (tmp_path / "stage").iterdir() if not p.name.endswith(".lock")] == []
+    final = cache.path("stage", {"a": 1})
+    assert not final.exists()
+    # nothing of the artifact is left; only the failed stage's log, beside it, for its third-party output
+    assert [p.name for p in (tmp_path / "stage").iterdir() if not p.name.endswith(".lock")] == [f"{final.name}.failed.log"]
 
 
 def test_a_killed_build_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
@@ -85,3 +87,23 @@ def test_cold_rebuild_gives_byte_identical_models(artifacts, tmp_path: Path) -> 
     assert _digests(fresh.float.models) == _digests(artifacts.float.models)
     assert _digests(fresh.qdq.models) == _digests(artifacts.qdq.models)
     assert set(fresh.qdq.models) == set(COMPONENTS)
+
+
+def test_a_warm_build_imports_no_heavy_package(artifacts, cache) -> None:
+    """A warm build reads what its stages stored (the quantizer's memory estimate included) and imports neither
+    torch, datasets, diffusers, transformers, Olive nor onnxruntime.tools (which imports torch): 2.5 s of imports
+    that a hit has no use for."""
+    import json
+    import subprocess
+    import sys
+
+    code = ("import json, sys\nfrom quant.build.stages import build\nfrom quant.cache import ArtifactCache\n"
+            f"cache = ArtifactCache({str(cache.root)!r})\nb = build({artifacts.source.name!r}, cache=cache)\n"
+            "heavy = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'datasets', 'diffusers', "
+            "'transformers', 'olive')} | {m for m in sys.modules if m.startswith('onnxruntime.tools')})\n"
+            "print(json.dumps({'heavy': heavy, 'misses': cache.misses, 'quantizer': b.keys['quantizer']}))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["misses"] == [] and set(result["quantizer"].values()) == {"olive"}
+    assert result["heavy"] == [], f"a warm build imported {result['heavy']}"

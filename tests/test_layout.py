@@ -122,3 +122,20 @@ def test_readme_layout_table_matches_the_tree() -> None:
     folders = {str(p.parent.relative_to(ROOT)) for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
     unnamed = sorted(f for f in folders if not any(n.rstrip("/") == f or n.startswith(f + "/") for n in named))
     assert not unnamed, f"packages missing from the README's layout table: {unnamed}"
+
+
+def test_no_source_file_is_git_ignored() -> None:
+    """An ignore pattern that matches a package folder (``build/`` matched ``quant/build/``) leaves it out of every
+    clone while the tree that wrote it still works."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout (an installed copy): nothing can be left out of a clone")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--ignored", "--exclude-standard", "--", "quant", "tests",
+                             "recipes", "baselines", "requirements", "fixtures"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    sources = [f for f in listed if "__pycache__" not in f and ".egg-info" not in f and not Path(f).name.startswith(".")]
+    assert not sources, f"matched by .gitignore (new files there never reach a clone): {sources[:10]}"

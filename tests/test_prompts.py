@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from quant.errors import ConfigError
 from quant.models.prompts import PROMPTS_COCO, load_prompts, slugify
 
 
@@ -23,7 +24,7 @@ def test_prompt_fixture_keeps_its_attribution() -> None:
 
 
 def test_unknown_split_is_a_clear_error() -> None:
-    with pytest.raises(Exception, match="'validation' is not one of"):
+    with pytest.raises(ConfigError, match=r"prompt split 'validation' is not one of \('train', 'test', 'all'\)"):
         load_prompts("validation")
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe
-from quant.errors import ConfigError
+from quant.build.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe, quantize_component
+from quant.errors import BuildError, ConfigError
 
 
 def test_seed_recipe_is_the_documented_one() -> None:
@@ -75,3 +75,24 @@ def test_unknown_placeholder_is_named(tmp_path: Path) -> None:
 def test_missing_recipe_file_names_the_default(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist.*qnn_w8a16.json"):
         load_recipe(tmp_path / "nope.json")
+
+
+@pytest.mark.parametrize("produced", [0, 2])
+def test_a_workflow_that_emits_no_single_model_is_a_build_error(tmp_path: Path, monkeypatch, produced: int) -> None:
+    """A workflow whose last pass emits no ONNX model (or several) stops with the component, the recipe and the fix."""
+    import olive.workflows
+
+    def fake_run(config: dict, tempdir: str) -> None:
+        out = Path(config["output_dir"])
+        out.mkdir(parents=True)
+        for i in range(produced):
+            (out / f"model_{i}.onnx").write_bytes(b"")
+
+    monkeypatch.setattr(olive.workflows, "run", fake_run)
+    (tmp_path / "calibration" / "unet").mkdir(parents=True)
+    (tmp_path / "calibration" / "unet" / "inputs.json").write_text(
+        json.dumps({"input_names": ["sample"], "input_shapes": [[1, 4, 8, 8]], "input_types": ["float32"]}))
+    with pytest.raises(BuildError, match=rf"'unet' produced {produced} ONNX models .*expected one\. Does the recipe end"):
+        quantize_component(load_recipe(), "unet", model=tmp_path / "model.onnx", calibration_dir=tmp_path / "calibration",
+                           out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -155,7 +155,7 @@ def _write_prompts(pipe: OrtSDXLPipeline, prompts: list[Prompt], folder: Path, p
     (folder / "prompts").mkdir()
     scheduler = pipe.scheduler_cls.from_config(pipe.scheduler_config)
     scheduler.set_timesteps(max(STEPS))
-    meter = Meter("bundle inputs", len(prompts), progress, every=25)
+    meter = Meter("bundle inputs", len(prompts), progress)
     for prompt in prompts:
         generator = torch.Generator().manual_seed(prompt_seed(prompt.text))
         latents = torch.randn(pipe.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from quant.components import COMPONENTS
-from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
 from quant.models.prompts import Prompt
+from quant.procs import Meter
+from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
 
 
 def record_calibration(
@@ -90,10 +91,10 @@ class _StageMeter:
         return seconds
 
     def report(self, stage: str, i: int) -> None:
-        if self.progress and ((i + 1) % 10 == 0 or i + 1 == len(self.runs)):
-            self.progress(f"calibration {stage}: {i + 1}/{len(self.runs)} runs")
+        self.meter.step()
 
     def loaded(self, stage: str) -> None:
+        self.meter = Meter(f"calibration {stage}", len(self.runs), self.progress)
         seconds = self._lap()
         self.timings.setdefault(stage, {})["load_s"] = round(seconds, 2)
         if self.progress:

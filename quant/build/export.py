@@ -7,20 +7,17 @@ SDXL consumes: the penultimate hidden states, and for ``text_encoder_2`` the pro
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
-from dataclasses import asdict, dataclass
+import warnings
 from pathlib import Path
 from typing import Any
 
-from quant.components import COMPONENTS
-from quant.components import TOKEN_LENGTH
-from quant.models.source import ModelSource
-from quant.components import component_io
 from quant.build.files import save_with_external_data
+from quant.components import COMPONENTS, component_io
+from quant.models.source import ModelSource
 from quant.procs import run_measured
-import gc
-import warnings
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13

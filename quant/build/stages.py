@@ -8,28 +8,22 @@ the directories exist, so it imports neither torch nor Olive.
 from __future__ import annotations
 
 import json
+import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from quant.components import COMPONENTS
-from quant.cache import ArtifactCache, package_versions
-from quant.run.pipeline import ComponentSet
-from quant.models.prompts import Prompt, load_prompts
-from quant.models.source import ModelSource, resolve_source
-from quant.procs import StageClock
-from quant.procs import Progress
-from quant.build.lean.policy import choose_quantizer
-from quant.build.recipe import DEFAULT_RECIPE, calibration_steps, load_recipe
-from dataclasses import replace
 from quant.build.calibration import record_calibration
 from quant.build.export import export_components
-from quant.build.recipe import quantize_component
-from quant.procs import StepMeter
-from quant.procs import run_measured
-import sys
+from quant.build.lean.policy import PROTOBUF_LIMIT, choose_quantizer, stock_peak_estimate, weight_file_bytes
+from quant.build.recipe import DEFAULT_RECIPE, calibration_steps, load_recipe, quantize_component
+from quant.cache import ArtifactCache, package_versions
+from quant.components import COMPONENTS
+from quant.models.prompts import Prompt, load_prompts
+from quant.models.source import ModelSource, resolve_source
+from quant.procs import Progress, StageClock, StepMeter, run_measured
+from quant.run.pipeline import ComponentSet
 
 # Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
 STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 2}
@@ -106,11 +100,12 @@ def build(
     calib_dir = cache.get_or_build(
         "calibration", calib_inputs, lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration")))
 
+    estimates = _stock_peaks(cache, export_inputs, float_set) if quantizer == "auto" else {}
     qdq_models, qdq_keys, quantizers = {}, {}, {}
     for component in COMPONENTS:
         inputs = {"export": export_inputs, "calibration": calib_inputs, "component": component,
                   "workflow": recipe_data["workflows"][component], "revision": STAGE_REVISION["qdq"]}
-        quantizers[component] = choose_quantizer(float_set.models[component], quantizer)
+        quantizers[component] = choose_quantizer(float_set.models[component], quantizer, estimate=estimates.get(component))
         qdq_dir, qdq_keys[component] = _qdq_component(cache, inputs, quantizers[component], recipe_path, recipe_data,
                                                      float_set.models[component], calib_dir, segment_bytes, clock)
         qdq_models[component] = qdq_dir / "model.onnx"
@@ -125,6 +120,20 @@ def build(
         keys={"export": export_dir.name, "calibration": calib_dir.name, "qdq": qdq_keys, "quantizer": quantizers,
               "versions": versions},
     )
+
+
+def _stock_peaks(cache: ArtifactCache, export_inputs: dict[str, Any], float_set: ComponentSet) -> dict[str, int | None]:
+    """The stock quantizer's estimated peak memory per exported component (``None`` past protobuf's limit, where
+    the choice needs no estimate): inferred once per export and kept in the cache, so that a warm build does not
+    run shape inference on every component (0.5 s on tiny, import of torch included)."""
+
+    def make(out: Path) -> None:
+        peaks = {c: None if weight_file_bytes(m) >= PROTOBUF_LIMIT else stock_peak_estimate(m)
+                 for c, m in float_set.models.items()}
+        (out / "stock_peak.json").write_text(json.dumps(peaks, indent=1))
+
+    folder = cache.get_or_build("stock-peak", {"export": export_inputs, "revision": 1}, make)
+    return json.loads((folder / "stock_peak.json").read_text())
 
 
 def _qdq_component(cache: ArtifactCache, inputs: dict[str, Any], quantizer: str, recipe_path: Path, recipe: dict[str, Any],

@@ -31,6 +31,7 @@ from onnx import ModelProto, NodeProto, TensorProto, helper, numpy_helper
 
 from quant.graphs import consumers, producers
 
+
 @dataclass(frozen=True)
 class _Match:
     x: str  # the GroupNorm input (as the first Reshape reads it)

@@ -22,7 +22,7 @@ from quant.device.pipeline import DevicePipeline
 from quant.errors import ConfigError
 from quant.judge.metrics import sqnr_db
 from quant.manifest import read_manifest, write_manifest
-from quant.procs import Progress
+from quant.procs import Meter, Progress
 from quant.run.generate import image_name
 from quant.runtime import QNN_SOCS, QnnOptions, assert_assignment, create_session, qnn_is_simulated
 
@@ -62,16 +62,15 @@ def draw(bundle: Bundle, out: Path, *, ep: str = "qnn", qnn: QnnOptions | None =
     prompts = prompts if prompts is not None else bundle.prompts
     from PIL import Image
 
-    count = 0
-    for n, prompt in enumerate(prompts):
+    count, meter = 0, Meter(f"device: prompts drawn on the {ep.upper()} EP", len(prompts), progress)
+    for prompt in prompts:
         for steps, (image, latents) in pipe.draw(prompt, tuple(bundle.manifest["steps"])).items():
             for kind in ("images", "latents"):
                 (out / kind / f"qdq@{steps}").mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(out / "images" / f"qdq@{steps}" / image_name(prompt), format="PNG")
             np.save(out / "latents" / f"qdq@{steps}" / f"{prompt.index:03d}.npy", latents)
             count += 1
-        if (n + 1) % 10 == 0 or n + 1 == len(prompts):
-            progress(f"device: {n + 1}/{len(prompts)} prompts drawn on the {ep.upper()} EP")
+        meter.step()
     return count
 
 

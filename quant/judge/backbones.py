@@ -234,24 +234,52 @@ def proxy_features_body() -> Any:
     )
 
 
-def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
-    """FID (torchmetrics) between two sets of uint8 H×W×3 images, with features from ``backbone``."""
-    import torch
+def _fid_metric(backbone: str) -> Any:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if backbone == REAL_FID:
-        metric = FrechetInceptionDistance(feature=2048)
-    elif backbone == CANARY_FID:
-        metric = FrechetInceptionDistance(feature=feature_net(canary_scorer().image))
-    elif backbone == PROXY_FID:
-        metric = FrechetInceptionDistance(feature=feature_net(proxy_features_body()))
-    else:
-        raise ConfigError(f"FID backbone {backbone!r} is not one of {FID_CHOICES[1:]}")
+        return FrechetInceptionDistance(feature=2048)
+    if backbone == CANARY_FID:
+        return FrechetInceptionDistance(feature=feature_net(canary_scorer().image))
+    if backbone == PROXY_FID:
+        return FrechetInceptionDistance(feature=feature_net(proxy_features_body()))
+    raise ConfigError(f"FID backbone {backbone!r} is not one of {FID_CHOICES[1:]}")
 
-    def batch(images: list[Any]) -> torch.Tensor:
-        return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+def _batch(images: list[Any]) -> Any:
+    import torch
+
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
+    """FID (torchmetrics) between two sets of uint8 H×W×3 images, with features from ``backbone``."""
+    import torch
+
+    metric = _fid_metric(backbone)
+    with torch.inference_mode():
+        metric.update(_batch(reference), real=True)
+        metric.update(_batch(generated), real=False)
+        return float(metric.compute())
+
+
+def fid_features(images: list[Any], backbone: str) -> np.ndarray:
+    """The features FID compares, one row per image (float64): for resampling a set without re-extracting."""
+    import torch
 
     with torch.inference_mode():
-        metric.update(batch(reference), real=True)
-        metric.update(batch(generated), real=False)
-        return float(metric.compute())
+        return _fid_metric(backbone).inception(_batch(images)).double().numpy()
+
+
+def fid_from_features(generated: np.ndarray, reference: np.ndarray) -> float:
+    """FID of two feature sets, computed as torchmetrics computes it (its Fréchet distance of the two Gaussians)."""
+    import torch
+    from torchmetrics.image.fid import _compute_fid
+
+    def moments(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        t = torch.from_numpy(x)
+        mean = t.mean(dim=0)
+        return mean.unsqueeze(0), (t.T @ t - t.shape[0] * mean.unsqueeze(1) @ mean.unsqueeze(0)) / (t.shape[0] - 1)
+
+    (mu1, s1), (mu2, s2) = moments(reference), moments(generated)
+    return float(_compute_fid(mu1.squeeze(0), s1, mu2.squeeze(0), s2))

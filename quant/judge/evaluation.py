@@ -22,6 +22,7 @@ STEPS = (1, 2)
 VARIANTS = ("float@1", "qdq@1", "float@2", "qdq@2")
 NOISE_SEEDS = (2, 3, 4)  # seed bases of extra float@1 sets that measure seed-to-seed noise (baseline updates)
 REFERENCE_SEED = 1  # seed base of the offline FID reference set (float@1 drawn from other noise)
+COCO_REFERENCE = "coco2017-crop256"  # the real model's FID reference: the prompts' COCO images, center-cropped to 256
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Evaluation:
     clip: dict[str, list[float]]
     fid: dict[str, float]
     fid_reference: str
+    fid_reference_id: str = ""
     noise: dict[str, Any] | None = None
     ep_detail: str = ""  # what ran the quantized variants, in words (the float ones always run on the CPU EP)
 
@@ -60,6 +62,7 @@ def evaluate(
     image_dirs: dict[str, Path],
     reference_images: list[np.ndarray],
     reference_name: str,
+    reference_id: str,
     ep: str = "cpu",
     ep_detail: str = "",
     progress: Any = lambda _: None,
@@ -73,7 +76,8 @@ def evaluate(
     progress(f"FID with {backbones.fid}")
     fids = {label: fid(images[label], reference_images, backbones.fid) for label in ("float@1", "qdq@1", "qdq@2")}
     return Evaluation(model=model, backbones=backbones, prompts=prompts, ep=ep, recipe=recipe, image_dirs=dict(image_dirs),
-                      mse=mse, clip=clip, fid=fids, fid_reference=reference_name, ep_detail=ep_detail)
+                      mse=mse, clip=clip, fid=fids, fid_reference=reference_name, fid_reference_id=reference_id,
+                      ep_detail=ep_detail)
 
 
 def seed_noise(
@@ -105,17 +109,28 @@ def seed_noise(
     return noise
 
 
+def check_coco_dir(coco_dir: Path) -> None:
+    """Up front, before anything is built: ``coco_dir`` is a folder holding the image of every COCO prompt."""
+    coco_dir = Path(coco_dir)
+    if not coco_dir.is_dir():
+        raise ConfigError(f"--coco-dir {coco_dir}: no such folder; `sdxl-qdq coco-images {coco_dir}` downloads the "
+                          "100 COCO 2017 images of the prompts into it")
+    rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
+    missing = [row["file_name"] for row in rows if not (coco_dir / row["file_name"]).is_file()]
+    if missing:
+        raise ConfigError(f"--coco-dir {coco_dir}: {len(missing)} of the {len(rows)} COCO images of the prompts are "
+                          f"missing (first: {missing[0]}); `sdxl-qdq coco-images {coco_dir}` completes the folder")
+
+
 def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 256) -> list[np.ndarray]:
     """The COCO images of ``prompts`` (by file name from the prompt fixture), center-cropped and resized to ``size``."""
     from PIL import Image
 
+    check_coco_dir(coco_dir)
     rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
     images = []
     for prompt in prompts:
         path = Path(coco_dir) / rows[prompt.index]["file_name"]
-        if not path.is_file():
-            raise ConfigError(f"--coco-dir {coco_dir}: {path.name} (prompt {prompt.id}) is missing; it needs the COCO "
-                              "2017 train images listed in fixtures/prompts/coco2017_first100.jsonl")
         with Image.open(path) as im:
             im = im.convert("RGB")
             side = min(im.size)

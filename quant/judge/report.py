@@ -19,21 +19,32 @@ from quant.paths import BASELINES_DIR
 from quant.run.generate import image_name
 
 GRID = ("float@1", "qdq@1", "float@2", "qdq@2")
+HEADERS = ("float@1", "qdq@1", "|qdq@1 − float@1|", "float@2", "qdq@2", "|qdq@2 − float@2|")
 CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;margin:8px 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4f4}td.l{text-align:left}
-.fail{background:#fdd}.pass{background:#dfd}img{width:160px;height:160px;image-rendering:pixelated;display:block}
+.failed{background:#fdd}.changed{background:#ffe9b3}.pass{background:#dfd}img{width:160px;height:160px;image-rendering:pixelated;display:block}
 .grid td{vertical-align:top;text-align:center}.small{color:#666;font-size:12px}"""
 
 
-def _status(check: Check) -> str:
-    return "fail" if check.failure else "pass"
-
-
 def _row(check: Check) -> str:
-    cells = [html.escape(check.metric), f"{check.measured:.5g}", f"{check.baseline:.5g}",
-             f"{'≤' if check.direction == 'max' else '≥'} {check.limit:.5g}", _status(check).upper(), html.escape(check.detail)]
-    return f"<tr class={_status(check)}>" + "".join(
-        f"<td class=l>{c}</td>" if i in (0, 5) else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>"
+    sign = "≤" if check.direction == "max" else "≥"
+    cells = [html.escape(check.metric), f"{check.measured:.5g}", f"{check.baseline:.5g}", f"{sign} {check.limit:.5g}",
+             f"{sign} {check.harm:.5g}", check.status.upper(), html.escape(check.detail)]
+    return f"<tr class={check.status}>" + "".join(
+        f"<td class=l>{c}</td>" if i in (0, 6) else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>"
+
+
+TABLE_HEAD = ("<tr><th>check</th><th>measured</th><th>baseline</th><th>noise limit</th><th>harm floor</th><th>status</th>"
+              "<th>detail</th></tr>")
+
+
+def _heat_map(reference: Path, test: Path, dest: Path) -> None:
+    """|test − reference| per pixel (mean over channels) as a PNG: black = equal, white = 64 or more levels apart."""
+    from PIL import Image
+
+    with Image.open(reference) as a, Image.open(test) as b:
+        diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16)).mean(axis=2)
+    Image.fromarray(np.clip(diff * 4, 0, 255).astype(np.uint8), mode="L").save(dest)
 
 
 def _mse_plot(gate: Gate) -> str:
@@ -114,51 +125,74 @@ def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
                 note += f"{' · ' if note else ''}CLIP {ev.clip[label][i]:.2f}"
             cells.append(f'<td><img src="{dest.relative_to(folder).as_posix()}" alt="{label}">'
                          f'<span class=small>{note}</span></td>')
+            if label.startswith("qdq"):
+                heat = folder / "images" / f"diff-{label[-1]}" / image_name(prompt)
+                heat.parent.mkdir(parents=True, exist_ok=True)
+                _heat_map(ev.image(f"float@{label[-1]}", prompt), ev.image(label, prompt), heat)
+                cells.append(f'<td><img src="{heat.relative_to(folder).as_posix()}" alt="|{label} − float|">'
+                             '<span class=small>|qdq − float| × 4</span></td>')
         rows.append(f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
                     + "".join(cells) + "</tr>")
     return rows
 
 
-def write_report(gate: Gate, out: Path) -> Path:
-    """Write ``out/index.html`` and its images; the folder is replaced atomically. Returns the page's path."""
+def write_report(gate: Gate, out: Path, *, strict: bool = False) -> Path:
+    """Write ``out/index.html`` and its images; the folder is replaced atomically. Returns the page's path. The page
+    opens with the verdict and what failed or changed, then the worst images; the full check tables are folded."""
+    from quant.judge.summary import verdict as gate_verdict
+
     ev = gate.evaluation
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     checks = gate.all_checks()
-    failed = [c for c in checks if c.failure]
+    failed = [c for c in checks if c.status == "failed"]
+    changed = [c for c in checks if c.status == "changed"]
     aggregate = [c for c in checks if c.metric.startswith(("mean CLIP", "FID"))]
-    per_prompt_failed = [c for c in failed if c not in aggregate]
+    per_prompt = [c for c in checks if c not in aggregate]
 
     summary_rows = _summary_rows(gate)
     grid = _image_grid(ev, tmp)
 
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     parity = _parity_line(ev.model)
-    verdict = f"FAIL: {len(failed)} of {len(checks)} checks" if failed else f"PASS: all {len(checks)} checks"
+    word = gate_verdict(checks, strict=strict)
+    verdict = {"failed": "FAIL", "changed": "PASS, CHANGED", "pass": "PASS"}[word]
+    counts = (f"{len(failed)} of {len(checks)} checks outside their harm floor, {len(changed)} outside their noise window "
+              f"only{' (failing: --strict-gate)' if strict else ''}")
+    attention = (failed + changed)[:50]
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Quality gate: {html.escape(ev.model)}</title>
 <style>{CSS}</style></head><body>
-<h1>Quality gate: {html.escape(ev.model)} — {verdict}</h1>
+<h1 class={word}>Quality gate: {html.escape(ev.model)} — {verdict}</h1>
+<p><b>{counts}.</b> A check outside its noise window means the quantized images <i>changed</i> beyond what re-seeding
+or re-calibrating moves them; outside its harm floor they are <i>harmed</i> (floors: <code>baselines/README.md</code>).</p>
+{f'<table>{TABLE_HEAD}{"".join(_row(c) for c in attention)}</table>' if attention else ''}
+<h2>Images, worst 1-step MSE first</h2>
+<details open><summary>{len(ev.prompts)} prompts</summary>
+<table class=grid><tr><th>prompt</th>{''.join(f'<th>{g}{" · " + html.escape(ev.ep.upper()) + " EP" if g.startswith("qdq") else " · CPU EP" if g.startswith("float") else ""}</th>' for g in HEADERS)}</tr>{''.join(grid[:20])}</table></details>
 <p>Recipe <b>{html.escape(ev.recipe)}</b>; quantized variants (qdq@1, qdq@2) run on the <b>{html.escape(ev.ep_detail or ev.ep)}</b>,
 float variants on the CPU EP; gated by the baseline made on the <b>{html.escape(str(gate.baseline.get('ep')))}</b> EP; {len(ev.prompts)} prompts;
 CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.escape(ev.backbones.fid)}</b>
 (FID reference: {html.escape(ev.fid_reference)}). Baseline: {html.escape(str(gate.baseline.get('source', '')))}.
 <br>{parity}
-<br><span class=small>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} with {html.escape(versions)}.</span></p>
+<br><span class=small>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} with {html.escape(versions)}. Machine-readable:
+<a href="summary.json">summary.json</a>.</span></p>
 <h2>Metrics vs baseline</h2>
 <table><tr><th>metric</th><th>measured</th><th>baseline</th><th></th></tr>{''.join(summary_rows)}</table>
-<table><tr><th>check</th><th>measured</th><th>baseline</th><th>limit</th><th>status</th><th>detail</th></tr>
-{''.join(_row(c) for c in aggregate)}</table>
-<p>Per-prompt checks (MSE bound, CLIP floor): {len([c for c in checks if c not in aggregate])} run,
-{len(per_prompt_failed)} failed.</p>
-<table><tr><th>check</th><th>measured</th><th>baseline</th><th>limit</th><th>status</th><th>detail</th></tr>
-{''.join(_row(c) for c in per_prompt_failed[:200])}</table>
+<table>{TABLE_HEAD}{''.join(_row(c) for c in aggregate)}</table>
 <h2>Per-prompt MSE</h2>{_mse_plot(gate)}
-<h2>Images, worst 1-step MSE first</h2>
-<table class=grid><tr><th>prompt</th>{''.join(f'<th>{g}{" · " + html.escape(ev.ep.upper()) + " EP" if g.startswith("qdq") else " · CPU EP"}</th>' for g in GRID)}</tr>{''.join(grid)}</table>
+<details><summary>All {len(per_prompt)} per-prompt checks (MSE bound, CLIP floor): {sum(c.status == "failed" for c in per_prompt)} failed,
+{sum(c.status == "changed" for c in per_prompt)} changed</summary>
+<table>{TABLE_HEAD}{''.join(_row(c) for c in per_prompt)}</table></details>
+{f"<details><summary>The other {len(grid) - 20} prompts' images</summary><table class=grid>{''.join(grid[20:])}</table></details>" if len(grid) > 20 else ""}
 <p class=small>Baseline tolerances: {html.escape(str(gate.baseline.get('derivation', {}).get('text', '')))}</p>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")
+    _replace_folder(tmp, out)
+    return out / "index.html"
+
+
+def _replace_folder(tmp: Path, out: Path) -> None:
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -167,4 +201,50 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(out)
+
+
+def write_comparison(a: Evaluation, b: Evaluation, rows: list, out: Path, *, names: tuple[str, str] = ("A", "B")) -> Path:
+    """``out/index.html`` (+ ``comparison.json``): the verdict per metric, then float | A | B per prompt, the prompts
+    where the two recipes differ most first."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    colour = {"better": "pass", "worse": "failed", "indistinguishable": ""}
+    table = "".join(
+        f"<tr class={colour[r.verdict]}><td class=l>{html.escape(r.metric)}</td><td>{r.a:.5g}</td><td>{r.b:.5g}</td>"
+        f"<td>{r.difference:+.4g}</td><td>[{r.low:+.4g}, {r.high:+.4g}]</td><td>{r.better_is} is better</td>"
+        f"<td class=l><b>{html.escape(names[1])} is {r.verdict}</b></td></tr>" if r.verdict != "indistinguishable" else
+        f"<tr><td class=l>{html.escape(r.metric)}</td><td>{r.a:.5g}</td><td>{r.b:.5g}</td><td>{r.difference:+.4g}</td>"
+        f"<td>[{r.low:+.4g}, {r.high:+.4g}]</td><td>{r.better_is} is better</td><td class=l>indistinguishable</td></tr>"
+        for r in rows)
+    order = sorted(range(len(a.prompts)), key=lambda i: -max(abs(b.mse[k][i] - a.mse[k][i]) for k in STEPS))
+    grid = []
+    for i in order:
+        prompt, cells = a.prompts[i], []
+        for label, ev, tag in (("float@1", a, "float"), ("qdq@1", a, names[0]), ("qdq@1", b, names[1]),
+                               ("qdq@2", a, names[0]), ("qdq@2", b, names[1])):
+            dest = tmp / "images" / f"{tag}-{label.replace('@', '-')}" / image_name(prompt)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ev.image(label, prompt), dest)
+            note = f"MSE {ev.mse[int(label[-1])][i]:.3f}" if label.startswith("qdq") else ""
+            cells.append(f'<td><img src="{dest.relative_to(tmp).as_posix()}" alt="{tag} {label}"><span class=small>{note}</span></td>')
+        grid.append(f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
+                    + "".join(cells) + "</tr>")
+    heads = ["float@1", f"{names[0]} qdq@1", f"{names[1]} qdq@1", f"{names[0]} qdq@2", f"{names[1]} qdq@2"]
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Recipe comparison: {html.escape(a.model)}</title>
+<style>{CSS}</style></head><body>
+<h1>{html.escape(names[1])} ({html.escape(b.recipe)}) vs {html.escape(names[0])} ({html.escape(a.recipe)}) on {html.escape(a.model)}</h1>
+<p>Same {len(a.prompts)} prompts and noise; quantized variants on the {html.escape(a.ep_detail or a.ep)}. Difference = {html.escape(names[1])} −
+{html.escape(names[0])}: mean of paired per-prompt differences (MSE, CLIP) or of FID, with a 95 % bootstrap interval over prompts; a verdict
+only when the interval excludes 0.</p>
+<table><tr><th>metric</th><th>{html.escape(names[0])}</th><th>{html.escape(names[1])}</th><th>difference</th><th>95 % interval</th><th></th><th>verdict</th></tr>{table}</table>
+<h2>Images, largest difference between the recipes first</h2>
+<table class=grid><tr><th>prompt</th>{''.join(f'<th>{html.escape(h)}</th>' for h in heads)}</tr>{''.join(grid)}</table>
+</body></html>"""
+    (tmp / "index.html").write_text(page, encoding="utf-8")
+    (tmp / "comparison.json").write_text(json.dumps({"model": a.model, "a": {"name": names[0], "recipe": a.recipe},
+                                                     "b": {"name": names[1], "recipe": b.recipe}, "ep": a.ep,
+                                                     "prompts": len(a.prompts), "versions": package_versions(),
+                                                     "metrics": [r.record() for r in rows]}, indent=1) + "\n")
+    _replace_folder(tmp, out)
     return out / "index.html"

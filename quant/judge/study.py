@@ -10,6 +10,8 @@ import numpy as np
 
 from quant.cache import package_versions
 from quant.judge.backbones import REAL_CLIP, REAL_FID, Backbones
+from quant.judge.baseline import prompts_sha256
+from quant.judge.evaluation import COCO_REFERENCE
 from quant.models.prompts import load_prompts
 from quant.paths import FIXTURES_DIR
 
@@ -50,6 +52,7 @@ def study_baseline(study_dir: Path = STUDY_DIR) -> dict[str, Any]:
         "model": "sdxl-turbo",
         "backbones": {"clip": backbones.clip, "fid": backbones.fid},
         "fid_reference": "COCO 2017 images of the 100 prompts, center-cropped to 256",
+        "fid_reference_id": COCO_REFERENCE,
         "recipe": "qnn-w8a16",
         "ep": "cpu",
         "ep_note": ("the study does not name the EP its QDQ models ran on; onnxruntime's default, the CPU EP, is assumed. "
@@ -67,6 +70,7 @@ def study_baseline(study_dir: Path = STUDY_DIR) -> dict[str, Any]:
             "noise": {"mse_std": mse_sd, "clip_delta_std": delta_sd, "fid_range": fid_spread},
         },
         "prompts": [p.id for p in prompts],
+        "prompts_sha256": prompts_sha256(prompts),
         "mse": {"1": {"values": mse, "tolerance": [2 * mse_sd] * n}},
         "clip": clip,
         "clip_delta": {str(k): {"value": float(deltas[k].mean()), "tolerance": 2 * delta_sd / np.sqrt(n)} for k in (1, 2)},

@@ -6,6 +6,7 @@ rows are streamed from ``phiyodr/coco2017`` instead (needs network; the user opt
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,15 +58,27 @@ def load_prompts(split: str = "all", *, path: Path = PROMPTS_COCO, stream_from_h
     else:
         if not path.is_file():
             raise ConfigError(f"prompt file {path} does not exist; pass a JSONL with a 'prompt' column per row")
-        import datasets
-
-        datasets.disable_progress_bars()
-        rows = datasets.load_dataset("json", data_files=str(path), split="train")
-        if "prompt" not in rows.column_names:
-            raise ConfigError(f"prompt file {path} has columns {rows.column_names}; it needs a 'prompt' column")
-        texts = list(rows["prompt"])
+        texts = _read_jsonl_prompts(path)
     prompts = [Prompt(i, t, "train" if i < N_TRAIN else "test") for i, t in enumerate(texts)]
     return prompts if split == "all" else [p for p in prompts if p.split == split]
+
+
+def _read_jsonl_prompts(path: Path) -> list[str]:
+    """The 'prompt' of each row of a JSONL file (read with the standard library: a warm build must not import
+    datasets, 1.7 s, for 100 lines; the hub's rows still come through datasets)."""
+    texts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"prompt file {path}: line {number} is not valid JSON ({e})") from None
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            keys = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ConfigError(f"prompt file {path}: line {number} has {keys}; every row needs a 'prompt' string")
+        texts.append(row["prompt"])
+    return texts
 
 
 def _stream_hub(n: int) -> list[str]:

@@ -98,6 +98,14 @@ def _local_folder_source(path: Path) -> ModelSource:
             "(as saved by StableDiffusionXLPipeline.save_pretrained) or a Hugging Face id such as "
             f"{REAL_MODEL_ID!r}"
         )
+    for sub in ("text_encoder", "text_encoder_2", "unet", "vae"):
+        folder = path / sub
+        pickled = sorted(p.name for p in folder.glob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}) if folder.is_dir() else []
+        if pickled and not any(folder.glob("*.safetensors")):
+            raise ConfigError(
+                f"--model {str(path)!r}: {sub}/ holds only pickled weights ({', '.join(pickled[:2])}); this project loads "
+                "safetensors only (pickle can run code): convert them, e.g. load the pipeline and save_pretrained(..., "
+                "safe_serialization=True), or use a safetensors snapshot of the model")
     weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"})
     fingerprint = {
         "source": "local",

@@ -16,6 +16,7 @@ import numpy as np
 
 from quant.cache import ArtifactCache, package_versions
 from quant.models.prompts import Prompt, slugify
+from quant.procs import Meter
 from quant.run.pipeline import ComponentSet, OrtSDXLPipeline, prompt_seed
 from quant.runtime import QnnOptions
 
@@ -78,10 +79,10 @@ def generate(
 
     def run(out: Path) -> None:
         pipe = OrtSDXLPipeline(components, ep=variant.ep, qnn=qnn)
-        for i, prompt in enumerate(prompts):
+        meter = Meter(f"{variant.label} images", len(prompts), progress)
+        for prompt in prompts:
             image = pipe(prompt.text, steps=variant.steps, seed=prompt_seed(prompt.text, variant.seed_base))
             save_png(image, out / image_name(prompt))
-            if progress and ((i + 1) % 25 == 0 or i + 1 == len(prompts)):
-                progress(f"{variant.label}: {i + 1}/{len(prompts)} images")
+            meter.step()
 
     return cache.get_or_build("images", inputs, run)

@@ -3,18 +3,11 @@ of it with the optimized weights written to a file (one copy of the weights, hel
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from quant.errors import ConfigError
+
 import numpy as np
 
 

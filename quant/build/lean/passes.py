@@ -4,17 +4,9 @@ onnxruntime and Olive code as the stock path, and the opset-21 conversion for 16
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from quant.errors import ConfigError
+
 from quant.build.lean.graph import Graph, ort_optimize
 from quant.build.lean.ort_patches import graph_only_preprocess, patched
 

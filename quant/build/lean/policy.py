@@ -4,21 +4,13 @@ memory-bounded path (``quant.build.lean``) where they may not."""
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import shutil
-import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from quant.errors import ConfigError
-from quant.build.lean.graph import Graph
-from quant.procs import total_memory_bytes
+
 import numpy as np
 
+from quant.build.lean.graph import Graph
+from quant.errors import ConfigError
+from quant.procs import total_memory_bytes
 
 PROTOBUF_LIMIT = 2**31  # bytes: the stock path serializes whole models (opset conversion) and fails beyond
 
@@ -43,15 +35,22 @@ def stock_peak_estimate(model: Path) -> int:
     return 3 * graph.weight_bytes() + acts
 
 
-def choose_quantizer(model: Path, requested: str, memory: int | None = None) -> str:
+def weight_file_bytes(model: Path) -> int:
+    data = model.parent / "model.onnx.data"
+    return data.stat().st_size if data.exists() else 0
+
+
+def choose_quantizer(model: Path, requested: str, memory: int | None = None, *, estimate: int | None = None) -> str:
     """``requested`` ('olive' or 'lean'), or for 'auto': 'lean' when the stock path may not fit ``model``:
-    weights over protobuf's 2 GB, or the stock estimate over half of this machine's memory (the estimate
-    leaves out onnxruntime's arena growth and Olive's own copies: 17.9 GB for the real VAE decoder, whose
-    stock calibration was measured above 20 GB). Both give the same model (``tests/test_lean.py``)."""
+    weights over protobuf's 2 GB, or the stock estimate (``estimate``, else inferred now) over half of this
+    machine's memory (the estimate leaves out onnxruntime's arena growth and Olive's own copies: 17.9 GB for
+    the real VAE decoder, whose stock calibration was measured above 20 GB). Both give the same model
+    (``tests/test_lean.py``)."""
     if requested not in ("auto", "olive", "lean"):
         raise ConfigError(f"quantizer {requested!r} is not one of auto, olive, lean")
     if requested != "auto":
         return requested
-    weights = (model.parent / "model.onnx.data").stat().st_size if (model.parent / "model.onnx.data").exists() else 0
-    memory = memory or total_memory_bytes()
-    return "lean" if weights >= PROTOBUF_LIMIT or stock_peak_estimate(model) > 0.5 * memory else "olive"
+    if weight_file_bytes(model) >= PROTOBUF_LIMIT:
+        return "lean"
+    estimate = stock_peak_estimate(model) if estimate is None else estimate
+    return "lean" if estimate > 0.5 * (memory or total_memory_bytes()) else "olive"

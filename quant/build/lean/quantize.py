@@ -28,31 +28,26 @@ time and peak resident memory.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import os
 import shutil
-import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from quant.errors import ConfigError
+from quant.build.calibration import iter_calibration
+from quant.build.files import save_with_external_data
 from quant.build.lean.graph import Graph
 from quant.build.lean.ort_patches import graph_only_quantizer, patched
 from quant.build.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
-from quant.procs import StepMeter
-from quant.procs import Progress
-from quant.build.files import save_with_external_data
-from quant.build.calibration import iter_calibration
 from quant.build.lean.segmented import segmented_minmax_ranges
 from quant.build.recipe import load_recipe
-from quant.procs import report_peak_at_exit
+from quant.errors import ConfigError
+from quant.procs import Progress, StepMeter, report_peak_at_exit
 from quant.runtime import register_qnn
-import contextlib
-import inspect
 
 SUPPORTED_PASSES = ("QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization")
 DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment

@@ -17,6 +17,7 @@ calibration_cache_path=...)``), which quantizes with the same QNN QDQ configurat
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import time
@@ -26,13 +27,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
-from quant.procs import Progress
-from quant.build.files import save_with_external_data
-from quant.build.lean.graph import Graph
-from quant.run.pipeline import feeds_digest
-from quant.build.lean.graph import tensor_bytes
-import hashlib
 
+from quant.build.files import save_with_external_data
+from quant.build.lean.graph import Graph, tensor_bytes
+from quant.procs import Progress
+from quant.run.pipeline import feeds_digest
 
 
 def _calibrator_class() -> type:
