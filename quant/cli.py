@@ -69,7 +69,7 @@ def _qnn_soc(p: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{build,sqnr,parity,coverage,layers,diverge,compare,bundle,verify,coco-images,"
+                                metavar="{build,sqnr,parity,coverage,layers,diverge,compare,propose,bundle,verify,coco-images,"
                                         "study-baseline,canary-train,device-check,device-run}")
     _build_options(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
@@ -130,6 +130,17 @@ def _parser() -> argparse.ArgumentParser:
     cp.add_argument("--coco-dir", default=None, metavar="DIR", help="COCO images, the real model's FID reference")
     cp.add_argument("--out", type=Path, default=Path("reports/compare"), metavar="DIR",
                     help="report folder (index.html, comparison.json; default: %(default)s)")
+    pr = sub.add_parser("propose", help="a fix for the worst layers: the activations that lose the most to their own "
+                                         "quantization at 16 bits (TensorQuantOverrides), written as a recipe, gated "
+                                         "against the original with --evaluate")
+    _build_options(pr)
+    pr.set_defaults(model="canary")
+    pr.add_argument("--top", type=int, default=20, metavar="K", help="activations to raise (default: %(default)s)")
+    pr.add_argument("--out", type=Path, default=Path("reports/proposed_recipe.json"), metavar="FILE",
+                    help="where the proposed recipe goes (default: %(default)s)")
+    pr.add_argument("--evaluate", action="store_true",
+                    help="build the proposal and compare it with the original recipe on the same prompts (report in "
+                         "reports/compare)")
     ve = sub.add_parser("verify", help="hash every file of every cached artifact against its manifest; move bad ones "
                                        "aside (the next build rebuilds them)")
     ve.add_argument("--cache-dir", default=None, metavar="DIR",
@@ -248,6 +259,38 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         print(row.line(*names))
     print(f"report: {write_comparison(ev_a, ev_b, rows, args.out, names=names)}")
     return 0
+
+
+def _cmd_propose(args: argparse.Namespace) -> int:
+    from quant.build.recipe import DEFAULT_RECIPE, load_recipe
+    from quant.diagnose.propose import propose
+    from quant.flows import compare_builds
+    from quant.judge.report import write_comparison
+
+    result = _build(args)
+    recipe_path = Path(args.recipe) if args.recipe else DEFAULT_RECIPE
+    proposal = propose(result, load_recipe(recipe_path), top=args.top)
+    if not proposal.tensors:
+        print("every quantized activation is 16-bit already: nothing to raise (weights are not proposed)")
+        return 0
+    for line in proposal.lines():
+        print(line)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(proposal.recipe, indent=2) + "\n")
+    tmp.replace(args.out)
+    print(f"proposed recipe: {args.out}")
+    if args.evaluate:
+        args.recipe = str(args.out)
+        ev_a, ev_b, rows = compare_builds(result, _build(args), cache=result_cache(args), progress=lambda m: print(m, flush=True))
+        for row in rows:
+            print(row.line("original", "proposed"))
+        print(f"report: {write_comparison(ev_a, ev_b, rows, Path('reports/compare'), names=('original', 'proposed'))}")
+    return 0
+
+
+def result_cache(args: argparse.Namespace) -> ArtifactCache:
+    return ArtifactCache(Path(args.cache_dir) if args.cache_dir else None)
 
 
 def _cmd_coverage(args: argparse.Namespace) -> int:
@@ -371,7 +414,7 @@ def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
-    "diverge": _cmd_diverge, "compare": _cmd_compare, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
+    "diverge": _cmd_diverge, "compare": _cmd_compare, "propose": _cmd_propose, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
     "device-check": _cmd_device_check, "device-run": _cmd_device_run, "coco-images": _cmd_coco_images,
     "verify": _cmd_verify,
     "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,

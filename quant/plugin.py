@@ -102,8 +102,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(no_bundle)
     if "slow" in markexpr and "not slow" not in markexpr:
         return
-    skip = pytest.mark.skip(reason="real-size run (about 20 min on 2 cores, 12 GB of memory, 35 GB of disk): "
-                                   "select it explicitly with -m slow")
+    skip = pytest.mark.skip(reason="slow (the real-size run: about 20 min on 2 cores, 12 GB of memory, 35 GB of disk; "
+                                   "more canary recipe variants; a second cold build): select it with -m slow")
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)

@@ -79,8 +79,11 @@ def test_second_build_is_a_cache_hit(artifacts, cache) -> None:
     assert again.qdq.models == artifacts.qdq.models
 
 
+@pytest.mark.slow
 def test_cold_rebuild_gives_byte_identical_models(artifacts, tmp_path: Path) -> None:
-    """A second cold build in an empty cache reproduces every float and QDQ model byte for byte."""
+    """A second cold build in an empty cache reproduces every float and QDQ model byte for byte. (In CI the same
+    holds through tests/test_faults.py, whose killed-export case rebuilds everything and compares every file; this
+    one, 90 s, runs with -m slow.)"""
     fresh_cache = ArtifactCache(tmp_path)
     fresh = build("tiny", cache=fresh_cache)
     assert "qdq" in fresh_cache.misses

@@ -11,6 +11,7 @@ runs with ``olive run --config``.
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.util
 import json
@@ -127,7 +128,7 @@ def quantize_component(
             "output_dir": str(Path(tmp) / "output"),
             "olive_cache_dir": str(Path(tmp) / "cache"),  # our cache answers first; Olive's is per build
         }
-        config = fill(recipe["workflows"][component], values)
+        config = with_quant_types(fill(recipe["workflows"][component], values))
         _quiet_olive()
         saved_tempdir = tempfile.tempdir  # olive's run() sets the process-wide tempfile.tempdir
         try:
@@ -147,6 +148,33 @@ def quantize_component(
         save_with_external_data(proto, out / "model.onnx")
     shutil.copy(model.parent / "io.json", out / "io.json")
     return out / "model.onnx"
+
+
+def with_quant_types(workflow: dict[str, Any]) -> dict[str, Any]:
+    """``extra_options.TensorQuantOverrides`` as onnxruntime reads it: a recipe is JSON, so it names each
+    ``quant_type`` (and ``convert.quant_type``) as a string ("QUInt16"); onnxruntime compares ``QuantType`` members
+    (given strings, Olive's run emits no model at all). Converted here, where the workflow is handed to Olive."""
+    from onnxruntime.quantization import QuantType
+
+    def convert(value: Any, where: str) -> Any:
+        if isinstance(value, QuantType):
+            return value
+        try:
+            return QuantType.from_string(value)
+        except (KeyError, TypeError, ValueError):
+            raise ConfigError(f"{where}: quant_type {value!r} is not one of {[q.name for q in QuantType]}") from None
+
+    out = copy.deepcopy(workflow)
+    for name, spec in out.get("passes", {}).items():
+        overrides = (spec.get("extra_options") or {}).get("TensorQuantOverrides") if isinstance(spec, dict) else None
+        for tensor, entries in (overrides or {}).items():
+            for entry in entries:
+                where = f"pass {name!r}, TensorQuantOverrides[{tensor!r}]"
+                if "quant_type" in entry:
+                    entry["quant_type"] = convert(entry["quant_type"], where)
+                if isinstance(entry.get("convert"), dict) and "quant_type" in entry["convert"]:
+                    entry["convert"]["quant_type"] = convert(entry["convert"]["quant_type"], where)
+    return out
 
 
 def _quiet_olive() -> None:
