@@ -38,6 +38,7 @@ test: setup
 
 # Latency and build-time benchmarks (pytest-benchmark); JSON under baselines/benchmarks/<machine>/.
 bench: setup
+	mkdir -p reports
 	$(PYTEST) --benchmark-only --benchmark-json=reports/benchmarks.json
 
 # Store this machine's run as its baseline (review, then commit baselines/benchmarks/).
@@ -46,6 +47,7 @@ bench-save: setup
 
 # Gate: fail when a median regresses by more than 25 % against the latest stored run of this machine.
 bench-compare: setup
+	mkdir -p reports
 	$(PYTEST) --benchmark-only --benchmark-compare --benchmark-compare-fail=median:25% --benchmark-json=reports/benchmarks.json
 
 # CI's performance gate: the benchmarks that are stable on a shared 2-core machine (warm build, cold build, pipeline
@@ -54,6 +56,7 @@ bench-compare: setup
 # when a change is meant to move it.
 BENCH_CI := -k "test_build_warm or test_build_cold or test_pipeline_latency"
 bench-ci: setup
+	mkdir -p reports
 	$(PYTEST) --benchmark-only -p no:xdist $(BENCH_CI) --benchmark-compare --benchmark-compare-fail=median:200% \
 		--benchmark-json=reports/benchmarks-ci.json
 
