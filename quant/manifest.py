@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,17 @@ def read_manifest(folder: Path, *, digests: bool = True, what: str = "folder", e
 def manifest_digest(folder: Path) -> str:
     """sha256 of ``folder``'s manifest file: names the folder's exact content."""
     return sha256(Path(folder) / MANIFEST)
+
+
+def replace_folder(tmp: Path, out: Path) -> None:
+    """Put the finished folder ``tmp`` at ``out``, replacing what is there: the old one is renamed aside first, so
+    ``out`` is never a half-deleted folder."""
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        tmp.rename(out)
+        return
+    old = out.with_name(f".{out.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)

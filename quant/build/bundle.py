@@ -30,7 +30,7 @@ from quant.build.stages import Build
 from quant.cache import package_versions
 from quant.components import COMPONENTS
 from quant.errors import ConfigError
-from quant.manifest import sha256, write_manifest
+from quant.manifest import replace_folder, sha256, write_manifest
 from quant.models.prompts import Prompt, load_prompts
 from quant.procs import Meter, Progress
 from quant.run.pipeline import OrtSDXLPipeline, prompt_seed, record_inputs
@@ -81,9 +81,7 @@ def write_bundle(
             "parity_prompts": [p.id for p in parity],
             "versions": package_versions(),
         })
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,18 +10,18 @@ import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from quant.cache import package_versions
 from quant.components import COMPONENTS
 from quant.device.bundle import Bundle, BundlePrompt
 from quant.device.pipeline import DevicePipeline
 from quant.errors import ConfigError
 from quant.judge.metrics import sqnr_db
-from quant.manifest import read_manifest, write_manifest
+from quant.manifest import read_manifest, replace_folder, write_manifest
 from quant.procs import Meter, Progress
 from quant.run.generate import image_name
 from quant.runtime import QNN_SOCS, QnnOptions, assert_assignment, create_session, qnn_is_simulated
@@ -97,9 +97,7 @@ def run_night(bundle: Bundle, out: Path, *, qnn: QnnOptions, ep: str = "qnn", co
                              "ep": ep, "soc": qnn.soc_model, "context": bool(context and bundle.context("unet")),
                              "machine": machine_description(), "versions": device_versions(),
                              "prompts": [p.id for p in prompts], "images": images})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -112,13 +110,7 @@ def machine_description() -> dict[str, Any]:
 
 
 def device_versions() -> dict[str, str]:
-    versions = {}
-    for name in DEVICE_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "absent"
-    return versions
+    return package_versions(DEVICE_PACKAGES)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from quant.cache import package_versions
 from quant.judge.evaluation import STEPS, Evaluation
 from quant.judge.gate import Check, Gate
 from quant.judge.metrics import psnr_db
+from quant.manifest import replace_folder
 from quant.paths import BASELINES_DIR
 from quant.run.generate import image_name
 
@@ -188,19 +189,8 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
 <p class=small>Baseline tolerances: {html.escape(str(gate.baseline.get('derivation', {}).get('text', '')))}</p>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")
-    _replace_folder(tmp, out)
+    replace_folder(tmp, out)
     return out / "index.html"
-
-
-def _replace_folder(tmp: Path, out: Path) -> None:
-    if out.exists():
-        old = out.with_name(f".{out.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
 
 
 def write_comparison(a: Evaluation, b: Evaluation, rows: list, out: Path, *, names: tuple[str, str] = ("A", "B")) -> Path:
@@ -246,5 +236,5 @@ only when the interval excludes 0.</p>
                                                      "b": {"name": names[1], "recipe": b.recipe}, "ep": a.ep,
                                                      "prompts": len(a.prompts), "versions": package_versions(),
                                                      "metrics": [r.record() for r in rows]}, indent=1) + "\n")
-    _replace_folder(tmp, out)
+    replace_folder(tmp, out)
     return out / "index.html"
