@@ -91,7 +91,7 @@ def test_a_workflow_that_emits_no_single_model_is_a_build_error(tmp_path: Path, 
     monkeypatch.setattr(olive.workflows, "run", fake_run)
     (tmp_path / "calibration" / "unet").mkdir(parents=True)
     (tmp_path / "calibration" / "unet" / "inputs.json").write_text(
-        json.dumps({"input_names": ["sample"], "input_shapes": [[1, 4, 8, 8]], "input_types": ["float32"]}))
+        json.dumps({"samples": 0, "input_names": ["sample"], "input_shapes": [[1, 4, 8, 8]], "input_types": ["float32"]}))
     with pytest.raises(BuildError, match=rf"'unet' produced {produced} ONNX models .*expected one\. Does the recipe end"):
         quantize_component(load_recipe(), "unet", model=tmp_path / "model.onnx", calibration_dir=tmp_path / "calibration",
                            out=tmp_path / "out")

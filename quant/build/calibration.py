@@ -17,7 +17,7 @@ import numpy as np
 from quant.components import COMPONENTS
 from quant.models.prompts import Prompt
 from quant.procs import Meter
-from quant.run.pipeline import ComponentSet, OrtSDXLPipeline
+from quant.run.pipeline import ComponentSet, OrtSDXLPipeline, feeds_digest
 
 
 def record_calibration(
@@ -122,3 +122,23 @@ def iter_calibration(calib_dir: Path, component: str) -> Iterator[dict[str, np.n
 def load_calibration(calib_dir: Path, component: str) -> list[dict[str, np.ndarray]]:
     """The recorded feeds of ``component``, in call order."""
     return list(iter_calibration(calib_dir, component))
+
+
+def write_distinct(calib_dir: Path, component: str, out: Path) -> tuple[int, int]:
+    """``component``'s recorded samples without repeats, written as a calibration folder of its own under ``out``:
+    the first call of each distinct input set, in call order. A repeated sample cannot move a min or a max, so
+    MinMax calibration over it gives the ranges of all samples in fewer runs. Returns (kept, recorded)."""
+    meta = json.loads((calib_dir / component / "inputs.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    for i, feeds in enumerate(iter_calibration(calib_dir, component)):
+        digest = feeds_digest(feeds)
+        if digest in seen:
+            continue
+        for name in meta["input_names"]:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            np.ascontiguousarray(feeds[name]).tofile(out / name / f"{len(seen):04d}.bin")
+        seen.add(digest)
+    (out / "inputs.json").write_text(json.dumps({**meta, "samples": len(seen)}, indent=1))
+    return len(seen), meta["samples"]
+

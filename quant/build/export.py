@@ -21,6 +21,7 @@ from quant.procs import run_measured
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
+LARGE_MODEL_BYTES = 1 << 30  # weights above which the export frees them before loading the ONNX copy
 
 
 def _wrapper(component: str, module: Any) -> Any:
@@ -123,8 +124,10 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
             wrapper, args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
             input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
         )
+    large = sum(p.numel() * p.element_size() for p in wrapper.parameters()) > LARGE_MODEL_BYTES
     del wrapper
-    gc.collect()  # the torch weights go before the ONNX ones come in
+    if large:
+        gc.collect()  # the torch weights go before the ONNX ones come in (on a big heap it costs a second)
     model = onnx.load(str(raw))
     for leftover in dest.iterdir():
         leftover.unlink()

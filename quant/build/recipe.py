@@ -11,6 +11,7 @@ runs with ``olive run --config``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import importlib.util
@@ -18,11 +19,15 @@ import json
 import logging
 import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from quant.build.calibration import write_distinct
 from quant.build.files import save_with_external_data
+from quant.build.ort_patches import linear_quantizer, patched
 from quant.components import COMPONENTS
 from quant.errors import BuildError, ConfigError
 from quant.paths import RECIPES_DIR
@@ -112,16 +117,22 @@ def quantize_component(
 ) -> Path:
     """Run ``component``'s workflow on ``model``; write the result as ``out/model.onnx`` (+ external data)."""
     import onnx
-    from olive.workflows import run as olive_run
 
-    import quant.build.surgeons  # noqa: F401  (registers this project's surgeons with Olive's GraphSurgeries)
+    with _olive_output():  # Olive's logger, made at import, writes where sys.stdout is
+        from olive.workflows import run as olive_run
+
+        import quant.build.surgeons  # noqa: F401  (registers this project's surgeons with Olive's GraphSurgeries)
 
     register_qnn()  # Olive's QNN passes look the EP up in this process
     meta = json.loads((calibration_dir / component / "inputs.json").read_text())
     with tempfile.TemporaryDirectory(prefix=f"olive-{component}-") as tmp:
+        samples = calibration_dir / component
+        if minmax_only(recipe["workflows"][component]):  # a repeated sample cannot move a min or a max
+            samples = Path(tmp, "distinct")
+            write_distinct(calibration_dir, component, samples)
         values = {
             "model_path": str(model),
-            "calibration_dir": str(calibration_dir / component),
+            "calibration_dir": str(samples),
             "input_names": meta["input_names"],
             "input_shapes": meta["input_shapes"],
             "input_types": meta["input_types"],
@@ -132,7 +143,8 @@ def quantize_component(
         _quiet_olive()
         saved_tempdir = tempfile.tempdir  # olive's run() sets the process-wide tempfile.tempdir
         try:
-            olive_run(config, tempdir=tmp)
+            with _olive_output(), patched(linear_quantizer()):  # onnxruntime's calibration and quantizer, linear
+                olive_run(config, tempdir=tmp)
         except Exception as e:
             raise BuildError(f"Olive workflow for {component!r} of recipe {recipe.get('name')!r} failed: {e}") from e
         finally:
@@ -148,6 +160,24 @@ def quantize_component(
         save_with_external_data(proto, out / "model.onnx")
     shutil.copy(model.parent / "io.json", out / "io.json")
     return out / "model.onnx"
+
+
+STATIC_QUANTIZATION_PASSES = ("onnxstaticquantization", "onnxquantization")
+
+
+def minmax_only(workflow: dict[str, Any]) -> bool:
+    """Whether every pass of ``workflow`` that reads a data config is static quantization calibrated by plain MinMax
+    (Olive's default; no moving average), whose ranges do not depend on how often a sample occurs."""
+    for spec in workflow.get("passes", {}).values():
+        if not isinstance(spec, dict) or "data_config" not in spec:
+            continue
+        extra = spec.get("extra_options") or {}
+        if (str(spec.get("type", "")).lower() not in STATIC_QUANTIZATION_PASSES
+                or spec.get("quant_mode", "static") != "static"
+                or spec.get("calibrate_method", "MinMax") != "MinMax"
+                or extra.get("CalibMovingAverage")):
+            return False
+    return True
 
 
 def with_quant_types(workflow: dict[str, Any]) -> dict[str, Any]:
@@ -180,3 +210,17 @@ def with_quant_types(workflow: dict[str, Any]) -> dict[str, Any]:
 def _quiet_olive() -> None:
     for name in ("olive", "onnxruntime"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def _olive_output() -> Iterator[None]:
+    """Olive's output on stderr, which a build stage sends to its log (``quant.procs.stage_log``), and no handler
+    left behind: Olive logs to ``sys.stdout`` (where this project's progress goes), forces INFO to report its run
+    history, and adds a handler to onnxruntime's logger on every run."""
+    ort_logger = logging.getLogger("onnxruntime")
+    handlers = ort_logger.handlers[:]
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        ort_logger.handlers = handlers

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from quant.build.lean.graph import Graph, ort_optimize
-from quant.build.lean.ort_patches import graph_only_preprocess, patched
+from quant.build.ort_patches import graph_only_preprocess, patched
 
 
 # ------------------------------------------------------------------------------------------- the passes

@@ -41,7 +41,7 @@ from typing import Any
 from quant.build.calibration import iter_calibration
 from quant.build.files import save_with_external_data
 from quant.build.lean.graph import Graph
-from quant.build.lean.ort_patches import graph_only_quantizer, patched
+from quant.build.ort_patches import graph_only_quantizer, linear_quantizer, patched
 from quant.build.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
 from quant.build.lean.segmented import segmented_minmax_ranges
 from quant.build.recipe import load_recipe
@@ -248,7 +248,8 @@ def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config
         run = lambda: quantize_static(str(model_path), str(output), calibration_data_reader=None,  # noqa: E731
                                       calibration_cache_path=str(cache), **kwargs)
         if not lazy_weights:
-            run()
+            with patched(linear_quantizer()):
+                run()
             return
-        with patched(graph_only_quantizer(model_path.parent)), contextlib.chdir(model_path.parent):
+        with patched(graph_only_quantizer(model_path.parent) + linear_quantizer()), contextlib.chdir(model_path.parent):
             run()

@@ -30,6 +30,7 @@ import numpy as np
 
 from quant.build.files import save_with_external_data
 from quant.build.lean.graph import Graph, tensor_bytes
+from quant.build.ort_patches import linear_quantizer, patched
 from quant.procs import Progress
 from quant.run.pipeline import feeds_digest
 
@@ -292,7 +293,8 @@ def _calibrate_segment(seg: Graph, subset: set[str], op_types: list[str] | None,
     save_with_external_data(seg.loaded(), folder / "model.onnx")
     calibrator = _calibrator_class()(str(folder / "model.onnx"), op_types, augmented_model_path=str(folder / "augmented.onnx"),
                                      use_external_data_format=True, subset=subset)
-    calibrator.augment_graph()
+    with patched(linear_quantizer()):  # onnxruntime's augmentation, linear in the graph (the same graph)
+        calibrator.augment_graph()
     calibrator.create_inference_session()
     names = [i.name for i in seg.proto.graph.input]
     setup, started = time.perf_counter() - started, time.perf_counter()
