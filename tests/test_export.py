@@ -56,6 +56,30 @@ def test_export_uses_external_data(artifacts) -> None:
         assert (path.parent / "model.onnx.data").stat().st_size > path.stat().st_size
 
 
+@pytest.mark.parametrize("layout", ["inline", "file per tensor"])
+def test_streamed_rewrite_writes_what_onnx_writes(artifacts, tmp_path, layout: str) -> None:
+    """The export's last step streams each tensor into model.onnx.data; onnx.load + save_with_external_data (which
+    holds the weights twice) writes the same bytes: for torch's layouts under 2 GB (inline) and over (one file per
+    tensor: here every tensor, attributes and tensors under the threshold too)."""
+    from quant.build.files import rewrite_with_external_data, save_with_external_data
+
+    model = onnx.load(str(artifacts.float.models["unet"]))
+    source = tmp_path / "source" / "model.onnx"
+    source.parent.mkdir()
+    if layout == "inline":
+        onnx.save_model(model, str(source))
+    else:
+        onnx.save_model(model, str(source), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0,
+                        convert_attribute=True)
+        assert len(list(source.parent.iterdir())) > 100
+    for name in ("loaded", "streamed"):
+        (tmp_path / name).mkdir()
+    save_with_external_data(onnx.load(str(source)), tmp_path / "loaded" / "model.onnx")
+    rewrite_with_external_data(source, tmp_path / "streamed" / "model.onnx")
+    for name in ("model.onnx", "model.onnx.data"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "loaded" / name).read_bytes(), name
+
+
 @pytest.mark.parametrize("steps", [1, 2])
 def test_ort_float_pipeline_matches_diffusers(artifacts, steps: int) -> None:
     """Our ORT pipeline draws what diffusers' StableDiffusionXLPipeline draws from the same weights and noise."""

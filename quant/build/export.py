@@ -7,21 +7,20 @@ SDXL consumes: the penultimate hidden states, and for ``text_encoder_2`` the pro
 
 from __future__ import annotations
 
-import gc
 import json
+import shutil
 import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
-from quant.build.files import save_with_external_data
+from quant.build.files import rewrite_with_external_data
 from quant.components import COMPONENTS, component_io
 from quant.models.source import ModelSource
 from quant.procs import run_measured
 
 OPSET = 17
 EXPORTER = "torchscript"  # torch.onnx.export(dynamo=False): the exporter that handles these models on torch 2.13
-LARGE_MODEL_BYTES = 1 << 30  # weights above which the export frees them before loading the ONNX copy
 
 
 def _wrapper(component: str, module: Any) -> Any:
@@ -105,7 +104,6 @@ def load_component(folder: Path, source: ModelSource, component: str) -> Any:
 
 def export_component(folder: Path, source: ModelSource, component: str, dest: Path, *, progress: Any = None) -> None:
     """Export ``component`` of the pipeline in ``folder`` into ``dest`` (model.onnx + model.onnx.data + io.json)."""
-    import onnx
     import torch
 
     io = component_io(component, model_dims(folder, source))
@@ -114,7 +112,8 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
         torch.zeros(t.shape, dtype=torch.int64) if t.dtype == "int64" else torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
         for t in io.inputs
     )
-    raw = dest / "raw.onnx"
+    raw = dest / "raw" / "model.onnx"  # torch writes a model over 2 GB as one file per tensor beside it
+    raw.parent.mkdir()
     wrapper = _wrapper(component, load_component(folder, source, component))
     with torch.inference_mode(), warnings.catch_warnings():
         # tracing notes (constant shapes, Python control flow) are expected at fixed shapes: not the user's concern
@@ -124,14 +123,9 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
             wrapper, args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
             input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
         )
-    large = sum(p.numel() * p.element_size() for p in wrapper.parameters()) > LARGE_MODEL_BYTES
     del wrapper
-    if large:
-        gc.collect()  # the torch weights go before the ONNX ones come in (on a big heap it costs a second)
-    model = onnx.load(str(raw))
-    for leftover in dest.iterdir():
-        leftover.unlink()
-    save_with_external_data(model, dest / "model.onnx")
+    rewrite_with_external_data(raw, dest / "model.onnx")  # streamed: the weights are never loaded twice
+    shutil.rmtree(raw.parent)
     (dest / "io.json").write_text(json.dumps(io.to_json(), indent=1))
     if progress:
         progress(f"exported {component}: {(dest / 'model.onnx.data').stat().st_size / 1e6:.1f} MB")
