@@ -161,7 +161,11 @@ def _parser() -> argparse.ArgumentParser:
     le = sub.add_parser("_lean")
     for name in ("recipe", "component", "model", "calibration_dir", "out"):
         le.add_argument(name)
-    le.add_argument("segment_bytes", nargs="?", type=int, default=None)
+    le.add_argument("--segment-bytes", type=int, default=None)
+    le.add_argument("--prepare", action="store_true")
+    le.add_argument("--prepared", type=Path, default=None)
+    le.add_argument("--ranges", type=Path, default=None)
+    le.add_argument("--optimized-calibration", action="store_true")
     sub.add_parser("_qnn-cut").add_argument("work", type=Path)
     return parser
 
@@ -404,7 +408,8 @@ def _cmd_lean_child(args: argparse.Namespace) -> int:
         folder = out if out.is_dir() else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdxl-qdq-lean-")))
         stack.enter_context(stage_log(folder / "build.log"))
         quantize_child(Path(args.recipe), args.component, Path(args.model), Path(args.calibration_dir), out,
-                       args.segment_bytes or DEFAULT_SEGMENT_BYTES)
+                       args.segment_bytes or DEFAULT_SEGMENT_BYTES, prepare=args.prepare, prepared=args.prepared,
+                       ranges=args.ranges, optimized=args.optimized_calibration)
     return 0
 
 

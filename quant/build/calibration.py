@@ -7,17 +7,24 @@ Written in the layout Olive's built-in ``RawDataContainer`` reads: ``<dir>/<comp
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from quant.build.files import PREPARED_META, PREPARED_MODEL
 from quant.components import COMPONENTS
+from quant.errors import BuildError
 from quant.models.prompts import Prompt
 from quant.procs import Meter
 from quant.run.pipeline import ComponentSet, OrtSDXLPipeline, feeds_digest
+
+
+RANGES_FILE = "ranges.json"  # <dir>/<component>/ranges.json: MinMax ranges collected while recording
 
 
 def record_calibration(
@@ -28,32 +35,48 @@ def record_calibration(
     steps: tuple[int, ...] = (1,),
     progress: Callable[[str], None] | None = None,
     timings: dict[str, dict[str, float]] | None = None,
+    collect: dict[str, Path] | None = None,
+    optimized: bool = False,
 ) -> None:
     """Run the float pipeline on ``prompts`` at each step count in ``steps``; write every component's inputs
     under ``out`` (at 2 steps the UNet sees t=999 and t=499). Every call is recorded; a call whose inputs equal
     an earlier one's (the same prompt encoded again, the first UNet call at 2 steps) reuses its outputs instead
     of running the model again. ``timings`` receives, per stage, the seconds to create its sessions and per
-    model call."""
+    model call.
+
+    ``collect``: components run as their prepared graph (``quant.build.lean.quantize.lean_prepare``, by folder)
+    through a ``RangeCollector``, so that the same calls that record the pipeline's trajectories also give
+    their MinMax ranges, written to ``out/<component>/ranges.json``: the trajectories are those of the prepared
+    graph (the recipe's preprocessing of the same float model, equal to float rounding). ``optimized``: their
+    sessions run with onnxruntime's graph optimizations (``segmented_minmax_ranges``)."""
+    collect = collect or {}
     recorder = _Recorder(out)
     runs = [(p.text, k) for p in prompts for k in steps]
     # Stage by component, so that one model's weights are in memory at a time (the real UNet alone is
     # 10.3 GB); each component still sees its calls in the order the whole pipeline makes them.
     meter = _StageMeter(runs, progress, timings if timings is not None else {})
-    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=recorder, load=("text_encoder", "text_encoder_2"), reuse=True)
+    encoders = ("text_encoder", "text_encoder_2")
+    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=recorder, load=tuple(c for c in encoders if c not in collect),
+                           reuse=True)
+    collectors = _collectors(pipe, {c: collect[c] for c in encoders if c in collect}, out, optimized)
     meter.loaded("text encoders")
     encoded = []
     for i, (text, _) in enumerate(runs):
         encoded.append(pipe.encode_prompt(text))
-        meter.report("text encoders", i)
+        meter.report("text encoders", i, pipe.executed["text_encoder"])
     meter.ran("text encoders", pipe.executed["text_encoder"])
-    pipe.release("text_encoder", "text_encoder_2")
-    pipe.load("unet")
+    _write_ranges(collectors, out)
+    pipe.release(*encoders)
+    collectors = _collectors(pipe, {"unet": collect["unet"]} if "unet" in collect else {}, out, optimized)
+    if not collectors:
+        pipe.load("unet")
     meter.loaded("unet")
     latents = []
     for i, ((text, k), (hidden, pooled)) in enumerate(zip(runs, encoded)):
         latents.append(pipe.denoise(text, hidden, pooled, steps=k))
-        meter.report("unet", i)
+        meter.report("unet", i, pipe.executed["unet"])
     meter.ran("unet", pipe.executed["unet"])
+    _write_ranges(collectors, out)
     pipe.release("unet")
     # The decoder's inputs are the final latents: recorded without running it (images are not needed here).
     for x in latents:
@@ -63,6 +86,33 @@ def record_calibration(
         meta = {"samples": recorder.counts[component], "input_names": [t.name for t in io.inputs],
                 "input_shapes": [list(t.shape) for t in io.inputs], "input_types": [t.dtype for t in io.inputs]}
         (out / component / "inputs.json").write_text(json.dumps(meta, indent=1))
+
+
+def _collectors(pipe: OrtSDXLPipeline, prepared: dict[str, Path], out: Path, optimized: bool) -> dict[str, Any]:
+    """A ``RangeCollector`` per prepared component, in the pipeline's place of that component's session."""
+    from quant.build.lean.segmented import RangeCollector
+
+    collectors = {}
+    for component, folder in prepared.items():
+        op_types = json.loads((folder / PREPARED_META).read_text())["op_types"]
+        collector = RangeCollector(folder / PREPARED_MODEL, op_types, out / ".collect" / component, optimized=optimized)
+        expected = [t.name for t in pipe.io[component].outputs]
+        if collector.output_names != expected:
+            raise BuildError(f"the prepared {component} in {folder} has outputs {collector.output_names}, the float "
+                             f"model {expected}: the recipe's passes before quantization must keep the graph outputs")
+        pipe.sessions[component] = collectors[component] = collector
+    return collectors
+
+
+def _write_ranges(collectors: dict[str, Any], out: Path) -> None:
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    for component, collector in collectors.items():
+        (out / component).mkdir(parents=True, exist_ok=True)
+        save_tensors_data(collector.ranges(), out / component / RANGES_FILE)
+        shutil.rmtree(out / ".collect" / component)
+    if collectors and (out / ".collect").is_dir() and not any((out / ".collect").iterdir()):
+        (out / ".collect").rmdir()
 
 
 class _Recorder:
@@ -81,7 +131,8 @@ class _Recorder:
 
 
 class _StageMeter:
-    """Progress every 10 runs, and per stage the seconds to create its sessions and per model call."""
+    """Progress every 10 runs, and per stage the seconds to create its sessions, of the first run (a session's
+    first run pays for allocations the later ones reuse) and per model call."""
 
     def __init__(self, runs: list, progress: Callable[[str], None] | None, timings: dict[str, dict[str, float]]) -> None:
         self.runs, self.progress, self.timings, self.clock = runs, progress, timings, time.perf_counter()
@@ -90,7 +141,10 @@ class _StageMeter:
         seconds, self.clock = time.perf_counter() - self.clock, time.perf_counter()
         return seconds
 
-    def report(self, stage: str, i: int) -> None:
+    def report(self, stage: str, i: int, executed: int) -> None:
+        if i == 0:
+            self.timings.setdefault(stage, {}).update(first_run_s=round(time.perf_counter() - self.clock, 3),
+                                                      first_run_calls=executed)
         self.meter.step()
 
     def loaded(self, stage: str) -> None:

@@ -8,6 +8,11 @@ from typing import Any
 
 EXTERNAL_DATA_THRESHOLD = 1024  # bytes: smaller tensors stay in the graph file
 
+# A prepared folder (quant.build.lean.quantize.lean_prepare): a graph ready to calibrate, beside its data
+PREPARED_MODEL = "model.onnx"  # the calibration-ready graph (opset 21)
+PREPARED_INPUT = "pre.onnx"  # the quantization pass's input graph: the QDQ configuration is computed on it
+PREPARED_META = "prepared.json"  # {"op_types": the op types whose tensors are calibrated}
+
 
 def save_with_external_data(model: Any, path: Path) -> Path:
     """Save ``model`` (a ModelProto, all data loaded) at ``path``, every tensor of at least

@@ -68,6 +68,22 @@ def graph_only_preprocess(reload_optimized: Callable[[Any, bool], Any]) -> list[
     return [(preprocess, "save_and_reload_optimize_model", reload_optimized)]
 
 
+def _load_graph_with_shape_infer(path: Path) -> Any:
+    """``quant_utils.load_model_with_shape_infer`` without the weights (ONNX shape inference needs the graph only)."""
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
+    add_infer_metadata(model)
+    return model
+
+
+def graph_only_calibrator() -> list[Replacement]:
+    """onnxruntime's calibrators built on a graph-only model: its graph is loaded and shape-inferred without the
+    weights, which stay in their file for the inference session alone."""
+    return [(_module("calibrate"), "load_model_with_shape_infer", _load_graph_with_shape_infer)]
+
+
 def graph_only_quantizer(data_dir: Path) -> list[Replacement]:
     """``quantize_static`` on a graph-only model whose data file is in ``data_dir`` (run it with that folder as
     the cwd): models are loaded and shape-inferred without their data, and the float tensors the quantizer keeps
@@ -76,11 +92,6 @@ def graph_only_quantizer(data_dir: Path) -> list[Replacement]:
     from onnx.external_data_helper import load_external_data_for_tensor, uses_external_data
     from onnxruntime.quantization.onnx_model import ONNXModel
     from onnxruntime.quantization.quant_utils import add_infer_metadata
-
-    def load_graph_with_shape_infer(path: Path) -> Any:  # quant_utils.load_model_with_shape_infer
-        model = onnx.shape_inference.infer_shapes(onnx.load(str(path), load_external_data=False))
-        add_infer_metadata(model)
-        return model
 
     def reload_graph_with_shape_infer(model: Any) -> Any:  # quant_utils.save_and_reload_model_with_shape_infer
         copy = onnx.ModelProto()
@@ -100,7 +111,7 @@ def graph_only_quantizer(data_dir: Path) -> list[Replacement]:
         with contextlib.chdir(Path(output_path).parent):  # onnx checks the data file's name relative to the cwd
             save_model_to_file(self, output_path, use_external_data_format)
 
-    return [(_module("quantize"), "load_model_with_shape_infer", load_graph_with_shape_infer),
+    return [(_module("quantize"), "load_model_with_shape_infer", _load_graph_with_shape_infer),
             (_module("base_quantizer"), "save_and_reload_model_with_shape_infer", reload_graph_with_shape_infer),
             (ONNXModel, "save_model_to_file", save_with_data)]
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from quant.build.calibration import iter_calibration
-from quant.build.files import save_with_external_data
+from quant.build.files import PREPARED_INPUT, PREPARED_META, PREPARED_MODEL, save_with_external_data
 from quant.build.lean.graph import Graph
 from quant.build.ort_patches import graph_only_quantizer, linear_quantizer, patched
 from quant.build.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
@@ -119,15 +119,32 @@ def lean_quantize(
     *,
     segment_bytes: int = DEFAULT_SEGMENT_BYTES,
     segments: int | None = None,
+    optimized: bool = False,
     progress: Progress = lambda _: None,
 ) -> list[dict[str, Any]]:
     """Run ``workflow``'s passes on ``model`` memory-bounded; write ``out/model.onnx`` (+ data). Calibration
-    runs in segments of about ``segment_bytes`` of weights, or in exactly ``segments``. Returns
-    the per-step measurements."""
+    runs in segments of about ``segment_bytes`` of weights, or in exactly ``segments``, with onnxruntime's graph
+    optimizations if ``optimized`` (``segmented_minmax_ranges``). Returns the per-step measurements."""
+    plan(workflow)  # a refused workflow stops before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lean-", dir=out) as tmp:  # on the cache's disk, gone with a failed build
+        prepared = Path(tmp) / "prepared"
+        steps = lean_prepare(workflow, model, prepared, progress=progress)
+        component = model_component(calibration_dir, model)
+        steps += lean_finish(workflow, prepared, out, calibration=lambda: iter_calibration(calibration_dir, component),
+                             segment_bytes=segment_bytes, segments=segments, optimized=optimized, progress=progress)
+    shutil.copy(model.parent / "io.json", out / "io.json")
+    return steps
+
+
+def lean_prepare(workflow: dict[str, Any], model: Path, out: Path, *, progress: Progress = lambda _: None) -> list[dict[str, Any]]:
+    """``workflow``'s passes up to calibration, memory-bounded, into ``out``: ``model.onnx`` (opset 21, ready to
+    calibrate) beside its data, ``pre.onnx`` (the quantization pass's input, on which the QDQ configuration is
+    computed) and ``prepared.json`` (the tensors to calibrate). Returns the per-step measurements."""
     steps = plan(workflow)
     meter = StepMeter(progress)
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="lean-", dir=out) as tmp:  # on the cache's disk, gone with a failed build
+    with tempfile.TemporaryDirectory(prefix="lean-", dir=out) as tmp:
         work = Path(tmp)
         graph = Graph.load(model)
         for i, (kind, options) in enumerate(steps):
@@ -140,48 +157,86 @@ def lean_quantize(
                 with meter("graph_surgeries"):
                     graph = graph_surgeries(graph, step_dir, options.get("surgeries", []),
                                             options.get("remove_duplicate_initializers", True))
-            else:
-                calibration = lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model))  # noqa: E731
-                graph = _quantize(graph, QuantSettings.from_options(options), calibration, work, step_dir, meter,
-                                  segments=segments, segment_bytes=segment_bytes, progress=progress)
+            else:  # OnnxStaticQuantization: [quant_preprocess,] the QNN QDQ configuration and the opset-21 graph
+                settings = QuantSettings.from_options(options)
+                if settings.quant_preprocess:
+                    with meter("quant_preprocess"):
+                        graph = quant_preprocess(graph, step_dir / "pre")
+                    _drop_unused(work, graph)
+                with meter("qdq_config"):
+                    config = qdq_config(graph.proto, settings)
+                    _place(graph, to_opset21(graph), work, out)
+                (out / PREPARED_META).write_text(json.dumps({"op_types": config.op_types_to_quantize}, indent=1))
+                break
+    return meter.steps
+
+
+def lean_finish(workflow: dict[str, Any], prepared: Path, out: Path, *, ranges: Any = None,
+                calibration: Callable[[], Iterator[dict[str, Any]]] | None = None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                segments: int | None = None, optimized: bool = False, progress: Progress = lambda _: None) -> list[dict[str, Any]]:
+    """The rest of ``workflow`` on a ``prepared`` folder (``lean_prepare``): calibration over ``calibration()``'s
+    samples, in segments, unless ``ranges`` (``TensorsData``) were collected while the float pipeline ran; the
+    quantization from those ranges; the passes after it. Writes ``out/model.onnx`` (+ data); returns the steps."""
+    import onnx
+
+    steps = plan(workflow)
+    at = next(i for i, (kind, _) in enumerate(steps) if kind == "OnnxStaticQuantization")
+    settings = QuantSettings.from_options(steps[at][1])
+    meter = StepMeter(progress)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="lean-", dir=out) as tmp:
+        work = Path(tmp)
+        with meter("qdq_config"):
+            config = qdq_config(onnx.load(str(prepared / PREPARED_INPUT), load_external_data=False), settings)
+        if ranges is None:
+            if calibration is None:
+                raise ValueError("lean_finish needs calibration samples or recorded ranges")
+            timings: dict[str, float] = {}
+            with meter("calibration"):
+                ranges = segmented_minmax_ranges(Graph.load(prepared / PREPARED_MODEL), calibration, segments=segments,
+                                                 segment_bytes=segment_bytes, op_types_to_calibrate=config.op_types_to_quantize,
+                                                 work=work / "calibration", progress=progress, timings=timings,
+                                                 optimized=optimized)
+            meter.steps[-1].update(timings)
+        with meter("quantize"):
+            produced = work / "qdq" / "model.onnx"
+            produced.parent.mkdir(parents=True)
+            quantize_with_ranges(prepared / PREPARED_MODEL, produced, ranges, config, lazy_weights=True)
+        graph = Graph.load(produced)
+        for i, (_, options) in enumerate(steps[at + 1:], start=at + 1):  # GraphSurgeries (plan checked)
+            _drop_unused(work, graph)
+            with meter("graph_surgeries"):
+                graph = graph_surgeries(graph, work / f"{i}-GraphSurgeries", options.get("surgeries", []),
+                                        options.get("remove_duplicate_initializers", True))
         with meter("save"):
             staged = _save_result(graph, work / "result")
         for f in staged.iterdir():
             os.replace(f, out / f.name)
-    shutil.copy(model.parent / "io.json", out / "io.json")
     return meter.steps
 
 
-def _quantize(graph: Graph, settings: QuantSettings, calibration: Callable[[], Iterator[dict[str, Any]]], work: Path,
-              step_dir: Path, meter: StepMeter, *, segments: int | None, segment_bytes: int, progress: Progress) -> Graph:
-    """OnnxStaticQuantization: [quant_preprocess,] the QNN QDQ config and the opset-21 graph, segmented MinMax
-    calibration, then onnxruntime's quantizer from those ranges, on the graph."""
+def qdq_config(proto: Any, settings: QuantSettings) -> Any:
+    """onnxruntime's QNN QDQ configuration (``get_qnn_qdq_config``) of the quantization pass's input graph."""
     from olive.passes.onnx.quantization import quant_type_from_precision
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    if settings.quant_preprocess:
-        with meter("quant_preprocess"):
-            graph = quant_preprocess(graph, step_dir / "pre")
-        _drop_unused(work, graph)
-    with meter("qdq_config"):
-        config = get_qnn_qdq_config(
-            graph.proto, None, activation_type=quant_type_from_precision(settings.activation_type),
-            weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel,
-        )
-        graph = to_opset21(graph)
-        opset21 = graph.base_dir / "opset21.onnx"  # beside its data (see Graph.save)
-        graph = graph.save(opset21) if _owned(graph, work) else graph.save(step_dir / "opset21" / "opset21.onnx")
-    timings: dict[str, float] = {}
-    with meter("calibration"):
-        ranges = segmented_minmax_ranges(graph, calibration, segments=segments, segment_bytes=segment_bytes,
-                                         op_types_to_calibrate=config.op_types_to_quantize, work=step_dir / "calibration",
-                                         progress=progress, timings=timings)
-    meter.steps[-1].update(timings)
-    with meter("quantize"):
-        produced = step_dir / "qdq" / "model.onnx"
-        produced.parent.mkdir(parents=True)
-        quantize_with_ranges(graph.base_dir / "opset21.onnx", produced, ranges, config, lazy_weights=True)
-    return Graph.load(produced)
+    return get_qnn_qdq_config(proto, None, activation_type=quant_type_from_precision(settings.activation_type),
+                              weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel)
+
+
+def _place(pre: Graph, ready: Graph, work: Path, out: Path) -> None:
+    """Both graphs (they share their data files) into ``out``, beside their data: moved from this run's work
+    folder, copied from anywhere else (the read-only export cache, when no pass rewrote the weights)."""
+    import onnx
+
+    for name in ready.data_files():
+        source = ready.base_dir / name
+        if _owned(ready, work):
+            os.replace(source, out / name)
+        else:
+            shutil.copyfile(source, out / name)
+    onnx.save_model(pre.proto, str(out / PREPARED_INPUT))
+    onnx.save_model(ready.proto, str(out / PREPARED_MODEL))
 
 
 def _save_result(graph: Graph, folder: Path) -> Path:
@@ -217,13 +272,28 @@ def model_component(calibration_dir: Path, model: Path) -> str:
 
 
 def quantize_child(recipe_path: Path, component: str, model: Path, calibration_dir: Path, out: Path,
-                   segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> None:
+                   segment_bytes: int = DEFAULT_SEGMENT_BYTES, *, prepare: bool = False, prepared: Path | None = None,
+                   ranges: Path | None = None, optimized: bool = False) -> None:
     """One component's memory-bounded quantization in this process (``python -m quant _lean``, started by
-    ``quant.build.stages``): its steps go to ``out/steps.json``, its peak memory to the parent."""
+    ``quant.build.stages``): the whole workflow; or only its preparation (``prepare``); or the rest of it from a
+    ``prepared`` folder, with ``ranges`` recorded while the float pipeline ran. Its steps go to
+    ``out/steps.json``, its peak memory to the parent."""
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
     report_peak_at_exit()
     register_qnn()  # get_qnn_qdq_config and Olive's QNN code expect the EP in this process
-    steps = lean_quantize(load_recipe(recipe_path)["workflows"][component], model, calibration_dir, out,
-                          segment_bytes=segment_bytes, progress=lambda m: print(f"{component}: {m}", flush=True))
+    workflow = load_recipe(recipe_path)["workflows"][component]
+    progress = lambda m: print(f"{component}: {m}", flush=True)  # noqa: E731
+    if prepare:
+        steps = lean_prepare(workflow, model, out, progress=progress)
+    elif prepared is not None:
+        steps = lean_finish(workflow, prepared, out, ranges=load_tensors_data(ranges) if ranges else None,
+                            calibration=lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model)),
+                            segment_bytes=segment_bytes, optimized=optimized, progress=progress)
+        shutil.copy(model.parent / "io.json", out / "io.json")
+    else:
+        steps = lean_quantize(workflow, model, calibration_dir, out, segment_bytes=segment_bytes, optimized=optimized,
+                              progress=progress)
     (out / "steps.json").write_text(json.dumps(steps, indent=1))
 
 
