@@ -61,7 +61,7 @@ bench-ci: setup
 		--benchmark-json=reports/benchmarks-ci.json
 
 # Real size: sdxl-turbo's architectures with random weights through the memory-bounded quantizer, 2 samples;
-# time and peak memory per component and stage in reports/real-size.json (about 20 min on 2 cores, 12 GB, 35 GB of disk).
+# time and peak memory per component and stage in reports/real-size.json (about 13 min on 2 cores, 14 GB, 40 GB of disk).
 real-size: setup
 	$(PYTEST) -m slow tests/test_real_size.py -s
 

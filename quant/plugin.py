@@ -92,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Real-size runs take ~20 min, 12 GB and 35 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
+    # Real-size runs take ~13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
     markexpr = config.getoption("markexpr") or ""
     if not config.getoption("qdq_bundle"):
         no_bundle = pytest.mark.skip(reason="a device test runs from a bundle: pass --bundle DIR (make one with "
@@ -102,7 +102,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(no_bundle)
     if "slow" in markexpr and "not slow" not in markexpr:
         return
-    skip = pytest.mark.skip(reason="slow (the real-size run: about 20 min on 2 cores, 12 GB of memory, 35 GB of disk; "
+    skip = pytest.mark.skip(reason="slow (the real-size run: about 13 min on 2 cores, 14 GB of memory, 40 GB of disk; "
                                    "more canary recipe variants; a second cold build): select it with -m slow")
     for item in items:
         if "slow" in item.keywords:

@@ -1,6 +1,6 @@
 """Benchmarks (pytest --benchmark-only runs exactly these). Speed goals live here, never in timed assertions.
 
-Build: a cold build of the tiny model ≤ 90 s on 2 cores; a warm build ≤ 5 s that never invokes Olive.
+Build: a cold build of the tiny model ≤ 20 s on 2 cores (in-process); a warm build ≤ 20 ms that never invokes Olive.
 Latency: per component (float on CPU EP, QDQ on CPU EP, QDQ on QNN) and the end-to-end pipeline at 1 and
 2 steps. Stored runs in baselines/benchmarks/<machine>/ gate regressions through --benchmark-compare-fail.
 """

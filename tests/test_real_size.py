@@ -1,7 +1,7 @@
 """Real size: the memory-bounded path on the real SDXL-turbo architectures (random weights), 3 samples.
 
-Not part of CI (``-m slow`` or ``make real-size`` selects it; about 13 min on 2 cores, 13 GB of memory,
-45 GB of disk). It builds ``sdxl-turbo:random`` (stabilityai/sdxl-turbo's configs, seeded random weights)
+Not part of CI (``-m slow`` or ``make real-size`` selects it; about 13 min on 2 cores, 14 GB of memory,
+40 GB of disk). It builds ``sdxl-turbo:random`` (stabilityai/sdxl-turbo's configs, seeded random weights)
 with ``--quantizer lean`` and calibration on 3 prompts at 1 step (3 samples per component), and records,
 per component and stage, wall time and peak resident memory, with the time extrapolated to 50 prompts; the
 table goes to the benchmark's extra_info and to ``reports/real-size.json`` so that users can size their
