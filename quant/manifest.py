@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,9 @@ def sha256(path: Path) -> str:
 
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
-    """Size and sha256 of every file below ``folder`` (POSIX relative paths, sorted), the manifest excepted. Files
-    are hashed on all cores at once (hashlib and reads release the GIL): a real export's 14 GB in the time of
-    its largest file."""
-    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST]
-    with ThreadPoolExecutor(max_workers=max(1, min(len(files), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(sha256, files))
-    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": d} for p, d in zip(files, digests)}
+    """Size and sha256 of every file below ``folder`` (POSIX relative paths, sorted), the manifest excepted."""
+    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST}
 
 
 def write_manifest(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
