@@ -17,12 +17,14 @@ load_external_data=False)``, weights stay in their external data file):
 5. Calibration in segments (``quant.build.lean.segmented``): contiguous slices of the topologically sorted graph, each
    with ~``segment_bytes`` of weights, run over every distinct sample; a slice's boundary activations
    feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges (a repeated sample
-   cannot change a min or a max, so repeats are skipped).
+   cannot change a min or a max, so repeats are skipped). Or no calibration here: the ranges were collected
+   while the float pipeline recorded its trajectories through the prepared graph (``RangeCollector``).
 6. ``quantize_static`` from those ranges (onnxruntime's calibration cache), on the graph: it reads each
    weight from the data file as it quantizes it and holds only the quantized ones.
 
-``python -m quant _lean`` runs one component in its own process (``build`` does so); each step reports its
-time and peak resident memory.
+Steps 1-4 are ``lean_prepare`` (a prepared folder), 5-6 and the passes after the quantization ``lean_finish``;
+``lean_quantize`` runs both. ``python -m quant _lean`` runs them for one component in its own process (``build``
+does so); each step reports its time and peak resident memory.
 """
 
 from __future__ import annotations
