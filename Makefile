@@ -60,8 +60,8 @@ bench-ci: setup
 	$(PYTEST) --benchmark-only -p no:xdist $(BENCH_CI) --benchmark-compare --benchmark-compare-fail=median:200% \
 		--benchmark-json=reports/benchmarks-ci.json
 
-# Real size: sdxl-turbo's architectures with random weights through the memory-bounded quantizer, 2 samples;
-# time and peak memory per component and stage in reports/real-size.json (about 13 min on 2 cores, 14 GB, 40 GB of disk).
+# Real size: sdxl-turbo's architectures with random weights through the memory-bounded quantizer, 3 samples;
+# time and peak memory per component and stage in reports/real-size.json (9 to 13 min on 2 cores, 14 GB, 40 GB of disk).
 real-size: setup
 	$(PYTEST) -m slow tests/test_real_size.py -s
 

@@ -102,7 +102,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(no_bundle)
     if "slow" in markexpr and "not slow" not in markexpr:
         return
-    skip = pytest.mark.skip(reason="slow (the real-size run: about 13 min on 2 cores, 14 GB of memory, 40 GB of disk; "
+    skip = pytest.mark.skip(reason="slow (the real-size run: 9 to 13 min on 2 cores, 14 GB of memory, 40 GB of disk; "
                                    "more canary recipe variants; a second cold build): select it with -m slow")
     for item in items:
         if "slow" in item.keywords:

@@ -1,6 +1,6 @@
 """Real size: the memory-bounded path on the real SDXL-turbo architectures (random weights), 3 samples.
 
-Not part of CI (``-m slow`` or ``make real-size`` selects it; about 13 min on 2 cores, 14 GB of memory,
+Not part of CI (``-m slow`` or ``make real-size`` selects it; 9 to 13 min on 2 cores, 14 GB of memory,
 40 GB of disk). It builds ``sdxl-turbo:random`` (stabilityai/sdxl-turbo's configs, seeded random weights)
 with ``--quantizer lean`` and calibration on 3 prompts at 1 step (3 samples per component), and records,
 per component and stage, wall time and peak resident memory, with the time extrapolated to 50 prompts; the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import time
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def _stats(result, cache, *, wall: float) -> dict:
         "samples": SAMPLES,
         "wall_s": round(wall, 1),
         "versions": package_versions(),
+        "commit": _commit(),
         "machine": {"cpus": os.cpu_count(), "memory_gb": round(total_memory_bytes() / 1e9, 1), "system": platform.platform()},
         "export": json.loads((export_dir / "build.json").read_text()) if (export_dir / "build.json").exists() else None,
         "prepared": {c: json.loads((cache.root / "prepared" / key / "build.json").read_text())
@@ -52,6 +54,18 @@ def _stats(result, cache, *, wall: float) -> dict:
     # 50 prompts at 1 step (50 samples per component), and the seed recipe's 1- and 2-step trajectories
     out["extrapolated"] = [_extrapolate(out, 50, (1,)), _extrapolate(out, 50, (1, 2))]
     return out
+
+
+def _commit() -> str | None:
+    """The checkout's commit, ``+`` when it has uncommitted changes; None outside a git checkout."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+" if dirty else "")
 
 
 def _extrapolate(stats: dict, prompts: int, steps: tuple[int, ...]) -> dict:
