@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -79,23 +80,34 @@ def pytest_configure(config):
 
 
 @pytest.mark.parametrize("slowdown", [1, 10])
-def test_ci_perf_gate_fails_a_planted_10x_slowdown_of_the_warm_build(tmp_path: Path, monkeypatch, slowdown: int) -> None:
-    """`make bench-ci`'s comparison (median 3x against the latest stored run of this machine kind) on the real warm-build
-    benchmark: it passes as the code is, and fails with the warm path made 10x slower (a sleep of 9 stored medians
-    before each build)."""
+def test_ci_perf_gate_fails_a_planted_10x_slowdown_of_the_warm_build(tmp_path: Path, slowdown: int) -> None:
+    """`make bench-ci`'s comparison (median 3x) on the real warm-build benchmark: against a run of the same code it
+    passes, and it fails with the warm path made 10x slower (a sleep of 9 reference medians before each build).
+
+    The reference is recorded here, a moment before, and not read from `baselines/benchmarks/`: the shared 2-core
+    machine's speed moves from hour to hour (the same tiny cold build took 27.7 s and 53.7 s), and under `make test`
+    the other worker competes for the cores, so a test of the gate against a run from another hour would test the
+    machine. `make bench-ci` itself compares against the stored run, on an otherwise idle machine."""
     import subprocess
     import sys
 
     repo = Path(__file__).resolve().parent.parent
-    stored = json.loads(sorted((repo / "baselines" / "benchmarks").glob("*/0*_*.json"))[-1].read_text())  # the latest
-    median = next(b["stats"]["median"] for b in stored["benchmarks"] if b["name"] == "test_build_warm")
     (tmp_path / "planted.py").write_text(PLANTED)
-    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{repo}", "PLANTED_DELAY_S": str((slowdown - 1) * median)}
-    env.pop("PYTEST_XDIST_WORKER", None)
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "planted", "-p", "no:xdist", "--benchmark-only", "-q",
-                           "tests/test_benchmarks.py::test_build_warm", "--benchmark-compare",
-                           "--benchmark-compare-fail=median:200%", "--benchmark-max-time=0.3"],
-                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    storage = tmp_path / "stored"
+
+    def bench(delay_s: float, *args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{repo}", "PLANTED_DELAY_S": str(delay_s)}
+        env.pop("PYTEST_XDIST_WORKER", None)
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "planted", "-p", "no:xdist", "-p", "no:cacheprovider",
+                               "--benchmark-only", "-q", "tests/test_benchmarks.py::test_build_warm",
+                               f"--benchmark-storage=file://{storage}", "--benchmark-max-time=0.3", *args],
+                              check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+    reference = bench(0, "--benchmark-save=reference")
+    assert reference.returncode == 0, (reference.stdout + reference.stderr)[-3000:]
+    (saved,) = storage.glob("*/0001_reference.json")
+    median = next(b["stats"]["median"] for b in json.loads(saved.read_text())["benchmarks"] if b["name"] == "test_build_warm")
+    done = bench((slowdown - 1) * median, "--benchmark-compare=0001", "--benchmark-compare-fail=median:200%")
     out = done.stdout + done.stderr
     if slowdown == 1:
         assert done.returncode == 0, out[-3000:]
