@@ -139,6 +139,19 @@ def test_lean_build_collects_ranges_while_recording(artifacts, cache) -> None:
                                                        "build.json", "build.log", "key.json", "manifest.json"}, c
 
 
+def test_a_warm_lean_build_does_not_touch_its_prepared_folders(cache) -> None:
+    """The prepared folders (the real UNet's: 10 GB) are read only by the recording and the quantization: once
+    those are cached, a build neither checks nor rebuilds them, pruned or not; their keys still name them."""
+    from quant.build.stages import build
+    from quant.cache import ArtifactCache
+
+    cold = build("tiny", cache=cache, quantizer="lean")
+    warm_cache = ArtifactCache(cache.root)
+    warm = build("tiny", cache=warm_cache, quantizer="lean")
+    assert warm_cache.misses == [] and "prepared" not in warm_cache.hits, warm_cache.hits
+    assert warm.keys["prepared"] == cold.keys["prepared"] and warm.qdq.models == cold.qdq.models
+
+
 @pytest.mark.parametrize("component", ["text_encoder_2", "unet"])
 def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(artifacts, cache, component: str) -> None:
     """Bit for bit what segmented calibration (onnxruntime's calibrator, with the lean build's session settings)

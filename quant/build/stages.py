@@ -105,17 +105,18 @@ def build(
     quantizers = {c: choose_quantizer(float_set.models[c], quantizer, estimate=estimates.get(c)) for c in COMPONENTS}
     # Components the float pipeline runs while it records, quantized by the lean path with plain MinMax: their
     # ranges are collected during the recording (one pass over each call instead of two)
-    collected = {c: _prepared(cache, export_inputs, c, recipe_path, workflows[c], float_set.models[c], clock)
+    collected = {c: _Prepared(cache, export_inputs, c, recipe_path, workflows[c], float_set.models[c], clock)
                  for c in RECORDED if quantizers[c] == "lean" and minmax_only(workflows[c])}
 
     steps = calibration_steps(recipe_data)
     calib_inputs = {"export": export_inputs, "prompts": [p.text for p in prompts], "steps": list(steps),
                     "revision": STAGE_REVISION["calibration"]}
     if collected:
-        calib_inputs["collect"] = {"prepared": {c: folder.name for c, folder in collected.items()}, "sessions": LEAN_SESSIONS}
+        calib_inputs["collect"] = {"prepared": {c: prep.key for c, prep in collected.items()}, "sessions": LEAN_SESSIONS}
     calib_dir = cache.get_or_build(
         "calibration", calib_inputs,
-        lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration"), collected))
+        lambda out: _calibrate(float_set, prompts, steps, out, clock("calibration"),
+                               {c: prep.folder() for c, prep in collected.items()}))
 
     qdq_models, qdq_keys = {}, {}
     for component in COMPONENTS:
@@ -134,7 +135,7 @@ def build(
         qdq=ComponentSet(qdq_models, pipeline_dir),
         calibration_dir=calib_dir,
         keys={"export": export_dir.name, "calibration": calib_dir.name, "qdq": qdq_keys, "quantizer": quantizers,
-              "prepared": {c: folder.name for c, folder in collected.items()}, "versions": versions},
+              "prepared": {c: prep.key for c, prep in collected.items()}, "versions": versions},
     )
 
 
@@ -154,7 +155,7 @@ def _stock_peaks(cache: ArtifactCache, export_inputs: dict[str, Any], float_set:
 
 def _qdq_component(cache: ArtifactCache, inputs: dict[str, Any], quantizer: str, recipe_path: Path, recipe: dict[str, Any],
                    model: Path, calib_dir: Path, segment_bytes: int | None, clock: StageClock, *,
-                   prepared: Path | None = None) -> tuple[Path, str]:
+                   prepared: _Prepared | None = None) -> tuple[Path, str]:
     """One component's QDQ artifact (and its key) with the chosen quantizer; the lean path's models are the same
     graphs but their own artifacts (their metadata says how they were made). A ``prepared`` component (lean) is
     quantized from that folder with the ranges its recording collected."""
@@ -164,25 +165,33 @@ def _qdq_component(cache: ArtifactCache, inputs: dict[str, Any], quantizer: str,
 
         def make(out: Path) -> None:
             _quantize_lean(recipe_path, component, model, calib_dir, out, segment_bytes, clock(f"qdq {component}"),
-                           prepared=prepared)
+                           prepared=prepared.folder() if prepared else None)
     else:
         def make(out: Path) -> None:
             _quantize(recipe, component, model, calib_dir, out, clock(f"qdq {component}"))
     return cache.get_or_build("qdq", inputs, make), cache.path("qdq", inputs).name
 
 
-def _prepared(cache: ArtifactCache, export_inputs: dict[str, Any], component: str, recipe_path: Path,
-              workflow: dict[str, Any], model: Path, clock: StageClock) -> Path:
+class _Prepared:
     """The lean path's graph of ``component`` ready to calibrate (``quant.build.lean.quantize.lean_prepare``, in its
-    own process), made before the recording that calibrates it."""
-    inputs = {"export": export_inputs, "component": component, "workflow": workflow, "revision": STAGE_REVISION["prepared"]}
+    own process), made before the recording that calibrates it. Its key enters the later stages' keys; the folder
+    is made (or checked) only when a stage that reads it is built: a warm build, or one whose prepared folders were
+    pruned, neither checks nor rebuilds 10 GB it has no use for."""
 
-    def make(out: Path) -> None:
-        progress = clock(f"prepared {component}")
+    def __init__(self, cache: ArtifactCache, export_inputs: dict[str, Any], component: str, recipe_path: Path,
+                 workflow: dict[str, Any], model: Path, clock: StageClock) -> None:
+        self.cache, self.component, self.recipe_path, self.model, self.clock = cache, component, recipe_path, model, clock
+        self.inputs = {"export": export_inputs, "component": component, "workflow": workflow,
+                       "revision": STAGE_REVISION["prepared"]}
+        self.key = cache.path("prepared", self.inputs).name
+
+    def folder(self) -> Path:
+        return self.cache.get_or_build("prepared", self.inputs, self._make)
+
+    def _make(self, out: Path) -> None:
+        progress = self.clock(f"prepared {self.component}")
         progress("the recipe's passes up to calibration, in their own process")
-        _lean_child([str(recipe_path), component, str(model), "-", str(out), "--prepare"], out, progress)
-
-    return cache.get_or_build("prepared", inputs, make)
+        _lean_child([str(self.recipe_path), self.component, str(self.model), "-", str(out), "--prepare"], out, progress)
 
 
 def recalibrated(base: Build, *, cache: ArtifactCache) -> Build:
