@@ -92,7 +92,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Real-size runs take ~13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
+    # Real-size runs take 9 to 13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
     markexpr = config.getoption("markexpr") or ""
     if not config.getoption("qdq_bundle"):
         no_bundle = pytest.mark.skip(reason="a device test runs from a bundle: pass --bundle DIR (make one with "
