@@ -12,6 +12,7 @@ everything. A bad artifact (missing, resized or changed file, no manifest) is mo
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -71,6 +72,29 @@ def _package_versions(names: tuple[str, ...]) -> dict[str, str]:
 
 
 file_digest = sha256  # sha256 of a file's bytes
+_HEX = frozenset("0123456789abcdef")
+
+
+def content_digest(path: Path, *, memo: Path | None = None) -> str:
+    """A digest of what ``path`` holds, cheap on a warm run. A file of a Hugging Face cache snapshot is a link to a
+    blob named by its digest (sha256 for LFS files, git's sha1 for small ones): that name. Any other file: its
+    sha256, remembered in ``memo`` (default: ``<cache root>/digests``) per path, size, mtime and inode, so that a
+    warm run does not hash gigabytes of weights again; the digest, not the memo, enters keys."""
+    target = Path(path).resolve()
+    if target.parent.name == "blobs" and len(target.name) in (40, 64) and set(target.name) <= _HEX:
+        return target.name
+    st = target.stat()
+    memo = memo if memo is not None else default_root() / "digests"
+    entry = memo / make_key({"path": str(target), "size": st.st_size, "mtime": st.st_mtime_ns, "inode": st.st_ino})
+    with contextlib.suppress(OSError):
+        return entry.read_text()
+    digest = sha256(target)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the hashing next time
+        memo.mkdir(parents=True, exist_ok=True)
+        tmp = entry.with_name(f".{entry.name}.{os.getpid()}")
+        tmp.write_text(digest)
+        tmp.replace(entry)
+    return digest
 
 
 class CacheError(QuantError):

@@ -95,3 +95,35 @@ def test_real_model_offline_raises_model_not_available(tmp_path: Path, monkeypat
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(ModelNotAvailableError, match=REAL_MODEL_ID):
         resolve_source(REAL_MODEL_ID, allow_download=False)
+
+
+def test_a_moved_cache_is_a_hit_for_the_same_snapshot(artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keys name repo id, revision and file digests, never paths or mtimes: a build from a hub snapshot, with the
+    artifact cache and the Hugging Face cache moved elsewhere (as a judge on another machine has them, its files
+    written anew), is a warm build that rebuilds nothing."""
+    from quant.build.stages import build
+    from quant.cache import ArtifactCache
+    from quant.models.standin import write_hub_snapshot
+
+    write_hub_snapshot(artifacts.pipeline_dir, repo_id=REAL_MODEL_ID, hub_cache=tmp_path / "a" / "hub")
+    _use_hub(monkeypatch, tmp_path / "a" / "hub")
+    first = build(REAL_MODEL_ID, cache=ArtifactCache(tmp_path / "a" / "cache"))
+    assert first.source.fingerprint["revision"] and "path" not in first.source.fingerprint
+
+    (tmp_path / "a").rename(tmp_path / "b")
+    for p in (tmp_path / "b" / "hub").rglob("*"):  # a fresh download: every file written anew
+        if p.is_file() and not p.is_symlink():
+            os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    _use_hub(monkeypatch, tmp_path / "b" / "hub")
+    cache = ArtifactCache(tmp_path / "b" / "cache")
+    second = build(REAL_MODEL_ID, cache=cache)
+    assert cache.misses == [], f"rebuilt after the move: {cache.misses}"
+    assert second.keys == first.keys
+
+
+def _use_hub(monkeypatch: pytest.MonkeyPatch, hub: Path) -> None:
+    """This process's and its children's Hugging Face cache (the export runs in a child process)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setenv("HF_HUB_CACHE", str(hub))

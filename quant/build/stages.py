@@ -83,7 +83,7 @@ def build(
 
     ``quantizer``: 'olive' (the recipe's Olive workflows, in this process), 'lean' (the same passes
     memory-bounded, one component per process: ``quant.build.lean``), or 'auto' (lean for a component the stock
-    path cannot fit in this machine's memory). ``segment_bytes``: weights per calibration segment (lean).
+    path may not fit on a 16 GiB host; a function of the model, never of this machine). ``segment_bytes``: weights per calibration segment (lean).
     """
     cache = cache or ArtifactCache()
     clock = StageClock(progress)

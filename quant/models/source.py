@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from quant.cache import ArtifactCache, file_digest
+from quant.cache import ArtifactCache, content_digest, file_digest
 from quant.errors import ConfigError, ModelNotAvailableError
 from quant.models.canary import world
 from quant.models.canary.model import TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, WEIGHTS_DIR, pipeline_from_weights
@@ -109,9 +109,9 @@ def _local_folder_source(path: Path) -> ModelSource:
     weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"})
     fingerprint = {
         "source": "local",
-        "path": str(path.resolve()),
-        # sizes and mtimes, not content hashes: hashing ~7 GB of weights per run would dominate a warm build
-        "files": [[str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns] for p in weights],
+        # what the files hold, not where they are or when they were written: a key made here is a hit for the same
+        # files in another folder or on another machine
+        "files": [[p.relative_to(path).as_posix(), p.stat().st_size, content_digest(p)] for p in weights],
     }
     vae_cfg = json.loads((path / "vae" / "config.json").read_text()) if (path / "vae" / "config.json").is_file() else {}
     unet_cfg = json.loads((path / "unet" / "config.json").read_text()) if (path / "unet" / "config.json").is_file() else {}
@@ -140,8 +140,10 @@ def _hub_source(repo_id: str, *, allow_download: bool) -> ModelSource:
             f"or pass --allow-download to fetch it now, or pass --model tiny for the embedded offline model."
         ) from None
     source = _local_folder_source(Path(folder))
-    return ModelSource(repo_id, {**source.fingerprint, "source": "hub", "repo_id": repo_id}, source.latent_size,
-                       source.vae_scale_factor, source.materialize)
+    # the snapshot folder is named by its commit: the key holds repo id, revision and the files' digests, never the
+    # snapshot's path or its files' modification times (a re-download on another machine is the same source)
+    fingerprint = {**source.fingerprint, "source": "hub", "repo_id": repo_id, "revision": Path(folder).name}
+    return ModelSource(repo_id, fingerprint, source.latent_size, source.vae_scale_factor, source.materialize)
 
 
 def _real_random_source() -> ModelSource:

@@ -1,5 +1,6 @@
-"""Which quantizer a component gets: the recipe's Olive workflows where they fit this machine, the
-memory-bounded path (``quant.build.lean``) where they may not."""
+"""Which quantizer a component gets: the recipe's Olive workflows where they fit a 16 GiB host, the
+memory-bounded path (``quant.build.lean``) where they may not. The choice depends on the model, never on the machine
+that builds it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import numpy as np
 
 from quant.build.lean.graph import Graph
 from quant.errors import ConfigError
-from quant.procs import total_memory_bytes
 
 PROTOBUF_LIMIT = 2**31  # bytes: the stock path serializes whole models (opset conversion) and fails beyond
 
@@ -40,11 +40,17 @@ def weight_file_bytes(model: Path) -> int:
     return data.stat().st_size if data.exists() else 0
 
 
-def choose_quantizer(model: Path, requested: str, memory: int | None = None, *, estimate: int | None = None) -> str:
-    """``requested`` ('olive' or 'lean'), or for 'auto': 'lean' when the stock path may not fit ``model``:
-    weights over protobuf's 2 GB, or the stock estimate (``estimate``, else inferred now) over half of this
-    machine's memory (the estimate leaves out onnxruntime's arena growth and Olive's own copies: 17.9 GB for
-    the real VAE decoder, whose stock calibration was measured above 20 GB). Both give the same model
+# The stock path's estimated peak above which ``auto`` picks the lean path: half of the smallest host this project
+# supports (16 GiB). A fixed budget, not this machine's memory, so that the choice (and with it every key) is the
+# same on every host that builds the model.
+STOCK_BUDGET = 8 * 2**30
+
+
+def choose_quantizer(model: Path, requested: str, *, estimate: int | None = None) -> str:
+    """``requested`` ('olive' or 'lean'), or for 'auto': 'lean' when the stock path may not fit a 16 GiB host:
+    weights over protobuf's 2 GB, or the stock estimate (``estimate``, else inferred now) over ``STOCK_BUDGET``
+    (the estimate leaves out onnxruntime's arena growth and Olive's own copies: 17.9 GB for the real VAE decoder,
+    whose stock calibration was measured above 20 GB). A function of the model only. Both give the same model
     (``tests/test_lean.py``)."""
     if requested not in ("auto", "olive", "lean"):
         raise ConfigError(f"quantizer {requested!r} is not one of auto, olive, lean")
@@ -53,4 +59,4 @@ def choose_quantizer(model: Path, requested: str, memory: int | None = None, *, 
     if weight_file_bytes(model) >= PROTOBUF_LIMIT:
         return "lean"
     estimate = stock_peak_estimate(model) if estimate is None else estimate
-    return "lean" if estimate > 0.5 * (memory or total_memory_bytes()) else "olive"
+    return "lean" if estimate > STOCK_BUDGET else "olive"
