@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.util
 import platform
+import shutil
+import tempfile
 import threading
 from collections import Counter
 from dataclasses import dataclass
@@ -186,17 +188,42 @@ def assert_assignment(session: Any, ep: str) -> dict[str, Counter[str]]:
 
 
 def compile_ep_context(model: str | Path, out: Path, *, qnn: QnnOptions | None = None) -> Path:
-    """Compile ``model`` for QNN HTP into an EP-context model (context binary embedded) at ``out``."""
+    """Compile ``model`` for QNN HTP into an EP-context model at ``out``, its context binary in a file beside it
+    (``embed_mode`` 0): embedded, the real UNet's binary would pass protobuf's 2 GB limit (onnxruntime#31347).
+    Written in a temporary folder and moved into place, the binary before the model that names it."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.onnx")
-    create_session(model, ep="qnn", qnn=qnn, extra_config={
-        "ep.context_enable": "1", "ep.context_file_path": str(tmp), "ep.context_embed_mode": "1",
-    })
-    if not tmp.is_file():
-        raise ExecutionProviderError(f"QNN EP did not write an EP-context model for {model} (expected {tmp})")
-    tmp.replace(out)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    try:
+        create_session(model, ep="qnn", qnn=qnn, extra_config={
+            "ep.context_enable": "1", "ep.context_file_path": str(work / out.name), "ep.context_embed_mode": "0",
+        })
+        if not (work / out.name).is_file():
+            raise ExecutionProviderError(f"QNN EP did not write an EP-context model for {model} (expected {work / out.name})")
+        for binary in context_binaries(work / out.name):
+            (work / binary).replace(out.parent / binary)
+        (work / out.name).replace(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out
+
+
+def context_binaries(model: str | Path) -> list[str]:
+    """The context binary files an EP-context model names (``ep_cache_context`` of its nodes with ``embed_mode``
+    0), relative to its folder; a missing one is an error that names it."""
+    import onnx
+
+    model = Path(model)
+    names = []
+    for node in onnx.load(str(model), load_external_data=False).graph.node:
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if node.op_type == "EPContext" and attrs.get("embed_mode", 1) == 0:
+            name = attrs["ep_cache_context"].decode()
+            if not (model.parent / name).is_file():
+                raise ExecutionProviderError(f"EP-context model {model} names the context binary {name!r}, which is not "
+                                             f"beside it; compile it again (sdxl-qdq bundle)")
+            names.append(name)
+    return sorted(set(names))
 
 
 def ep_description(ep: str, qnn: QnnOptions | None = None) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from quant.components import COMPONENTS
@@ -117,15 +119,38 @@ def test_ep_context_model_matches_uncompiled_qnn(artifacts, qnn_options, tmp_pat
     import numpy as np
 
     from quant.build.calibration import load_calibration
-    from quant.runtime import compile_ep_context
+    from quant.runtime import compile_ep_context, context_binaries
 
     context = compile_ep_context(artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qnn_options)
     import onnx
 
-    assert {n.op_type for n in onnx.load(str(context), load_external_data=False).graph.node} == {"EPContext"}
+    graph = onnx.load(str(context), load_external_data=False).graph
+    assert {n.op_type for n in graph.node} == {"EPContext"}
+    # the context binary lives beside the model (embed_mode 0): embedded, the real UNet's passes protobuf's 2 GB
+    binaries = context_binaries(context)
+    assert binaries and all((tmp_path / b).stat().st_size > 0 for b in binaries)
+    assert context.stat().st_size < min((tmp_path / b).stat().st_size for b in binaries)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([context.name, *binaries])  # nothing left behind
     compiled = create_session(context, ep="qnn", qnn=qnn_options)
     assert_assignment(compiled, "qnn")
     plain = create_session(artifacts.qdq.models[component], ep="qnn", qnn=qnn_options)
     feed = load_calibration(artifacts.calibration_dir, component)[0]
     for a, b in zip(plain.run(None, feed), compiled.run(None, feed)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ep_context_model_without_its_binary_is_a_clear_error(tmp_path: Path) -> None:
+    """A bundle copied without the context binary its EP-context model names: one line naming the file and the fix."""
+    import onnx
+
+    from quant.runtime import context_binaries
+
+    node = onnx.helper.make_node("EPContext", ["x"], ["y"], domain="com.microsoft", embed_mode=0,
+                                 ep_cache_context="unet_qnn.bin", source="QNN")
+    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "unet.onnx"))
+    with pytest.raises(ExecutionProviderError, match=r"names the context binary 'unet_qnn.bin'.*sdxl-qdq bundle"):
+        context_binaries(tmp_path / "unet.onnx")
+    (tmp_path / "unet_qnn.bin").write_bytes(b"x")
+    assert context_binaries(tmp_path / "unet.onnx") == ["unet_qnn.bin"]

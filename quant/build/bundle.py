@@ -3,7 +3,8 @@
 The pattern of Qualcomm AI Hub: compile on the host, run on the device, judge on the host. A bundle holds
 
 - ``models/<component>/``: the QDQ models (model.onnx, model.onnx.data, io.json); ``context/<component>.onnx``:
-  their QNN EP-context binaries compiled for the bundle's soc, when this host has the QNN HTP backend;
+  their QNN EP-context models compiled for the bundle's soc, when this host has the QNN HTP backend, each with its
+  context binary in a file beside it (``<component>_qnn.bin``; embedded, the real UNet's would pass protobuf's 2 GB);
 - ``prompts/<index>.npz``: per prompt, what the device pipeline cannot compute without torch and the
   tokenizers: both encoders' token ids, the initial latents and the ancestral noise of every step, all drawn
   exactly as the host pipeline draws them;
