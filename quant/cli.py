@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -109,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
                                                              "when onnxruntime-qnn is installed)")
     dc = sub.add_parser("device-check", help="on the NPU runner: a native ARM64 Python, onnxruntime-qnn, the HTP backend")
     dc.add_argument("--allow-emulation", action="store_true", help="accept an emulated or simulated setup (rehearsals)")
+    dt = sub.add_parser("device-test", help="on the NPU runner: the device tests (placement, parity, latency against "
+                        "this runner's stored benchmark run; a first night records its run instead) on a bundle")
+    dt.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="the bundle made by `sdxl-qdq bundle`")
+    dt.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
+                    help="QNN soc_model of this runner's chip (default: %(default)s)")
+    dt.add_argument("--out", type=Path, required=True, metavar="DIR", help="results of the tests (junit, benchmarks)")
+    dt.add_argument("--benchmark-storage", type=Path, default=None, metavar="DIR",
+                    help="stored benchmark runs, one folder per machine (default: baselines/benchmarks)")
+    dt.add_argument("pytest_args", nargs="*", metavar="ARG", help="more pytest arguments, after --")
     dr = sub.add_parser("device-run", help="on the NPU runner: verify a bundle, check placement and parity, draw its "
                                            "prompts on the NPU, write the results the host judges")
     _qnn_soc(dr)
@@ -349,6 +359,18 @@ def _cmd_device_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_device_test(args: argparse.Namespace) -> int:
+    from quant.device.night import device_test_command
+
+    command, notice = device_test_command(args.bundle, args.out, soc=args.qnn_soc,
+                                          storage=args.benchmark_storage or BASELINES_DIR / "benchmarks",
+                                          extra=tuple(args.pytest_args))
+    if notice:
+        print(notice, flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(command, check=False).returncode
+
+
 def _cmd_device_run(args: argparse.Namespace) -> int:
     from quant.device.bundle import Bundle
     from quant.device.night import run_night
@@ -420,7 +442,7 @@ def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
     "diverge": _cmd_diverge, "compare": _cmd_compare, "propose": _cmd_propose, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
-    "device-check": _cmd_device_check, "device-run": _cmd_device_run, "coco-images": _cmd_coco_images,
+    "device-check": _cmd_device_check, "device-test": _cmd_device_test, "device-run": _cmd_device_run, "coco-images": _cmd_coco_images,
     "verify": _cmd_verify,
     "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
 }

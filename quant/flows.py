@@ -90,14 +90,18 @@ def prepare_gate(
     from_device: str | Path | None = None,
     baseline_ep: str | None = None,
     baselines_root: Path = BASELINES_DIR,
+    allow_download: bool = False,
     progress: Progress = lambda _: None,
 ) -> Gate:
     """Draw ``build``'s variants on the 100 prompts (quantized ones on ``ep``), judge them and pair them with
     their baseline (re-derived from measured noise and written first when ``update``). ``from_device``: a device
     results folder whose qdq@1 and qdq@2 images, drawn on the NPU, are judged instead of drawing them here.
     ``baseline_ep``: gate by the baseline made on another EP than ``ep`` (an explicit cross-EP rule, stated in
-    the report; by default a run is gated by its own EP's baseline only)."""
-    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
+    the report; by default a run is gated by its own EP's baseline only). ``allow_download``: fetch the real backbones'
+    weights when ``auto`` would otherwise fall back to a proxy."""
+    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name, allow_download=allow_download)
+    for line in backbones.why:
+        progress(line)
     prompts = load_prompts("all", path=build.source.prompts)
     if update and from_device is not None:
         raise ConfigError("--update-baselines derives tolerances from images this host draws (the re-calibrated model "

@@ -192,7 +192,7 @@ def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactC
             clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
             coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
             from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
-            progress=say(pytestconfig),
+            allow_download=pytestconfig.getoption("qdq_allow_download"), progress=say(pytestconfig),
         )
     pytestconfig.stash[GATE_KEY] = result
     return result

@@ -94,8 +94,9 @@ def test_shipped_baselines_record_versions_and_backbones() -> None:
     assert files, "no baselines shipped"
     for path in files:
         data = json.loads(path.read_text())
-        assert set(data["backbones"]) == {"clip", "fid"} and data["versions"], path
-        assert path.stem == f"{Backbones(data['backbones']['clip'], data['backbones']['fid']).name}__{data['fid_reference_id']}"
+        pair = Backbones(data["backbones"]["clip"], data["backbones"]["fid"])
+        assert data["backbones"] == pair.record() and data["versions"], path
+        assert path.stem == f"{pair.name}__{data['fid_reference_id']}"
         assert path.parent.name == data["ep"] and data["ep"] in ("cpu", "qnn"), path
         assert set(REQUIRED) <= set(data), path
 

@@ -152,3 +152,26 @@ class DeviceResults:
             return f"CPU EP on {m['system']} {m['machine']}, device results {self.path.name}"
         return (f"QNN EP, HTP {'simulator' if m['qnn_backend'] == 'htp simulator' else 'NPU'} on {m['system']} {m['machine']}, "
                 f"soc {self.manifest['soc']} ({QNN_SOCS.get(self.manifest['soc'], '?')}), device results {self.path.name}")
+
+
+def device_test_command(bundle: Path, out: Path, *, soc: str, storage: Path, tests: Path = Path("tests/device"),
+                        extra: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
+    """The pytest command of the device job's tests (placement, parity, latency) and a notice for the log, or None.
+
+    Latency is compared with this runner's stored benchmark run (``storage/<machine id>``, pytest-benchmark's
+    filing) and fails on a median 25 % slower; a runner with none yet (its first night) records its run in
+    ``out/benchmarks`` instead, to be reviewed and committed, and says so."""
+    from pytest_benchmark.utils import get_machine_id
+
+    machine = get_machine_id()
+    if sorted((Path(storage) / machine).glob("*.json")):
+        bench, notice = ["--benchmark-storage", str(storage), "--benchmark-compare",
+                         "--benchmark-compare-fail=median:25%"], None
+    else:
+        bench = ["--benchmark-save=first-night", "--benchmark-storage", str(Path(out) / "benchmarks")]
+        notice = (f"::notice::first night on {machine}: its benchmark run is recorded in {Path(out) / 'benchmarks'}; "
+                  f"review it and commit it under {Path(storage) / machine}")
+    command = [sys.executable, "-m", "pytest", str(tests), "--bundle", str(bundle), "--qnn-soc", soc,
+               "--device-out", str(out), "--junitxml", str(Path(out) / "junit.xml"),
+               "--benchmark-json", str(Path(out) / "benchmarks.json"), *bench, *extra]
+    return command, notice

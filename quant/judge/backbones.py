@@ -1,8 +1,10 @@
 """Pluggable CLIP and FID backbones.
 
-- Real: CLIP ViT-B/16 (``openai/clip-vit-base-patch16``, what the study used) when its weights are in the
-  local Hugging Face cache; Inception-v3 (2048 features, torchmetrics/torch-fidelity) when torch-fidelity
-  is installed (extra ``real-backbones``) and its weights are in the torch hub cache.
+- Real: CLIP ViT-B/16 (``openai/clip-vit-base-patch16``, what the study used) from the local Hugging Face cache, its
+  images preprocessed by ``CLIPImageProcessorPil`` (transformers 5 picks a torchvision processor or this one by what
+  is installed, and the two differ; this one is chosen explicitly and recorded in every baseline); Inception-v3 (2048
+  features, FID's network: ``quant.judge.inception``, torch-fidelity's weights file in torch hub's cache) through
+  torchmetrics' FID. Both need nothing but torch; ``--allow-download`` fetches what is missing.
 - Canary: the scorer trained with the ``canary`` model in its synthetic world (quant.models.canary): its image and
   text towers give a CLIP score that means "shows the caption", its image tower FID features. ``auto``
   picks it for the canary model.
@@ -11,16 +13,13 @@
   numbers of the same proxy. Every metric records its backbone's name, and a baseline of one backbone
   never gates another.
 
-``Backbones`` are resolved by name: ``auto`` picks the real one when available, else the proxy.
+``Backbones`` are resolved by name: ``auto`` picks the real one when available, else the proxy, and says why.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,18 +36,31 @@ PROXY_FID = "proxy-conv64-s0-v2"
 CANARY_FID = "canary-image-tower-v1"
 CLIP_CHOICES = ("auto", REAL_CLIP, PROXY_CLIP, CANARY_CLIP)
 FID_CHOICES = ("auto", REAL_FID, PROXY_FID, CANARY_FID)
-INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
+# the real CLIP's files (what `hf download` fetches, what the loader reads)
+REAL_CLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
+                   "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+# the real CLIP's image preprocessing, chosen explicitly (not by whether torchvision is installed) and recorded
+REAL_CLIP_PREPROCESSING = "CLIPImageProcessorPil"
 
 
 @dataclass(frozen=True)
 class Backbones:
     clip: str
     fid: str
+    why: tuple[str, ...] = field(default=(), compare=False)  # how ``auto`` chose, one line per backbone
 
     @property
     def name(self) -> str:
         """A file-name-safe id of the pair, used to file baselines."""
         return f"{self.clip.replace('/', '--')}__{self.fid}"
+
+    def record(self) -> dict[str, str]:
+        """What baselines and summaries record of the pair: the names and, for the real CLIP, the image
+        preprocessing that makes its numbers (two setups' numbers with different ones never count as one)."""
+        out = {"clip": self.clip, "fid": self.fid}
+        if self.clip == REAL_CLIP:
+            out["clip_preprocessing"] = REAL_CLIP_PREPROCESSING
+        return out
 
 
 def real_clip_available() -> bool:
@@ -58,40 +70,78 @@ def real_clip_available() -> bool:
 
 
 def real_fid_available() -> bool:
-    import torch
+    from quant.judge.inception import weights_path
 
-    if importlib.util.find_spec("torch_fidelity") is None:
-        return False
-    return (Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_WEIGHTS).is_file()
+    return weights_path().is_file()
 
 
-def _pick(choice: str, real: str, proxy: str, available: Callable[[], bool], missing: str) -> str:
-    """``auto``: the real backbone when it is available, else the proxy; the real one asked for and missing: an error."""
-    if choice == "auto":
-        return real if available() else proxy
-    if choice == real and not available():
-        raise ModelNotAvailableError(missing)
-    return choice
+def _fetch_clip() -> None:
+    from huggingface_hub import snapshot_download
+
+    snapshot_download(REAL_CLIP, allow_patterns=list(REAL_CLIP_FILES))
 
 
-def resolve_backbones(clip: str = "auto", fid: str = "auto", *, model: str = "") -> Backbones:
-    """Names → Backbones; ``auto`` picks the canary scorer for the canary, else the real backbone when its
-    weights are here, else the proxy."""
+def _fetch_fid() -> None:
+    from quant.judge.inception import download_weights
+
+    download_weights()
+
+
+def _clip_where() -> str:
+    from huggingface_hub import constants
+
+    return f"the Hugging Face cache ({constants.HF_HUB_CACHE})"
+
+
+def _fid_where() -> str:
+    from quant.judge.inception import weights_path
+
+    return f"torch hub's cache ({weights_path()})"
+
+
+_REAL = {  # real backbone -> (proxy, available, fetch, where its weights are looked for, how to get them)
+    REAL_CLIP: (PROXY_CLIP, real_clip_available, _fetch_clip, _clip_where,
+                f"`hf download {REAL_CLIP} {' '.join(REAL_CLIP_FILES)}` on a machine with network"),
+    REAL_FID: (PROXY_FID, real_fid_available, _fetch_fid, _fid_where,
+               "torch-fidelity's weights-inception-2015-12-05-6726825d.pth from its v0.2.0 release, into that folder"),
+}
+
+
+def _pick(choice: str, real: str, *, allow_download: bool, option: str) -> tuple[str, str]:
+    """(backbone, why): ``auto`` gives the real backbone when its weights are here (fetched first when downloads are
+    allowed), else the proxy; the real one asked for and missing is an error naming where it looked and the fix."""
+    proxy, available, fetch, where, how = _REAL[real]
+    if choice not in ("auto", real):
+        return choice, f"{choice}: asked for ({option} {choice})"
+    if available():
+        return real, f"{real}: its weights are in {where()}"
+    failure = "downloads are off (--allow-download fetches them)"
+    if allow_download:
+        try:
+            fetch()
+        except Exception as e:  # noqa: BLE001 - any failure to fetch is reported as such, in one line
+            failure = f"fetching them failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        else:
+            if available():
+                return real, f"{real}: fetched into {where()}"
+    if choice == real:
+        raise ModelNotAvailableError(f"{option} {real}: its weights are not in {where()} and {failure}; get them with "
+                                     f"{how}, or use {option} {proxy}")
+    return proxy, f"{proxy}: {real}'s weights are not in {where()} and {failure}"
+
+
+def resolve_backbones(clip: str = "auto", fid: str = "auto", *, model: str = "", allow_download: bool = False) -> Backbones:
+    """Names → Backbones; ``auto`` picks the canary scorer for the canary, else the real backbone when its weights
+    are here (``allow_download``: fetched when missing), else the proxy; ``Backbones.why`` says which and why."""
     if clip not in CLIP_CHOICES:
         raise ConfigError(f"CLIP backbone {clip!r} is not one of {CLIP_CHOICES}")
     if fid not in FID_CHOICES:
         raise ConfigError(f"FID backbone {fid!r} is not one of {FID_CHOICES}")
-    canary = model.split(":")[0] == "canary"
-    clip = CANARY_CLIP if (clip == "auto" and canary) else clip
-    fid = CANARY_FID if (fid == "auto" and canary) else fid
-    clip = _pick(clip, REAL_CLIP, PROXY_CLIP, real_clip_available, (
-        f"CLIP backbone {REAL_CLIP!r} is not in the local Hugging Face cache; on a machine with network run "
-        f"`hf download {REAL_CLIP} config.json model.safetensors preprocessor_config.json tokenizer.json "
-        f"tokenizer_config.json vocab.json merges.txt special_tokens_map.json`, or use --clip-backbone {PROXY_CLIP}"))
-    fid = _pick(fid, REAL_FID, PROXY_FID, real_fid_available, (
-        f"FID backbone {REAL_FID!r} needs torch-fidelity (pip install '.[real-backbones]' with a torch + "
-        f"torchvision pair) and {INCEPTION_WEIGHTS} in the torch hub cache; or use --fid-backbone {PROXY_FID}"))
-    return Backbones(clip, fid)
+    if model.split(":")[0] == "canary":
+        clip, fid = (CANARY_CLIP if clip == "auto" else clip), (CANARY_FID if fid == "auto" else fid)
+    clip, clip_why = _pick(clip, REAL_CLIP, allow_download=allow_download, option="--clip-backbone")
+    fid, fid_why = _pick(fid, REAL_FID, allow_download=allow_download, option="--fid-backbone")
+    return Backbones(clip, fid, why=(f"CLIP {clip_why}", f"FID {fid_why}"))
 
 
 # ------------------------------------------------------------------------------------------------- CLIP
@@ -162,13 +212,15 @@ def canary_scorer() -> Any:
 def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
     """(CLIPModel, CLIPProcessor) for torchmetrics' ``clip_score``; built once per process."""
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
+    from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     if name == CANARY_CLIP:
         return _CanaryModel(canary_scorer()), _CanaryProcessor()
     if name == REAL_CLIP:
         model = CLIPModel.from_pretrained(REAL_CLIP, local_files_only=True, use_safetensors=True)
-        processor = CLIPProcessor.from_pretrained(REAL_CLIP, local_files_only=True)
+        processor = CLIPProcessor(  # REAL_CLIP_PREPROCESSING, whatever else is installed
+            image_processor=CLIPImageProcessorPil.from_pretrained(REAL_CLIP, local_files_only=True),
+            tokenizer=CLIPTokenizer.from_pretrained(REAL_CLIP, local_files_only=True))
         return model.eval(), processor
     if name != PROXY_CLIP:
         raise ConfigError(f"CLIP backbone {name!r} is not one of {CLIP_CHOICES[1:]}")
@@ -238,12 +290,19 @@ def _fid_metric(backbone: str) -> Any:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if backbone == REAL_FID:
-        return FrechetInceptionDistance(feature=2048)
+        return FrechetInceptionDistance(feature=_real_inception())
     if backbone == CANARY_FID:
         return FrechetInceptionDistance(feature=feature_net(canary_scorer().image))
     if backbone == PROXY_FID:
         return FrechetInceptionDistance(feature=feature_net(proxy_features_body()))
     raise ConfigError(f"FID backbone {backbone!r} is not one of {FID_CHOICES[1:]}")
+
+
+@functools.lru_cache(maxsize=1)
+def _real_inception() -> Any:
+    from quant.judge.inception import FidInceptionV3
+
+    return FidInceptionV3()
 
 
 def _batch(images: list[Any]) -> Any:

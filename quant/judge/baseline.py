@@ -65,7 +65,7 @@ def load_baseline(model: str, backbones: Backbones, root: Path = BASELINES_DIR, 
         raise ConfigError(f"baseline {path} lacks {missing} (hand-edited, or written by an older version); restore it "
                           "or regenerate it with --update-baselines")
     found = {"backbones": baseline["backbones"], "ep": baseline["ep"], "FID reference": baseline["fid_reference_id"]}
-    wanted = {"backbones": {"clip": backbones.clip, "fid": backbones.fid}, "ep": ep, "FID reference": reference}
+    wanted = {"backbones": backbones.record(), "ep": ep, "FID reference": reference}
     for what, value in wanted.items():
         if found[what] != value:
             raise ConfigError(f"baseline {path} records {what} {found[what]!r}, this run's is {value!r}: it must not gate "
@@ -102,7 +102,7 @@ def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
     recal_sd = {k: float(np.std(np.asarray(ev.noise["recalibrated_mse"][k]) - np.asarray(ev.mse[k]), ddof=1)) for k in STEPS}
     return {
         "model": ev.model,
-        "backbones": {"clip": ev.backbones.clip, "fid": ev.backbones.fid},
+        "backbones": ev.backbones.record(),
         "fid_reference": ev.fid_reference,
         "fid_reference_id": ev.fid_reference_id,
         "recipe": ev.recipe,

@@ -50,7 +50,7 @@ def study_baseline(study_dir: Path = STUDY_DIR) -> dict[str, Any]:
     backbones = Backbones(REAL_CLIP, REAL_FID)
     return {
         "model": "sdxl-turbo",
-        "backbones": {"clip": backbones.clip, "fid": backbones.fid},
+        "backbones": backbones.record(),
         "fid_reference": "COCO 2017 images of the 100 prompts, center-cropped to 256",
         "fid_reference_id": COCO_REFERENCE,
         "recipe": "qnn-w8a16",

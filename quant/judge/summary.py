@@ -49,7 +49,7 @@ def summary(gate: Gate, *, strict: bool = False) -> dict[str, Any]:
         "ep": ev.ep,
         "ep_detail": ev.ep_detail or ev.ep,
         "baseline_ep": gate.baseline.get("ep"),
-        "backbones": {"clip": ev.backbones.clip, "fid": ev.backbones.fid},
+        "backbones": ev.backbones.record(),
         "fid_reference": ev.fid_reference,
         "fid_reference_id": ev.fid_reference_id,
         "prompts": len(ev.prompts),
