@@ -9,7 +9,8 @@ PYTEST := $(BIN)/python -m pytest
 TORCH_INDEX ?=
 WHEEL_CHECK := $(shell mktemp -d -u)
 
-.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size check-wheels night-rehearsal lint-workflows clean
+.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size real-size-gate rehearse-tiny check-wheels \
+	night-rehearsal lint-workflows clean
 
 # setuptools' build-time notices (editable installs) are not this project's output: silenced during installs only
 PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
@@ -64,6 +65,20 @@ bench-ci: setup
 # time and peak memory per component and stage in reports/real-size.json (9 to 13 min on 2 cores, 14 GB, 40 GB of disk).
 real-size: setup
 	$(PYTEST) -m slow tests/test_real_size.py -s
+
+# The real model's whole path offline (slow; not in CI): stand-ins of sdxl-turbo, CLIP ViT-B/16 and Inception with
+# real architectures and seeded random weights where the real loaders look, then the nightly's jobs (build + bundle,
+# the device job's code on the CPU EP, the judge's code) on 3 prompts, each step timed with its peak memory
+# (reports/real-size-gate/rehearsal.json; the stored record is baselines/real-size/). About 1.5 h on 2 cores, 14 GB,
+# 60 GB of disk.
+REHEARSAL_DIR ?= reports/real-size-gate
+real-size-gate: setup
+	$(BIN)/sdxl-qdq rehearse --size real --prompts 3 --work $(REHEARSAL_DIR)
+
+# The same path at tiny width, every nightly command as the nightly runs it (CI: .ci/run).
+rehearse-tiny: setup
+	rm -rf reports/rehearsal-tiny
+	$(BIN)/sdxl-qdq rehearse --size tiny --work reports/rehearsal-tiny
 
 # The installs resolve to binary wheels: the device profile for win_arm64 at cp311 and cp312, the host profile for
 # linux x86_64 (pip's resolver in dry-run; needs the package registry).

@@ -165,6 +165,22 @@ def _parser() -> argparse.ArgumentParser:
                                              "safetensors")
     ct.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: quant/data/canary)")
     # child processes (not listed)
+    rh = sub.add_parser("rehearse", help="the nightly's three jobs offline on stand-ins of the real model and backbones "
+                        "(random weights laid out where the real loaders look), each step timed with its peak memory")
+    rh.add_argument("--size", choices=("tiny", "real"), default="tiny",
+                    help="stand-in width: tiny (minutes; the device steps on the HTP simulator) or real (about 1.5 h on "
+                         "2 cores, 14 GB, 60 GB of disk; the device job's code on the CPU EP) (default: %(default)s)")
+    rh.add_argument("--work", type=Path, required=True, metavar="DIR", help="stand-ins, bundle, results and the record")
+    rh.add_argument("--prompts", type=int, default=None, metavar="K",
+                    help="the first K prompts for the bundle and the device (default: all 100; real: 3)")
+    rh.add_argument("--no-context", action="store_true", help="skip compiling EP-context binaries")
+    rh.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                    help="artifact cache (default: DIR/cache under --work)")
+    js = sub.add_parser("_judge-subset")
+    js.add_argument("--results", type=Path, required=True)
+    js.add_argument("--coco-dir", type=Path, default=None)
+    js.add_argument("--out", type=Path, required=True)
+    js.add_argument("--model", default="stabilityai/sdxl-turbo")
     ex = sub.add_parser("_export")
     for name in ("folder", "model", "component", "dest"):
         ex.add_argument(name)
@@ -371,6 +387,30 @@ def _cmd_device_test(args: argparse.Namespace) -> int:
     return subprocess.run(command, check=False).returncode
 
 
+def _cmd_rehearse(args: argparse.Namespace) -> int:
+    from quant.rehearsal import rehearse
+
+    prompts = args.prompts if args.prompts is not None else (3 if args.size == "real" else None)
+    record = rehearse(args.work, args.size, prompts=prompts, context=not args.no_context, cache_dir=args.cache_dir,
+                      progress=lambda m: print(m, flush=True))
+    for step in record["steps"]:
+        print(f"{step['job']:7s} {step['name']:36s} {step['seconds']:8.1f} s  peak {step.get('peak_rss_gb') or 0:5.1f} GB")
+    print(f"judge: {record.get('judge', {}).get('verdict')}; record: {args.work / 'rehearsal.json'}")
+    return 0
+
+
+def _cmd_judge_subset(args: argparse.Namespace) -> int:
+    from quant.flows import judge_subset
+
+    result = build(args.model, cache=ArtifactCache(), progress=lambda m: print(m, flush=True))
+    record = judge_subset(result, args.results, cache=ArtifactCache(), coco_dir=args.coco_dir,
+                          progress=lambda m: print(m, flush=True))
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(args.out)
+    return 0
+
+
 def _cmd_device_run(args: argparse.Namespace) -> int:
     from quant.device.bundle import Bundle
     from quant.device.night import run_night
@@ -442,7 +482,8 @@ def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
     "diverge": _cmd_diverge, "compare": _cmd_compare, "propose": _cmd_propose, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
-    "device-check": _cmd_device_check, "device-test": _cmd_device_test, "device-run": _cmd_device_run, "coco-images": _cmd_coco_images,
+    "device-check": _cmd_device_check, "device-test": _cmd_device_test, "device-run": _cmd_device_run,
+    "rehearse": _cmd_rehearse, "_judge-subset": _cmd_judge_subset, "coco-images": _cmd_coco_images,
     "verify": _cmd_verify,
     "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
 }

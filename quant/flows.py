@@ -33,7 +33,7 @@ from quant.judge.evaluation import (
 from quant.judge.gate import Gate
 from quant.models.prompts import Prompt, load_prompts
 from quant.procs import Progress
-from quant.run.generate import Variant, generate
+from quant.run.generate import Variant, generate, generate_together
 from quant.runtime import QnnOptions, ep_description
 
 
@@ -42,6 +42,20 @@ def draw(build: Build, variant: Variant, prompts: list[Prompt], *, cache: Artifa
     """The folder of ``variant``'s images of ``build`` (drawn once, then cached)."""
     return generate(build.components(variant.model), variant, prompts, key=build.image_key(variant.model), cache=cache,
                     qnn=qnn, progress=progress)
+
+
+def draw_together(build: Build, variants: list[Variant], prompts: list[Prompt], *, cache: ArtifactCache,
+                  qnn: QnnOptions | None = None, progress: Progress | None = None) -> dict[str, Path]:
+    """Image folders of ``variants`` by label (without the EP), each group of the same components, seed base and EP
+    drawn in one pass (every distinct model call once per prompt; ``quant.run.generate.generate_together``)."""
+    groups: dict[tuple, list[Variant]] = {}
+    for v in variants:
+        groups.setdefault((v.model, v.seed_base, v.ep), []).append(v)
+    folders: dict[Variant, Path] = {}
+    for (model, _, _), group in groups.items():
+        folders.update(generate_together(build.components(model), group, prompts, key=build.image_key(model),
+                                         cache=cache, qnn=qnn, progress=progress))
+    return {v.label.split("[")[0]: folders[v] for v in variants}
 
 
 def reference_id(build: Build, coco_dir: str | Path | None) -> str:
@@ -118,7 +132,7 @@ def prepare_gate(
     detail = ep_description(ep, qnn)
     if from_device is None:
         variants += [Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
-    dirs = {v.label.split("[")[0]: draw(build, v, prompts, cache=cache, qnn=qnn, progress=progress) for v in variants}
+    dirs = draw_together(build, variants, prompts, cache=cache, qnn=qnn, progress=progress)
     if from_device is not None:
         results = device_results(from_device, build, ep=ep, qnn=qnn, prompts=prompts)
         dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
@@ -133,7 +147,8 @@ def prepare_gate(
         recal = recalibrated(build, cache=cache)
         ev.noise = seed_noise(
             ev,
-            recalibrated={k: draw(recal, Variant("qdq", k, ep=ep), prompts, cache=cache, qnn=qnn, progress=progress) for k in STEPS},
+            recalibrated={k: folder for k, folder in zip(STEPS, draw_together(
+                recal, [Variant("qdq", k, ep=ep) for k in STEPS], prompts, cache=cache, qnn=qnn, progress=progress).values())},
             float1_seeds={s: draw(build, Variant("float", 1, s), prompts, cache=cache, progress=progress) for s in NOISE_SEEDS},
             float2_other_seed=draw(build, Variant("float", 2, NOISE_SEEDS[0]), prompts, cache=cache, progress=progress),
             reference_images=reference,
@@ -152,7 +167,7 @@ def evaluate_build(build: Build, *, cache: ArtifactCache, ep: str = "cpu", qnn: 
     prompts = load_prompts("all", path=build.source.prompts)
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2), Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
-    dirs = {v.label.split("[")[0]: draw(build, v, prompts, cache=cache, qnn=qnn, progress=progress) for v in variants}
+    dirs = draw_together(build, variants, prompts, cache=cache, qnn=qnn, progress=progress)
     ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts, backbones=backbones,
                   image_dirs=dirs, reference_images=reference, reference_name=described,
                   reference_id=reference_id(build, coco_dir), ep=ep, ep_detail=ep_description(ep, qnn), progress=progress)
@@ -170,3 +185,36 @@ def compare_builds(a: Build, b: Build, *, cache: ArtifactCache, ep: str = "cpu",
     ev_a, reference = evaluate_build(a, **options)
     ev_b, _ = evaluate_build(b, **options)
     return ev_a, ev_b, compare(ev_a, ev_b, reference)
+
+
+def judge_subset(build: Build, from_device: str | Path, *, cache: ArtifactCache, coco_dir: str | Path | None = None,
+                 clip_backbone: str = "auto", fid_backbone: str = "auto", progress: Progress = lambda _: None) -> dict:
+    """The judge's own work on the prompts a device drew (fewer than a baseline's 100: no verdict): the host's float
+    images of those prompts, then MSE, CLIP and FID of the device's images; each part timed (seconds)."""
+    import time
+
+    results = DeviceResults.load(from_device)
+    ep = results.manifest["ep"]
+    results.check_matches(build.keys, model=build.source.name, soc=results.manifest["soc"])
+    wanted = set(results.manifest["prompts"])
+    prompts = [p for p in load_prompts("all", path=build.source.prompts) if p.id in wanted]
+    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
+    for line in backbones.why:
+        progress(line)
+    seconds = {}
+    t = time.perf_counter()
+    dirs = draw_together(build, [Variant("float", k) for k in STEPS], prompts, cache=cache, progress=progress)
+    seconds["float_images"] = time.perf_counter() - t
+    dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
+    t = time.perf_counter()
+    reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
+    ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts,
+                  backbones=backbones, image_dirs=dirs, reference_images=reference, reference_name=described,
+                  reference_id=reference_id(build, coco_dir), ep=ep, ep_detail=results.describe(), progress=progress)
+    seconds["metrics"] = time.perf_counter() - t
+    return {"prompts": len(prompts), "verdict": f"not gated: {len(prompts)} prompts (a baseline holds 100)",
+            "backbones": backbones.record(), "why": list(backbones.why), "ep": ep,
+            "mse": {k: [float(x) for x in v] for k, v in ev.mse.items()},
+            "clip_mean": {k: float(sum(v) / len(v)) for k, v in ev.clip.items()},
+            "fid": {k: float(v) for k, v in ev.fid.items()},
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}}

@@ -21,11 +21,13 @@ from quant.errors import BuildError
 Progress = Callable[[str], None]
 
 
-def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = None) -> dict[str, float | None]:
-    """Run ``argv``; forward its output lines to ``progress``; return its wall time and peak RSS (GB; None
-    where the OS does not report a child's peak).
+def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = None, ok_codes: tuple[int, ...] = (0,),
+                 tree: bool = False) -> dict[str, float | int | None]:
+    """Run ``argv``; forward its output lines to ``progress``; return its wall time, exit code and peak RSS (GB;
+    None where the OS does not report a child's peak). ``tree``: the peak of the whole process tree (the OS's figure,
+    which counts the child's own children; from a small parent) instead of the child's own report.
 
-    Raises ``BuildError`` with the command and its last output lines when it fails."""
+    Raises ``BuildError`` with the command and its last output lines when its exit code is not in ``ok_codes``."""
     start = time.perf_counter()
     peak_file = Path(tempfile.mkstemp(prefix="peak-", suffix=".txt")[1])
     # glibc: allocations from 1 MiB up are mapped and unmapped on their own, so memory freed by one stage
@@ -48,12 +50,12 @@ def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = No
         proc.wait()
     reported = peak_file.read_text().strip() if peak_file.exists() else ""
     peak_file.unlink(missing_ok=True)
-    if reported:  # the child's own figure: the OS's counts the parent's peak inherited at fork
-        peak = round(int(reported) / 1e9, 3)
-    if proc.returncode != 0:
+    if reported and not (tree and peak is not None):  # the child's own figure: the OS's counts the parent's peak
+        peak = round(int(reported) / 1e9, 3)                # inherited at fork
+    if proc.returncode not in ok_codes:
         cmd = " ".join(argv[1:] if argv[0] == sys.executable else argv)
         raise BuildError(f"`{cmd}` failed with exit code {proc.returncode}; its last output:\n" + "\n".join(tail))
-    return {"seconds": round(time.perf_counter() - start, 2), "peak_rss_gb": peak}
+    return {"seconds": round(time.perf_counter() - start, 2), "exit_code": proc.returncode, "peak_rss_gb": peak}
 
 
 def total_memory_bytes() -> int:

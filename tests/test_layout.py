@@ -86,7 +86,7 @@ def test_no_private_name_imported_across_modules() -> None:
 
 
 STAGES = ("quant.models", "quant.run", "quant.build", "quant.judge", "quant.diagnose", "quant.device")
-TOP = ("quant.cli", "quant.flows", "quant.plugin", "quant.__main__")  # they tie the stages together
+TOP = ("quant.cli", "quant.flows", "quant.plugin", "quant.rehearsal", "quant.__main__")  # they tie the stages together
 
 
 def test_stages_import_down_the_data_flow() -> None:

@@ -38,3 +38,32 @@ def test_reuse_runs_each_distinct_call_once_with_the_same_images(artifacts) -> N
         np.testing.assert_array_equal(reusing(prompt, steps=k), plain(prompt, steps=k))
     assert plain.executed == {"text_encoder": 2, "text_encoder_2": 2, "unet": 3, "vae_decoder": 2}
     assert reusing.executed == {"text_encoder": 1, "text_encoder_2": 1, "unet": 2, "vae_decoder": 2}
+
+
+def test_variants_drawn_together_are_the_images_drawn_alone(artifacts, tmp_path, monkeypatch) -> None:
+    """float@1 and float@2 in one pass: the same PNG bytes as each drawn alone, each its own cached artifact, and
+    every distinct model call once per prompt (a real-size gate's images in under 2 h on 2 cores depend on it)."""
+    from quant.cache import ArtifactCache
+    from quant.models.prompts import load_prompts
+    from quant.run import generate as gen
+    from quant.run.generate import Variant, generate, generate_together
+
+    prompts = load_prompts("test")[:3]
+    pipes = []
+    real = gen.OrtSDXLPipeline
+    monkeypatch.setattr(gen, "OrtSDXLPipeline", lambda *a, **k: pipes.append(real(*a, **k)) or pipes[-1])
+    variants = [Variant("float", 1), Variant("float", 2)]
+    key = artifacts.image_key("float")
+    together = generate_together(artifacts.float, variants, prompts, key=key, cache=ArtifactCache(tmp_path / "a"))
+    assert pipes[-1].executed == {"text_encoder": 3, "text_encoder_2": 3, "unet": 6, "vae_decoder": 6}
+    alone = {v: generate(artifacts.float, v, prompts, key=key, cache=ArtifactCache(tmp_path / "b")) for v in variants}
+    for v in variants:
+        names = sorted(p.name for p in together[v].glob("*.png"))
+        assert len(names) == 3 and names == sorted(p.name for p in alone[v].glob("*.png"))
+        assert all((together[v] / n).read_bytes() == (alone[v] / n).read_bytes() for n in names), v.label
+        assert together[v].name == alone[v].name  # the same key: a variant drawn alone later is a hit
+    cache = ArtifactCache(tmp_path / "a")
+    generate_together(artifacts.float, variants, prompts, key=key, cache=cache)
+    assert cache.misses == [] and len(cache.hits) == 2
+    with pytest.raises(ValueError, match="share components, seed base and EP"):
+        generate_together(artifacts.float, [Variant("float", 1), Variant("qdq", 1)], prompts, key=key, cache=cache)

@@ -90,6 +90,9 @@ def _tiny_source() -> ModelSource:
 
 
 # ---------------------------------------------------------------------------------------- pretrained
+PIPELINE_FOLDERS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae", "scheduler")
+
+
 def _local_folder_source(path: Path) -> ModelSource:
     index = path / "model_index.json"
     if not index.is_file():
@@ -106,7 +109,10 @@ def _local_folder_source(path: Path) -> ModelSource:
                 f"--model {str(path)!r}: {sub}/ holds only pickled weights ({', '.join(pickled[:2])}); this project loads "
                 "safetensors only (pickle can run code): convert them, e.g. load the pipeline and save_pretrained(..., "
                 "safe_serialization=True), or use a safetensors snapshot of the model")
-    weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"})
+    # what the loader reads: the index and the pipeline's folders, not the fp16 variants, the single-file checkpoint
+    # or the ONNX exports a hub repo also holds
+    weights = sorted(p for p in [path / "model_index.json", *(q for sub in PIPELINE_FOLDERS for q in (path / sub).rglob("*"))]
+                     if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"} and ".fp16." not in p.name)
     fingerprint = {
         "source": "local",
         # what the files hold, not where they are or when they were written: a key made here is a hit for the same

@@ -7,6 +7,8 @@ of an offline model, and the seed-to-seed noise that tolerances are derived from
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +70,11 @@ def generate(
 ) -> Path:
     """Folder of ``variant``'s images of ``components`` for ``prompts`` (cached; drawn once). ``key`` identifies
     the components (the keys of the artifacts they were built from)."""
-    inputs = {
+    return generate_together(components, [variant], prompts, key=key, cache=cache, qnn=qnn, progress=progress)[variant]
+
+
+def _inputs(key: dict[str, Any], variant: Variant, prompts: list[Prompt], qnn: QnnOptions | None) -> dict[str, Any]:
+    return {
         **key,
         "variant": variant.label,
         "qnn": qnn.soc_model if (variant.ep == "qnn" and qnn) else None,
@@ -77,12 +83,49 @@ def generate(
         "versions": package_versions(),
     }
 
-    def run(out: Path) -> None:
-        pipe = OrtSDXLPipeline(components, ep=variant.ep, qnn=qnn)
-        meter = Meter(f"{variant.label} images", len(prompts), progress)
-        for prompt in prompts:
-            image = pipe(prompt.text, steps=variant.steps, seed=prompt_seed(prompt.text, variant.seed_base))
-            save_png(image, out / image_name(prompt))
-            meter.step()
 
-    return cache.get_or_build("images", inputs, run)
+def generate_together(
+    components: ComponentSet,
+    variants: list[Variant],
+    prompts: list[Prompt],
+    *,
+    key: dict[str, Any],
+    cache: ArtifactCache,
+    qnn: QnnOptions | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[Variant, Path]:
+    """The image folders of ``variants`` of the same components, seed base and EP (each its own cached artifact, the
+    same images as drawn alone), drawn in one pass over the prompts: every distinct model call runs once per prompt
+    (the text encodings are shared by every step count; the 1-step image's UNet call is the 2-step one's first)."""
+    if len({(v.model, v.seed_base, v.ep) for v in variants}) > 1:
+        raise ValueError(f"variants drawn together share components, seed base and EP: {[v.label for v in variants]}")
+    folders = {v: cache.path("images", _inputs(key, v, prompts, qnn)) for v in variants}
+    missing = [v for v in variants if not (folders[v].is_dir() and cache.check(folders[v]) is None)]
+    drawn: Path | None = None
+    if missing:
+        cache.root.mkdir(parents=True, exist_ok=True)
+        drawn = Path(tempfile.mkdtemp(prefix=".drawing.", dir=cache.root))
+        pipe = OrtSDXLPipeline(components, ep=missing[0].ep, qnn=qnn, reuse=True)
+        meter = Meter(" + ".join(v.label for v in missing) + " images", len(prompts), progress)
+        try:
+            for prompt in prompts:
+                for v in missing:
+                    image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
+                    (drawn / v.label).mkdir(exist_ok=True)
+                    save_png(image, drawn / v.label / image_name(prompt))
+                pipe.forget()  # a prompt's outputs are never reused by the next prompt
+                meter.step()
+        except BaseException:
+            shutil.rmtree(drawn, ignore_errors=True)
+            raise
+    try:
+        return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn),
+                                      lambda out, v=v: _move_images(drawn / v.label, out)) for v in variants}
+    finally:
+        if drawn is not None:
+            shutil.rmtree(drawn, ignore_errors=True)
+
+
+def _move_images(src: Path, out: Path) -> None:
+    for image in sorted(src.iterdir()):
+        image.replace(out / image.name)

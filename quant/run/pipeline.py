@@ -106,6 +106,11 @@ class OrtSDXLPipeline:
         if self._outputs is not None:
             self._outputs = {k: v for k, v in self._outputs.items() if k[0] not in components}
 
+    def forget(self) -> None:
+        """Drop the outputs kept for reuse (``reuse``): calls after this run their models again."""
+        if self._outputs is not None:
+            self._outputs.clear()
+
     def _run(self, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if self.recorder is not None:
             self.recorder(component, feeds)

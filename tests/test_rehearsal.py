@@ -1,0 +1,59 @@
+"""The offline rehearsal runs the nightly's own commands, and its stand-ins are what the real loaders read."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from quant.rehearsal import night_steps
+
+ROOT = Path(__file__).resolve().parent.parent
+NIGHTLY = ROOT / ".github" / "workflows" / "nightly-npu.yml"
+
+
+@pytest.mark.parametrize("size", ["tiny", "real"])
+def test_rehearsal_runs_every_command_of_the_nightly(size: str, tmp_path: Path) -> None:
+    """Each `sdxl-qdq <verb>` the nightly calls is a step of the rehearsal (the COCO download aside: offline, the
+    stand-in folder replaces it), in the nightly's order, so the two cannot drift apart."""
+    import yaml
+
+    jobs = yaml.safe_load(NIGHTLY.read_text())["jobs"]
+    nightly = [(job, verb) for job, spec in jobs.items() for step in spec["steps"]
+               for verb in re.findall(r"sdxl-qdq (\w[\w-]*)", str(step.get("run", ""))) if verb != "coco-images"]
+    steps = night_steps(tmp_path, size, prompts=3, context=False)
+    rehearsed = [(s.job, s.argv[s.argv.index("quant") + 1]) for s in steps if "quant" in s.argv]
+    expected = [(job, verb) for job, verb in nightly if not (size == "real" and verb == "device-test")]
+    assert [pair for pair in rehearsed if pair[0] != "judge"] == expected
+    judge = steps[-1]
+    assert judge.job == "judge"
+    if size == "tiny":  # the judge's own command: pytest -m quality --from-device
+        assert judge.argv[1:4] == ["-m", "pytest", "-q"] and "--from-device" in judge.argv and "quality" in judge.argv
+        assert judge.ok_codes == (0, 1)  # stand-in weights against the study's baseline fail its checks
+
+
+def test_tiny_standins_are_what_the_real_loaders_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stand-in snapshot resolves through snapshot_download exactly as a downloaded one (fp16 variants left out by
+    the loader's patterns), and the stand-in backbones through the real backbones' resolution."""
+    from huggingface_hub import constants
+
+    from quant.judge.backbones import REAL_CLIP, REAL_FID, resolve_backbones
+    from quant.models.source import resolve_source
+    from quant.rehearsal import REAL_MODEL, environment, stage_standins
+
+    env = environment(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
+    written = stage_standins(tmp_path, "tiny", progress=lambda _: None)
+    source = resolve_source(REAL_MODEL)
+    folder = source.materialize(None)
+    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()  # the hub holds it …
+    assert not any("fp16" in name for name, *_ in source.fingerprint["files"])  # … the loader leaves it out
+    assert source.fingerprint["revision"] == folder.name and source.fingerprint["repo_id"] == REAL_MODEL
+    assert {p.name for p in (folder / "tokenizer").iterdir()} == {"vocab.json", "merges.txt", "special_tokens_map.json",
+                                                                  "tokenizer_config.json"}
+    pair = resolve_backbones("auto", "auto", model=REAL_MODEL)
+    assert (pair.clip, pair.fid) == (REAL_CLIP, REAL_FID), pair.why
+    assert len(list(Path(written["coco"]).glob("*.jpg"))) == 100
