@@ -9,7 +9,7 @@ PYTEST := $(BIN)/python -m pytest
 TORCH_INDEX ?=
 WHEEL_CHECK := $(shell mktemp -d -u)
 
-.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size real-size-gate rehearse-tiny check-wheels \
+.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size real-size-gate real-baseline rehearse-tiny check-wheels \
 	night-rehearsal lint-workflows clean
 
 # setuptools' build-time notices (editable installs) are not this project's output: silenced during installs only
@@ -74,6 +74,14 @@ real-size: setup
 REHEARSAL_DIR ?= reports/real-size-gate
 real-size-gate: setup
 	$(BIN)/sdxl-qdq rehearse --size real --prompts 3 --work $(REHEARSAL_DIR)
+
+# This pipeline's own baseline of the real model (CPU EP, real CLIP and Inception, the 100 COCO images): what a team
+# with the weights runs once on a bigger machine, then reviews and commits (baselines/sdxl-turbo/cpu/). It needs
+# network once (the weights, the backbones, the COCO images). Cost: the README's "This pipeline's real baseline".
+real-baseline: setup
+	$(BIN)/sdxl-qdq coco-images reports/coco
+	$(PYTEST) -m quality --model stabilityai/sdxl-turbo --coco-dir reports/coco --allow-download --update-baselines \
+		--report reports/real-baseline
 
 # The same path at tiny width, every nightly command as the nightly runs it (CI: .ci/run).
 rehearse-tiny: setup

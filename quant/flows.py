@@ -145,12 +145,14 @@ def prepare_gate(
                   progress=progress)
     if update:
         recal = recalibrated(build, cache=cache)
+        noise = draw_together(build, [*(Variant("float", 1, s) for s in NOISE_SEEDS), Variant("float", 2, NOISE_SEEDS[0])],
+                              prompts, cache=cache, progress=progress)
         ev.noise = seed_noise(
             ev,
             recalibrated={k: folder for k, folder in zip(STEPS, draw_together(
                 recal, [Variant("qdq", k, ep=ep) for k in STEPS], prompts, cache=cache, qnn=qnn, progress=progress).values())},
-            float1_seeds={s: draw(build, Variant("float", 1, s), prompts, cache=cache, progress=progress) for s in NOISE_SEEDS},
-            float2_other_seed=draw(build, Variant("float", 2, NOISE_SEEDS[0]), prompts, cache=cache, progress=progress),
+            float1_seeds={s: noise[f"float@1~s{s}"] for s in NOISE_SEEDS},
+            float2_other_seed=noise[f"float@2~s{NOISE_SEEDS[0]}"],
             reference_images=reference,
         )
         baseline = baseline_from_evaluation(ev)
@@ -203,7 +205,10 @@ def judge_subset(build: Build, from_device: str | Path, *, cache: ArtifactCache,
         progress(line)
     seconds = {}
     t = time.perf_counter()
-    dirs = draw_together(build, [Variant("float", k) for k in STEPS], prompts, cache=cache, progress=progress)
+    timing: dict = {}
+    dirs = {f"float@{k}": folder for k, folder in zip(STEPS, generate_together(
+        build.float, [Variant("float", k) for k in STEPS], prompts, key=build.image_key("float"), cache=cache,
+        progress=progress, timing=timing).values())}
     seconds["float_images"] = time.perf_counter() - t
     dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
     t = time.perf_counter()
@@ -217,4 +222,4 @@ def judge_subset(build: Build, from_device: str | Path, *, cache: ArtifactCache,
             "mse": {k: [float(x) for x in v] for k, v in ev.mse.items()},
             "clip_mean": {k: float(sum(v) / len(v)) for k, v in ev.clip.items()},
             "fid": {k: float(v) for k, v in ev.fid.items()},
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+            "seconds": {k: round(v, 1) for k, v in seconds.items()}, "float_timing": timing}

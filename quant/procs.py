@@ -22,7 +22,7 @@ Progress = Callable[[str], None]
 
 
 def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = None, ok_codes: tuple[int, ...] = (0,),
-                 tree: bool = False) -> dict[str, float | int | None]:
+                 tree: bool = False, cwd: Path | None = None) -> dict[str, float | int | None]:
     """Run ``argv``; forward its output lines to ``progress``; return its wall time, exit code and peak RSS (GB;
     None where the OS does not report a child's peak). ``tree``: the peak of the whole process tree (the OS's figure,
     which counts the child's own children; from a small parent) instead of the child's own report.
@@ -33,7 +33,7 @@ def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = No
     # glibc: allocations from 1 MiB up are mapped and unmapped on their own, so memory freed by one stage
     # (a model's weights) goes back to the system instead of staying in the heap for the next
     env = {**os.environ, "PYTHONUNBUFFERED": "1", PEAK_FILE_ENV: str(peak_file), "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     tail: deque[str] = deque(maxlen=30)
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from quant.errors import BuildError, ConfigError
+from quant.paths import IN_CHECKOUT, REPO_DIR
 from quant.procs import Progress, run_measured, total_memory_bytes
 
 SIZES = ("tiny", "real")
@@ -144,6 +145,9 @@ def night_steps(work: Path, size: str, *, prompts: int | None, context: bool) ->
 def rehearse(work: Path, size: str, *, prompts: int | None = None, context: bool = True, cache_dir: Path | None = None,
              progress: Progress = print) -> dict[str, Any]:
     """Stand-ins, then every step of the night; writes and returns ``<work>/rehearsal.json``."""
+    if not IN_CHECKOUT:
+        raise ConfigError("sdxl-qdq rehearse runs the repository's device and quality tests (tests/): run it from a "
+                          "checkout of the repository, installed with `make setup`")
     work = Path(work).resolve()
     env = environment(work, cache_dir)
     record: dict[str, Any] = {"size": size, "prompts": prompts, "machine": machine(), "steps": []}
@@ -168,13 +172,49 @@ def rehearse(work: Path, size: str, *, prompts: int | None = None, context: bool
         record["judge"] = {"verdict": data["verdict"], "counts": data.get("counts"), "backbones": data["backbones"]}
     elif (work / "judge.json").is_file():
         record["judge"] = json.loads((work / "judge.json").read_text())
-    (work / "rehearsal.json").write_text(json.dumps(record, indent=1))
+        figures = json.loads((work / "out" / "results" / "figures.json").read_text())
+        record["extrapolated"] = extrapolate(figures["timing"], record["judge"], record["steps"])
+    if "judge" not in record:
+        raise BuildError(f"rehearsal: the judge left no verdict in {work} (no report/summary.json, no judge.json)")
+    tmp = work / ".rehearsal.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(work / "rehearsal.json")
     return record
+
+
+def _per_prompt(timing: dict[str, Any]) -> float:
+    """A prompt's seconds once the sessions are warm: the median of every prompt after the first."""
+    import statistics
+
+    times = timing["prompt_s"][1:] or timing["prompt_s"]
+    return statistics.median(times)
+
+
+def extrapolate(device: dict[str, Any], judge: dict[str, Any], steps: list[dict[str, Any]],
+                counts: tuple[int, ...] = (100, 5000)) -> dict[str, Any]:
+    """Hours for N prompts from the per-prompt costs measured on K: the QDQ model's images (the device job's code on
+    the CPU EP: text encoders once, two UNet calls, two decodes a prompt), the float images the judge draws (the
+    same calls of the float model) and the judge's metrics; and what `make real-baseline` draws on top (the
+    recalibrated model's images, three more float@1 seeds and a float@2 one)."""
+    qdq, flt = _per_prompt(device), _per_prompt(judge["float_timing"])
+    k = judge["prompts"]
+    metrics = judge["seconds"]["metrics"] / k
+    fixed = device["sessions_s"] + judge["float_timing"]["sessions_s"]
+    bundle = next(s["seconds"] for s in steps if s["name"] == "sdxl-qdq bundle")
+    out: dict[str, Any] = {"per_prompt_s": {"qdq_images": round(qdq, 1), "float_images": round(flt, 1),
+                                            "metrics": round(metrics, 1)}}
+    for n in counts:
+        gate = (fixed + n * (qdq + flt + metrics)) / 3600
+        # baseline: + recalibrated qdq@1+@2, float@1+@2 at seed 2, float@1 at seeds 3 and 4 (about half a float@1+@2)
+        baseline = gate + n * (qdq + flt + flt) / 3600
+        out[str(n)] = {"gate_images_and_judge_h": round(gate, 2), "real_baseline_draws_h": round(baseline, 2),
+                       "bundle_h": round(bundle / 3600, 2)}
+    return out
 
 
 def _run(step: Step, progress: Progress) -> dict[str, Any]:
     try:
-        measured = run_measured(step.argv, progress=progress, ok_codes=step.ok_codes, tree=True)
+        measured = run_measured(step.argv, progress=progress, ok_codes=step.ok_codes, tree=True, cwd=REPO_DIR)
     except BuildError as e:
         raise BuildError(f"rehearsal step {step.job}: {step.name} failed: {e}") from None
     return measured

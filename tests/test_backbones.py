@@ -113,3 +113,15 @@ def test_baseline_without_the_clip_preprocessing_never_gates(tmp_path: Path) -> 
         load_baseline("sdxl-turbo", pair, tmp_path, reference="coco2017-crop256")
     path.write_text(json.dumps(base | {"backbones": pair.record()}))
     assert load_baseline("sdxl-turbo", pair, tmp_path, reference="coco2017-crop256")["ep"] == "cpu"
+
+
+@pytest.mark.parametrize("backbone", [PROXY_FID, "canary-image-tower-v1"])
+def test_fid_of_several_sets_is_each_sets_fid(backbone: str) -> None:
+    """The reference's features extracted once serve every set: the numbers of ``fid`` called set by set."""
+    rng = np.random.default_rng(1)
+    reference = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
+    sets = {name: [np.clip(r.astype(int) + shift, 0, 255).astype(np.uint8) for r in reference]
+            for name, shift in (("a", 5), ("b", 40), ("c", -30))}
+    together = bb.fids(sets, reference, backbone)
+    assert together == {name: bb.fid(images, reference, backbone) for name, images in sets.items()}
+    assert len(set(together.values())) == 3

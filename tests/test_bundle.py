@@ -85,6 +85,8 @@ def test_device_pipeline_draws_what_the_host_pipeline_draws(bundle_dir: Path, ar
             host_latents = host.denoise(prompt.text, hidden, pooled, steps=steps).numpy()
             np.testing.assert_array_equal(latents, host_latents)
             np.testing.assert_array_equal(image, host.decode(host.denoise(prompt.text, hidden, pooled, steps=steps)))
+    # 1 and 2 steps share their first UNet call (same inputs): two calls a prompt, not three
+    assert device.unet_calls == 2 * len(bundle.prompts)
 
 
 BLOCKER = """

@@ -55,22 +55,32 @@ def parity(bundle: Bundle, qnn: QnnOptions) -> dict[str, dict[str, dict[str, flo
 
 
 def draw(bundle: Bundle, out: Path, *, ep: str = "qnn", qnn: QnnOptions | None = None, context: bool = True,
-         prompts: list[BundlePrompt] | None = None, progress: Progress = lambda _: None) -> int:
+         prompts: list[BundlePrompt] | None = None, progress: Progress = lambda _: None,
+         timing: dict[str, Any] | None = None) -> int:
     """Draw ``prompts`` (default: the bundle's) at 1 and 2 steps into ``out/images/qdq@k/`` and their final latents
-    into ``out/latents/qdq@k/``; returns the number of images."""
+    into ``out/latents/qdq@k/``; returns the number of images. ``timing``: filled with the sessions' load time and
+    each prompt's seconds (s)."""
+    import time
+
+    start = time.perf_counter()
     pipe = DevicePipeline(bundle, ep=ep, qnn=qnn, context=context)
+    timing = timing if timing is not None else {}
+    timing.update(sessions_s=round(time.perf_counter() - start, 2), prompt_s=[])
     prompts = prompts if prompts is not None else bundle.prompts
     from PIL import Image
 
     count, meter = 0, Meter(f"device: prompts drawn on the {ep.upper()} EP", len(prompts), progress)
     for prompt in prompts:
+        start = time.perf_counter()
         for steps, (image, latents) in pipe.draw(prompt, tuple(bundle.manifest["steps"])).items():
             for kind in ("images", "latents"):
                 (out / kind / f"qdq@{steps}").mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(out / "images" / f"qdq@{steps}" / image_name(prompt), format="PNG")
             np.save(out / "latents" / f"qdq@{steps}" / f"{prompt.index:03d}.npy", latents)
             count += 1
+        timing["prompt_s"].append(round(time.perf_counter() - start, 2))
         meter.step()
+    timing["unet_calls"] = pipe.unet_calls
     return count
 
 
@@ -89,7 +99,9 @@ def run_night(bundle: Bundle, out: Path, *, qnn: QnnOptions, ep: str = "qnn", co
             progress("device: parity")
             figures["parity"] = parity(bundle, qnn)
         prompts = bundle.prompts[:prompt_count] if prompt_count else bundle.prompts
-        images = draw(bundle, tmp, ep=ep, qnn=qnn, context=context, prompts=prompts, progress=progress)
+        figures["timing"] = {}
+        images = draw(bundle, tmp, ep=ep, qnn=qnn, context=context, prompts=prompts, progress=progress,
+                      timing=figures["timing"])
         (tmp / "figures.json").write_text(json.dumps(figures, indent=1))
         write_manifest(tmp, {"kind": RESULTS_KIND, "bundle": {"digest": bundle.digest, "model": bundle.model_name,
                                                                "keys": bundle.manifest["keys"], "recipe": bundle.manifest["recipe"],

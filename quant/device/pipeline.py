@@ -33,6 +33,7 @@ class DevicePipeline:
             session = create_session(path, ep=ep, qnn=qnn)
             assert_assignment(session, ep)
             self.sessions[c] = session
+        self.unet_calls = 0
         config = bundle.pipeline
         self.time_ids = np.asarray([config["time_ids"]], dtype=np.float32)
         self.scaling = np.float32(config["scaling_factor"])
@@ -42,13 +43,23 @@ class DevicePipeline:
         pooled, h2 = self.sessions["text_encoder_2"].run(None, {"input_ids": inputs["input_ids_2"]})
         return np.concatenate([h1, h2], axis=-1), pooled
 
-    def denoise(self, inputs: dict[str, np.ndarray], hidden: np.ndarray, pooled: np.ndarray, steps: int) -> np.ndarray:
+    def denoise(self, inputs: dict[str, np.ndarray], hidden: np.ndarray, pooled: np.ndarray, steps: int,
+                first: dict[tuple[float, float], np.ndarray] | None = None) -> np.ndarray:
+        """Final latents after ``steps``; ``first``: UNet outputs of first steps already run for this prompt, by
+        (timestep, scale): the 1-step run's only call is the 2-step run's first, with the same inputs."""
         latents = inputs["latents"]
         for i, step in enumerate(self.bundle.schedule(steps)):
-            (eps,) = self.sessions["unet"].run(None, {
-                "sample": latents / step.denom, "timestep": np.asarray([step.timestep], dtype=np.float32),
-                "encoder_hidden_states": hidden, "text_embeds": pooled, "time_ids": self.time_ids,
-            })
+            key = (float(step.timestep), float(step.denom))
+            if i == 0 and first is not None and key in first:
+                eps = first[key]
+            else:
+                (eps,) = self.sessions["unet"].run(None, {
+                    "sample": latents / step.denom, "timestep": np.asarray([step.timestep], dtype=np.float32),
+                    "encoder_hidden_states": hidden, "text_embeds": pooled, "time_ids": self.time_ids,
+                })
+                self.unet_calls += 1
+                if i == 0 and first is not None:
+                    first[key] = eps
             latents = euler_ancestral(latents, eps, step, inputs["noise"][i])
         return latents
 
@@ -59,11 +70,12 @@ class DevicePipeline:
         return (image * 255).round().astype(np.uint8)
 
     def draw(self, prompt: BundlePrompt, steps_list: tuple[int, ...] = (1, 2)) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Per step count: (image, final latents) of ``prompt``; the prompt is encoded once."""
+        """Per step count: (image, final latents) of ``prompt``; the prompt is encoded once and a first UNet call
+        shared by two step counts runs once."""
         inputs = self.bundle.inputs(prompt)
         hidden, pooled = self.encode(inputs)
-        out = {}
+        out, first = {}, {}
         for steps in steps_list:
-            latents = self.denoise(inputs, hidden, pooled, steps)
+            latents = self.denoise(inputs, hidden, pooled, steps, first)
             out[steps] = (self.decode(latents), latents)
         return out

@@ -286,15 +286,15 @@ def proxy_features_body() -> Any:
     )
 
 
-def _fid_metric(backbone: str) -> Any:
+def _fid_metric(backbone: str, **kwargs: Any) -> Any:
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     if backbone == REAL_FID:
-        return FrechetInceptionDistance(feature=_real_inception())
+        return FrechetInceptionDistance(feature=_real_inception(), **kwargs)
     if backbone == CANARY_FID:
-        return FrechetInceptionDistance(feature=feature_net(canary_scorer().image))
+        return FrechetInceptionDistance(feature=feature_net(canary_scorer().image), **kwargs)
     if backbone == PROXY_FID:
-        return FrechetInceptionDistance(feature=feature_net(proxy_features_body()))
+        return FrechetInceptionDistance(feature=feature_net(proxy_features_body()), **kwargs)
     raise ConfigError(f"FID backbone {backbone!r} is not one of {FID_CHOICES[1:]}")
 
 
@@ -320,6 +320,23 @@ def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
         metric.update(_batch(reference), real=True)
         metric.update(_batch(generated), real=False)
         return float(metric.compute())
+
+
+def fids(sets: dict[str, list[Any]], reference: list[Any], backbone: str) -> dict[str, float]:
+    """``fid`` of each set against the same ``reference``, whose features are extracted once (torchmetrics keeps
+    them across ``reset`` with ``reset_real_features=False``): the same numbers, a third of the feature passes of
+    three sets."""
+    import torch
+
+    metric = _fid_metric(backbone, reset_real_features=False)
+    out = {}
+    with torch.inference_mode():
+        metric.update(_batch(reference), real=True)
+        for label, images in sets.items():
+            metric.update(_batch(images), real=False)
+            out[label] = float(metric.compute())
+            metric.reset()
+    return out
 
 
 def fid_features(images: list[Any], backbone: str) -> np.ndarray:

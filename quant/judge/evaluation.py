@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from quant.errors import ConfigError
-from quant.judge.backbones import Backbones, clip_scores, fid
+from quant.judge.backbones import Backbones, clip_scores
+from quant.judge.backbones import fids as fid_sets
 from quant.judge.metrics import image_mse
 from quant.models.prompts import PROMPTS_COCO, Prompt
 from quant.run.generate import image_name, load_png
@@ -74,7 +75,7 @@ def evaluate(
     progress(f"CLIP scores with {backbones.clip}")
     clip = {label: clip_scores(images[label], texts, backbones.clip) for label in ("float@1", "qdq@1", "qdq@2")}
     progress(f"FID with {backbones.fid}")
-    fids = {label: fid(images[label], reference_images, backbones.fid) for label in ("float@1", "qdq@1", "qdq@2")}
+    fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
     return Evaluation(model=model, backbones=backbones, prompts=prompts, ep=ep, recipe=recipe, image_dirs=dict(image_dirs),
                       mse=mse, clip=clip, fid=fids, fid_reference=reference_name, fid_reference_id=reference_id,
                       ep_detail=ep_detail)
@@ -103,7 +104,7 @@ def seed_noise(
                     2: [image_mse(a, b) for a, b in zip(float_sets[2], load_images(float2_other_seed, prompts))]}
     clip_other = clip_scores(first, texts, ev.backbones.clip)
     noise["clip_diff_std"] = float(np.std(np.asarray(clip_other) - np.asarray(ev.clip["float@1"]), ddof=1))
-    fids = [ev.fid["float@1"]] + [fid(s, reference_images, ev.backbones.fid) for s in sets.values()]
+    fids = [ev.fid["float@1"], *fid_sets({str(k): s for k, s in sets.items()}, reference_images, ev.backbones.fid).values()]
     noise["fid_values"] = fids
     noise["fid_std"] = float(np.std(fids, ddof=1))
     return noise

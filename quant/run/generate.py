@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,10 +94,12 @@ def generate_together(
     cache: ArtifactCache,
     qnn: QnnOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    timing: dict[str, Any] | None = None,
 ) -> dict[Variant, Path]:
     """The image folders of ``variants`` of the same components, seed base and EP (each its own cached artifact, the
     same images as drawn alone), drawn in one pass over the prompts: every distinct model call runs once per prompt
-    (the text encodings are shared by every step count; the 1-step image's UNet call is the 2-step one's first)."""
+    (the text encodings are shared by every step count; the 1-step image's UNet call is the 2-step one's first).
+    ``timing``: filled, when they are drawn, with the sessions' load time and each prompt's seconds."""
     if len({(v.model, v.seed_base, v.ep) for v in variants}) > 1:
         raise ValueError(f"variants drawn together share components, seed base and EP: {[v.label for v in variants]}")
     folders = {v: cache.path("images", _inputs(key, v, prompts, qnn)) for v in variants}
@@ -105,16 +108,22 @@ def generate_together(
     if missing:
         cache.root.mkdir(parents=True, exist_ok=True)
         drawn = Path(tempfile.mkdtemp(prefix=".drawing.", dir=cache.root))
+        start = time.perf_counter()
         pipe = OrtSDXLPipeline(components, ep=missing[0].ep, qnn=qnn, reuse=True)
+        timing = timing if timing is not None else {}
+        timing.update(sessions_s=round(time.perf_counter() - start, 2), prompt_s=[])
         meter = Meter(" + ".join(v.label for v in missing) + " images", len(prompts), progress)
         try:
             for prompt in prompts:
+                start = time.perf_counter()
                 for v in missing:
                     image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
                     (drawn / v.label).mkdir(exist_ok=True)
                     save_png(image, drawn / v.label / image_name(prompt))
                 pipe.forget()  # a prompt's outputs are never reused by the next prompt
+                timing["prompt_s"].append(round(time.perf_counter() - start, 2))
                 meter.step()
+            timing["executed"] = dict(pipe.executed)
         except BaseException:
             shutil.rmtree(drawn, ignore_errors=True)
             raise
