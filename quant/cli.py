@@ -54,7 +54,8 @@ def _build_options(p: argparse.ArgumentParser) -> None:
                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
     p.add_argument("--quantizer", choices=("auto", "olive", "lean"), default="auto",
                    help="'olive': the recipe's Olive workflows; 'lean': the same passes memory-bounded, one component "
-                        "per process; 'auto': lean where the Olive path would not fit this machine (default: %(default)s)")
+                        "per process; 'auto': lean where the Olive path may not fit a 16 GiB host (decided by the "
+                        "model, never by this machine) (default: %(default)s)")
     p.add_argument("--allow-download", action="store_true",
                    help="let a Hugging Face model be downloaded when it is not cached (default: off)")
     p.add_argument("--prompts-from-hub", action="store_true",

@@ -40,7 +40,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)")
     group.addoption("--quantizer", dest="qdq_quantizer", default="auto", choices=("auto", "olive", "lean"),
                     help="how the recipe runs: olive (its workflows), lean (memory-bounded, one component per process), "
-                         "auto (lean only where olive would not fit this machine; default)")
+                         "auto (lean only where olive may not fit a 16 GiB host, decided by the model; default)")
     group.addoption("--ep", dest="qdq_ep", default="cpu", choices=EPS, metavar="EP",
                     help="EP that runs the quantized variants: cpu or qnn (default: cpu)")
     group.addoption("--qnn-soc", dest="qdq_qnn_soc", default=DEFAULT_QNN_SOC, choices=sorted(QNN_SOCS), metavar="ID",
