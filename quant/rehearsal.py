@@ -150,7 +150,10 @@ def rehearse(work: Path, size: str, *, prompts: int | None = None, context: bool
                           "checkout of the repository, installed with `make setup`")
     work = Path(work).resolve()
     env = environment(work, cache_dir)
-    record: dict[str, Any] = {"size": size, "prompts": prompts, "machine": machine(), "steps": []}
+    from quant.cache import package_versions
+
+    record: dict[str, Any] = {"size": size, "prompts": prompts, "commit": commit(), "versions": package_versions(),
+                              "machine": machine(), "steps": []}
     started = time.perf_counter()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # this process's children only: restored below
@@ -218,6 +221,19 @@ def _run(step: Step, progress: Progress) -> dict[str, Any]:
     except BuildError as e:
         raise BuildError(f"rehearsal step {step.job}: {step.name} failed: {e}") from None
     return measured
+
+
+def commit() -> str | None:
+    """The checkout's commit, ``+`` when it has uncommitted changes; None outside a git checkout."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")
 
 
 def machine() -> dict[str, Any]:
