@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from quant.cache import package_versions
 from quant.components import COMPONENTS
 from quant.models.prompts import PROMPTS_COCO, load_prompts
 from quant.procs import total_memory_bytes
+from quant.rehearsal import commit
 
 pytestmark = pytest.mark.slow
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "real-size.json"
@@ -38,7 +38,7 @@ def _stats(result, cache, *, wall: float) -> dict:
         "samples": SAMPLES,
         "wall_s": round(wall, 1),
         "versions": package_versions(),
-        "commit": _commit(),
+        "commit": commit(),
         "machine": {"cpus": os.cpu_count(), "memory_gb": round(total_memory_bytes() / 1e9, 1), "system": platform.platform()},
         "export": json.loads((export_dir / "build.json").read_text()) if (export_dir / "build.json").exists() else None,
         "prepared": {c: json.loads((cache.root / "prepared" / key / "build.json").read_text())
@@ -54,18 +54,6 @@ def _stats(result, cache, *, wall: float) -> dict:
     # 50 prompts at 1 step (50 samples per component), and the seed recipe's 1- and 2-step trajectories
     out["extrapolated"] = [_extrapolate(out, 50, (1,)), _extrapolate(out, 50, (1, 2))]
     return out
-
-
-def _commit() -> str | None:
-    """The checkout's commit, ``+`` when it has uncommitted changes; None outside a git checkout."""
-    root = Path(__file__).resolve().parent.parent
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head + ("+" if dirty else "")
 
 
 def _extrapolate(stats: dict, prompts: int, steps: tuple[int, ...]) -> dict:
