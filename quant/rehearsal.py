@@ -75,14 +75,9 @@ def stage_standins(work: Path, size: str, *, progress: Progress = print) -> dict
         shutil.rmtree(work / "pipeline", ignore_errors=True)
     if not (hub / repo_folder_name("openai/clip-vit-base-patch16") / "refs" / "main").is_file():
         write_clip_snapshot(hub, width="small" if size == "tiny" else "real")
-    old_home = os.environ.get("TORCH_HOME")
-    os.environ["TORCH_HOME"] = str(work / "torch")
-    try:
-        inception = weights_path()
-        if not inception.is_file():
-            write_random_weights(inception)
-    finally:
-        os.environ.pop("TORCH_HOME") if old_home is None else os.environ.__setitem__("TORCH_HOME", old_home)
+    inception = weights_path(work / "torch")
+    if not inception.is_file():
+        write_random_weights(inception)
     coco = work / "coco"
     rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
     if not all((coco / r["file_name"]).is_file() for r in rows):

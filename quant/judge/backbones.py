@@ -313,13 +313,7 @@ def _batch(images: list[Any]) -> Any:
 
 def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
     """FID (torchmetrics) between two sets of uint8 H×W×3 images, with features from ``backbone``."""
-    import torch
-
-    metric = _fid_metric(backbone)
-    with torch.inference_mode():
-        metric.update(_batch(reference), real=True)
-        metric.update(_batch(generated), real=False)
-        return float(metric.compute())
+    return fids({"generated": generated}, reference, backbone)["generated"]
 
 
 def fids(sets: dict[str, list[Any]], reference: list[Any], backbone: str) -> dict[str, float]:

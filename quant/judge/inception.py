@@ -27,9 +27,11 @@ WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.
 INPUT_SIZE = 299
 
 
-def weights_path() -> Path:
-    """Where torch hub (and torch-fidelity) keep the weights: ``$TORCH_HOME/hub/checkpoints/<file>``."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / WEIGHTS_FILE
+def weights_path(torch_home: Path | None = None) -> Path:
+    """Where torch hub (and torch-fidelity) keep the weights: ``$TORCH_HOME/hub/checkpoints/<file>`` (``torch_home``:
+    that of another environment than this process's)."""
+    hub = Path(torch_home) / "hub" if torch_home is not None else Path(torch.hub.get_dir())
+    return hub / "checkpoints" / WEIGHTS_FILE
 
 
 def download_weights() -> Path:
