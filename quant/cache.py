@@ -22,7 +22,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -146,6 +146,37 @@ class ArtifactCache:
             self._build(stage, inputs, build, final)
         self.misses.append(stage)
         return final
+
+    @contextlib.contextmanager
+    def scratch(self, what: str) -> Iterator[Path]:
+        """A private working folder under ``<root>/.scratch`` for work that ends in several artifacts (images drawn
+        for several variants in one pass), removed on exit. Its owner holds ``<folder>.lock`` while it lives; a
+        folder whose lock is free was left by a killed process and is swept by the next ``scratch``."""
+        base = self.root / ".scratch"
+        self._writable(base)
+        for lock_path in base.glob("*.lock"):
+            lock = FileLock(str(lock_path))
+            try:
+                lock.acquire(timeout=0)
+            except TimeoutError:
+                continue  # a live owner
+            try:
+                shutil.rmtree(lock_path.with_suffix(""), ignore_errors=True)
+                lock_path.unlink(missing_ok=True)
+            finally:
+                lock.release()
+        try:
+            folder = Path(tempfile.mkdtemp(prefix=f"{what}.", dir=base))
+        except OSError as e:
+            raise self._error(e, base) from e
+        lock = FileLock(str(folder) + ".lock")
+        lock.acquire()
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+            Path(str(folder) + ".lock").unlink(missing_ok=True)
+            lock.release()
 
     def check(self, folder: Path) -> str | None:
         """Why the artifact at ``folder`` must not be used, or None. Every file's size is checked (one ``stat``

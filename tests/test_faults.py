@@ -41,11 +41,12 @@ def _seed(root: Path, session: Path, artifacts, stages: dict[str, list[str]]) ->
             shutil.copytree(session / stage / key, root / stage / key)
 
 
-def _kill_when_started(proc: subprocess.Popen, stage_dir: Path, timeout: float = 300) -> None:
-    """SIGKILL ``proc`` once a build of ``stage_dir``'s stage is under way (its temporary folder holds a file)."""
+def _kill_when_started(proc: subprocess.Popen, stage_dir: Path, timeout: float = 300, pattern: str = ".*") -> None:
+    """SIGKILL ``proc`` once a build of ``stage_dir``'s stage is under way (its temporary folder, ``pattern`` there,
+    holds a file)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        if any(p.is_dir() and any(p.rglob("*")) for p in stage_dir.glob(".*")):
+        if any(p.is_dir() and any(p.rglob("*")) for p in stage_dir.glob(pattern)):
             time.sleep(0.2)
             proc.send_signal(signal.SIGKILL)
             break
@@ -98,10 +99,12 @@ def test_image_generation_killed_draws_the_same_images(artifacts, cache, tmp_pat
               "from quant.flows import draw; from quant.models.prompts import load_prompts; from quant.run.generate import Variant;"
               "c = ArtifactCache(Path(sys.argv[1])); draw(build('tiny', cache=c), Variant('qdq', 2), load_prompts('all'), cache=c)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _kill_when_started(proc, root / "images")
+    _kill_when_started(proc, root / ".scratch", pattern="drawing.*")  # images are drawn there, then moved in
+    assert list((root / ".scratch").glob("drawing.*")), "the killed run's drawings"
     again = draw(build("tiny", cache=ArtifactCache(root)), Variant("qdq", 2), load_prompts("all"), cache=ArtifactCache(root))
     reference = draw(artifacts, Variant("qdq", 2), load_prompts("all"), cache=cache)
     assert _digests(again) == _digests(reference) and len(_digests(again)) == 101  # 100 images and key.json
+    assert not list((root / ".scratch").iterdir()), "a killed run's drawings were kept"
 
 
 def test_a_killed_baseline_write_leaves_the_previous_file(tmp_path: Path) -> None:

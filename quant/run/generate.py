@@ -7,8 +7,6 @@ of an offline model, and the seed-to-seed noise that tolerances are derived from
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -104,35 +102,30 @@ def generate_together(
         raise ValueError(f"variants drawn together share components, seed base and EP: {[v.label for v in variants]}")
     folders = {v: cache.path("images", _inputs(key, v, prompts, qnn)) for v in variants}
     missing = [v for v in variants if not (folders[v].is_dir() and cache.check(folders[v]) is None)]
-    drawn: Path | None = None
-    if missing:
-        cache.root.mkdir(parents=True, exist_ok=True)
-        drawn = Path(tempfile.mkdtemp(prefix=".drawing.", dir=cache.root))
+    if not missing:
+        return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn), _never_built) for v in variants}
+    with cache.scratch("drawing") as drawn:  # a killed run's drawings are swept by the next one
         start = time.perf_counter()
         pipe = OrtSDXLPipeline(components, ep=missing[0].ep, qnn=qnn, reuse=True)
         timing = timing if timing is not None else {}
         timing.update(sessions_s=round(time.perf_counter() - start, 2), prompt_s=[])
         meter = Meter(" + ".join(v.label for v in missing) + " images", len(prompts), progress)
-        try:
-            for prompt in prompts:
-                start = time.perf_counter()
-                for v in missing:
-                    image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
-                    (drawn / v.label).mkdir(exist_ok=True)
-                    save_png(image, drawn / v.label / image_name(prompt))
-                pipe.forget()  # a prompt's outputs are never reused by the next prompt
-                timing["prompt_s"].append(round(time.perf_counter() - start, 2))
-                meter.step()
-            timing["executed"] = dict(pipe.executed)
-        except BaseException:
-            shutil.rmtree(drawn, ignore_errors=True)
-            raise
-    try:
+        for prompt in prompts:
+            start = time.perf_counter()
+            for v in missing:
+                image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
+                (drawn / v.label).mkdir(exist_ok=True)
+                save_png(image, drawn / v.label / image_name(prompt))
+            pipe.forget()  # a prompt's outputs are never reused by the next prompt
+            timing["prompt_s"].append(round(time.perf_counter() - start, 2))
+            meter.step()
+        timing["executed"] = dict(pipe.executed)
         return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn),
                                       lambda out, v=v: _move_images(drawn / v.label, out)) for v in variants}
-    finally:
-        if drawn is not None:
-            shutil.rmtree(drawn, ignore_errors=True)
+
+
+def _never_built(out: Path) -> None:
+    raise RuntimeError(f"{out}: images checked present a moment ago are gone; run again")
 
 
 def _move_images(src: Path, out: Path) -> None:
