@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant.errors import ConfigError, ModelNotAvailableError
-from quant.judge import backbones as bb
-from quant.judge.backbones import PROXY_CLIP, PROXY_FID, REAL_CLIP, REAL_FID, Backbones, resolve_backbones
+from sdxl_qdq.errors import ConfigError, ModelNotAvailableError
+from sdxl_qdq.judge import backbones as bb
+from sdxl_qdq.judge.backbones import PROXY_CLIP, PROXY_FID, REAL_CLIP, REAL_FID, Backbones, resolve_backbones
 
 
 @pytest.fixture
@@ -31,7 +31,7 @@ def hubs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _inception_at(name: str, hubs: Path) -> Path:
-    from quant.judge.inception import write_random_weights
+    from sdxl_qdq.judge.inception import write_random_weights
 
     return write_random_weights(hubs / "torch" / "hub" / "checkpoints" / name)
 
@@ -72,7 +72,7 @@ def test_allow_download_fetches_what_auto_needs(hubs: Path, monkeypatch: pytest.
 
 def test_allow_download_uses_what_it_fetched(hubs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fetch that delivers (here: the stand-ins written where the downloads land) gives the real pair."""
-    from quant.models.standin import write_clip_snapshot
+    from sdxl_qdq.models.standin import write_clip_snapshot
 
     fetched = {REAL_CLIP: lambda: write_clip_snapshot(hubs / "hf", width="small"),
                REAL_FID: lambda: _inception_at("weights-inception-2015-12-05-6726825d.pth", hubs)}
@@ -86,7 +86,7 @@ def test_allow_download_uses_what_it_fetched(hubs: Path, monkeypatch: pytest.Mon
 
 def test_real_clip_preprocesses_with_the_recorded_processor(hubs: Path) -> None:
     """Whatever else is installed, the real CLIP's images go through CLIPImageProcessorPil, and baselines say so."""
-    from quant.models.standin import write_clip_snapshot
+    from sdxl_qdq.models.standin import write_clip_snapshot
 
     write_clip_snapshot(hubs / "hf", width="small")
     pair = resolve_backbones("auto", PROXY_FID, model="tiny")
@@ -101,7 +101,7 @@ def test_real_clip_preprocesses_with_the_recorded_processor(hubs: Path) -> None:
 
 def test_baseline_without_the_clip_preprocessing_never_gates(tmp_path: Path) -> None:
     """A real-CLIP baseline made before the preprocessing was recorded (or with another one) is refused."""
-    from quant.judge.baseline import REQUIRED, baseline_path, load_baseline
+    from sdxl_qdq.judge.baseline import REQUIRED, baseline_path, load_baseline
 
     pair = Backbones(REAL_CLIP, REAL_FID)
     path = baseline_path("sdxl-turbo", pair, tmp_path, reference="coco2017-crop256")

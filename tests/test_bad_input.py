@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SDXL_QDQ = Path(sys.executable).with_name("sdxl-qdq")

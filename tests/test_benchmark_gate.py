@@ -62,7 +62,7 @@ def test_compare_without_a_stored_run_for_this_machine_says_how_to_record_one(py
 
 PLANTED = '''
 import time
-import quant.build.stages as stages
+import sdxl_qdq.convert.stages as stages
 
 _build = stages.build
 

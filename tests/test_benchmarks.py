@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.stages import build
-from quant.cache import ArtifactCache, package_versions
-from quant.components import COMPONENTS
+from sdxl_qdq.convert.stages import build
+from sdxl_qdq.cache import ArtifactCache, package_versions
+from sdxl_qdq.components import COMPONENTS
 
 VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
 
@@ -49,9 +49,9 @@ def test_build_cold(benchmark, artifacts, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("variant", "ep"), VARIANTS, ids=[f"{v}-{e}" for v, e in VARIANTS])
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
-    from quant.build.calibration import load_calibration
-    from quant.diagnose.qnn_profile import EXECUTE_EVENT, htp_execute_us
-    from quant.runtime import QnnOptions, create_session, qnn_is_simulated
+    from sdxl_qdq.convert.calibration import load_calibration
+    from sdxl_qdq.diagnose.qnn_profile import EXECUTE_EVENT, htp_execute_us
+    from sdxl_qdq.runtime import QnnOptions, create_session, qnn_is_simulated
 
     if ep == "qnn":
         pytest.importorskip("onnxruntime_qnn", reason="the QNN EP needs onnxruntime-qnn (pip install onnxruntime-qnn)")
@@ -78,7 +78,7 @@ def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, componen
 @pytest.mark.parametrize("steps", [1, 2], ids=lambda k: f"{k}step")
 @pytest.mark.parametrize("variant", ["float", "qdq"])
 def test_pipeline_latency(benchmark, artifacts, variant: str, steps: int) -> None:
-    from quant.run.pipeline import OrtSDXLPipeline
+    from sdxl_qdq.run.pipeline import OrtSDXLPipeline
 
     pipe = OrtSDXLPipeline(getattr(artifacts, variant))
     _info(benchmark, artifacts, stage="pipeline", variant=variant, ep="cpu", steps=steps,

@@ -12,16 +12,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant.build.bundle import write_bundle
-from quant.components import COMPONENTS
-from quant.device.bundle import Bundle
-from quant.device.check import native_python_error
-from quant.device.night import DeviceResults
-from quant.device.pipeline import DevicePipeline
-from quant.errors import ConfigError, IntegrityError
-from quant.models.prompts import load_prompts
-from quant.run.pipeline import OrtSDXLPipeline
-from quant.runtime import QnnOptions
+from sdxl_qdq.convert.bundle import write_bundle
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.device.bundle import Bundle
+from sdxl_qdq.device.check import native_python_error
+from sdxl_qdq.device.night import DeviceResults
+from sdxl_qdq.device.pipeline import DevicePipeline
+from sdxl_qdq.errors import ConfigError, IntegrityError
+from sdxl_qdq.models.prompts import load_prompts
+from sdxl_qdq.run.pipeline import OrtSDXLPipeline
+from sdxl_qdq.runtime import QnnOptions
 
 PROMPTS = 4
 
@@ -97,7 +97,7 @@ class Blocker(importlib.abc.MetaPathFinder):
         if name.split(".")[0] in BLOCKED:
             raise ImportError(f"{name} is not part of the device profile")
 sys.meta_path.insert(0, Blocker())
-from quant.cli import main
+from sdxl_qdq.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -130,8 +130,8 @@ def test_an_emulated_python_is_refused(process: str, native: str, refused: bool)
 def test_device_results_judged_on_the_host_give_the_host_verdict(quality_artifacts, cache, tmp_path: Path) -> None:
     """Device results drawn on the CPU EP (bit-identical to the host's images) through `--from-device`: the same
     checks, measured values included, as drawing here; results of another build are refused."""
-    from quant.device.night import run_night
-    from quant.flows import prepare_gate
+    from sdxl_qdq.device.night import run_night
+    from sdxl_qdq.flows import prepare_gate
 
     bundle = Bundle.load(write_bundle(quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1,
                                       context=False))
@@ -151,7 +151,7 @@ def test_device_results_judged_on_the_host_give_the_host_verdict(quality_artifac
 def test_a_device_venv_without_onnxruntime_qnn_is_one_line_with_the_fix(monkeypatch, capsys) -> None:
     from importlib import metadata
 
-    from quant.cli import main
+    from sdxl_qdq.cli import main
 
     real = metadata.version
     monkeypatch.setattr(metadata, "version", lambda name: (_ for _ in ()).throw(metadata.PackageNotFoundError(name))

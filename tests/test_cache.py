@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.stages import build
-from quant.cache import ArtifactCache, make_key
-from quant.components import COMPONENTS
+from sdxl_qdq.convert.stages import build
+from sdxl_qdq.cache import ArtifactCache, make_key
+from sdxl_qdq.components import COMPONENTS
 
 
 def test_key_changes_with_any_input() -> None:
@@ -100,7 +100,7 @@ def test_a_warm_build_imports_no_heavy_package(artifacts, cache) -> None:
     import subprocess
     import sys
 
-    code = ("import json, sys\nfrom quant.build.stages import build\nfrom quant.cache import ArtifactCache\n"
+    code = ("import json, sys\nfrom sdxl_qdq.convert.stages import build\nfrom sdxl_qdq.cache import ArtifactCache\n"
             f"cache = ArtifactCache({str(cache.root)!r})\nb = build({artifacts.source.name!r}, cache=cache)\n"
             "heavy = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'datasets', 'diffusers', "
             "'transformers', 'olive')} | {m for m in sys.modules if m.startswith('onnxruntime.tools')})\n"

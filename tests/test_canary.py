@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from quant.models.canary import world
-from quant.models.prompts import PROMPTS_CANARY
+from sdxl_qdq.models.canary import world
+from sdxl_qdq.models.prompts import PROMPTS_CANARY
 
 CORRECT_TARGET = 0.80  # float, 1 step: share of test images the procedural checker accepts
 
@@ -32,9 +32,9 @@ def test_prompt_fixture_is_the_world_prompt_set() -> None:
 def test_short_training_reproduces_the_first_steps() -> None:
     """The committed weights came from this code: the VAE and scorer stages replay their logged first
     losses (to float32 rounding on another CPU); the joint UNet stage is deterministic run to run."""
-    from quant.models.canary import model as canary
-    from quant.models.canary import train
-    from quant.models.sdxl import build_tokenizers
+    from sdxl_qdq.models.canary import model as canary
+    from sdxl_qdq.models.canary import train
+    from sdxl_qdq.models.sdxl import build_tokenizers
 
     logged = json.loads((canary.WEIGHTS_DIR / "canary.json").read_text())["first_losses"]
 
@@ -63,7 +63,7 @@ def test_short_training_reproduces_the_first_steps() -> None:
 
 
 def test_committed_weights_are_small_fp16_safetensors() -> None:
-    from quant.models.canary.model import WEIGHTS_DIR
+    from sdxl_qdq.models.canary.model import WEIGHTS_DIR
 
     files = sorted(WEIGHTS_DIR.glob("*.safetensors"))
     assert {f.stem for f in files} == {"vae", "text_encoder", "text_encoder_2", "unet", "scorer"}
@@ -77,17 +77,17 @@ def test_committed_weights_are_small_fp16_safetensors() -> None:
 
 @pytest.fixture(scope="module")
 def canary_build(cache):
-    from quant.build.stages import build
+    from sdxl_qdq.convert.stages import build
 
     return build("canary", cache=cache)
 
 
 @pytest.fixture(scope="module")
 def test_images(canary_build, cache):
-    from quant.flows import draw
-    from quant.judge.evaluation import load_images
-    from quant.models.prompts import load_prompts
-    from quant.run.generate import Variant
+    from sdxl_qdq.flows import draw
+    from sdxl_qdq.judge.evaluation import load_images
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.run.generate import Variant
 
     prompts = load_prompts("test", path=PROMPTS_CANARY)
     images = {}
@@ -106,7 +106,7 @@ def test_canary_draws_the_prompt(test_images, label: str) -> None:
 
 
 def test_scorer_separates_captions() -> None:
-    from quant.judge.backbones import CANARY_CLIP, clip_scores
+    from sdxl_qdq.judge.backbones import CANARY_CLIP, clip_scores
 
     scenes = world.all_scenes()
     images = [world.render(s) for s in scenes]
@@ -116,8 +116,8 @@ def test_scorer_separates_captions() -> None:
     assert np.mean(matched) >= 90 and np.mean(wrong) <= 15, (np.mean(matched), np.mean(wrong))
     import torch
 
-    from quant.judge.backbones import canary_scorer
-    from quant.models.canary.model import scorer_token_ids, to_tensor
+    from sdxl_qdq.judge.backbones import canary_scorer
+    from sdxl_qdq.models.canary.model import scorer_token_ids, to_tensor
 
     scorer = canary_scorer()
     with torch.no_grad():
@@ -130,8 +130,8 @@ def test_scorer_separates_captions() -> None:
 @pytest.mark.parametrize("variant", ["unet-noise5", "no-xattn"])
 def test_gate_fails_a_degraded_unet(canary_build, cache, variant: str) -> None:
     """A quantized UNet that is noised, or no longer reads the prompt, fails the CLIP and FID checks."""
-    from quant.build.stages import build, with_qdq_component
-    from quant.flows import prepare_gate
+    from sdxl_qdq.convert.stages import build, with_qdq_component
+    from sdxl_qdq.flows import prepare_gate
 
     degraded = with_qdq_component(canary_build, build(f"canary:{variant}", cache=cache), "unet")
     gate = prepare_gate(degraded, cache=cache)

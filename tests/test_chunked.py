@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant.build.calibration import load_calibration
-from quant.build.lean.quantize import quantize_with_ranges
-from quant.build.lean.segmented import segmented_minmax_ranges, split_nodes
+from sdxl_qdq.convert.calibration import load_calibration
+from sdxl_qdq.convert.lean.quantize import quantize_with_ranges
+from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges, split_nodes
 
 
 class _Reader:
@@ -84,7 +84,7 @@ def test_repeated_samples_are_run_once(stock) -> None:
     timings: dict = {}
     twice = segmented_minmax_ranges(model, lambda: feeds + feeds[::-1], segments=2,
                                     op_types_to_calibrate=config.op_types_to_quantize, timings=timings)
-    from quant.run.pipeline import feeds_digest
+    from sdxl_qdq.run.pipeline import feeds_digest
 
     distinct = len({feeds_digest(f) for f in feeds})  # the text encoders already see each prompt twice
     assert timings["samples"] == distinct and timings["duplicates"] == 2 * len(feeds) - distinct
@@ -104,7 +104,7 @@ def test_segments_are_balanced_by_weight_bytes(artifacts, component: str) -> Non
     """Exactly the requested number of contiguous parts, none holding half of the weights."""
     import onnx
 
-    from quant.build.lean.graph import tensor_bytes
+    from sdxl_qdq.convert.lean.graph import tensor_bytes
 
     model = onnx.load(str(artifacts.float.models[component]), load_external_data=False)
     sizes = {t.name: tensor_bytes(t) for t in model.graph.initializer}
@@ -127,7 +127,7 @@ def test_reductions_run_before_their_tensor_is_consumed(artifacts, tmp_path: Pat
     import onnxruntime
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
-    from quant.build.lean.segmented import _calibrator_class, session_options
+    from sdxl_qdq.convert.lean.segmented import _calibrator_class, session_options
 
     monkeypatch.setattr(MinMaxCalibrater, "augment_graph", MinMaxCalibrater.augment_graph)  # restored afterwards
     if olive_patched:

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from quant.components import COMPONENTS
-from quant.diagnose.coverage import op_histogram, qdq_coverage
-from quant.judge.baseline import baseline_model_name
-from quant.paths import BASELINES_DIR
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.diagnose.coverage import op_histogram, qdq_coverage
+from sdxl_qdq.judge.baseline import baseline_model_name
+from sdxl_qdq.paths import BASELINES_DIR
 
 
 def _exceptions(artifacts) -> dict:
@@ -50,8 +50,8 @@ def test_op_histogram_snapshot(artifacts, snapshot, component: str, variant: str
 
 
 def test_worst_layers_are_named_worst_first(artifacts) -> None:
-    from quant.build.calibration import load_calibration
-    from quant.diagnose.localize import worst_layers
+    from sdxl_qdq.convert.calibration import load_calibration
+    from sdxl_qdq.diagnose.localize import worst_layers
 
     feeds = load_calibration(artifacts.calibration_dir, "text_encoder_2")[:2]
     layers = worst_layers(artifacts.float.models["text_encoder_2"], artifacts.qdq.models["text_encoder_2"], feeds, top=5)

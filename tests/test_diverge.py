@@ -10,9 +10,9 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from quant.build.calibration import load_calibration
-from quant.diagnose.diverge import CutGraph, cpu_reference, distinct_samples, localize
-from quant.runtime import create_session
+from sdxl_qdq.convert.calibration import load_calibration
+from sdxl_qdq.diagnose.diverge import CutGraph, cpu_reference, distinct_samples, localize
+from sdxl_qdq.runtime import create_session
 
 PLANTED = "/unet/down_blocks.1/resnets.0/conv1/Conv_output_0"  # the activation whose DequantizeLinear gets a wrong scale
 
@@ -26,7 +26,7 @@ def _run(proto, data_dir: Path, feeds) -> np.ndarray:
 
 def test_cuts_compute_what_the_model_computes(artifacts) -> None:
     """A cut to the model output equals the model; a cut fed the CPU reference at its stops equals it too (the
-    CPU EP runs the graph as written, see quant.diverge)."""
+    CPU EP runs the graph as written, see sdxl_qdq.diverge)."""
     model = artifacts.qdq.models["unet"]
     graph = CutGraph(model)
     feeds = distinct_samples(load_calibration(artifacts.calibration_dir, "unet"), 2)

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from quant.components import COMPONENTS, read_io
+from sdxl_qdq.components import COMPONENTS, read_io
 
 EXPECTED_OUTPUTS = {
     "text_encoder": ["penultimate_hidden_states"],
@@ -61,7 +61,7 @@ def test_streamed_rewrite_writes_what_onnx_writes(artifacts, tmp_path, layout: s
     """The export's last step streams each tensor into model.onnx.data; onnx.load + save_with_external_data (which
     holds the weights twice) writes the same bytes: for torch's layouts under 2 GB (inline) and over (one file per
     tensor: here every tensor, attributes and tensors under the threshold too)."""
-    from quant.build.files import rewrite_with_external_data, save_with_external_data
+    from sdxl_qdq.convert.files import rewrite_with_external_data, save_with_external_data
 
     model = onnx.load(str(artifacts.float.models["unet"]))
     source = tmp_path / "source" / "model.onnx"
@@ -85,8 +85,8 @@ def test_ort_float_pipeline_matches_diffusers(artifacts, steps: int) -> None:
     """Our ORT pipeline draws what diffusers' StableDiffusionXLPipeline draws from the same weights and noise."""
     import torch
 
-    from quant.build.export import load_torch_pipeline
-    from quant.run.pipeline import OrtSDXLPipeline, prompt_seed
+    from sdxl_qdq.convert.export import load_torch_pipeline
+    from sdxl_qdq.run.pipeline import OrtSDXLPipeline, prompt_seed
 
     prompt = "A man with a red helmet on a small moped on a dirt road"
     ours = OrtSDXLPipeline(artifacts.float)(prompt, steps=steps)

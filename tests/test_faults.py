@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.stages import build
-from quant.cache import ArtifactCache, CacheError
-from quant.components import COMPONENTS
-from quant.manifest import MANIFEST
+from sdxl_qdq.convert.stages import build
+from sdxl_qdq.cache import ArtifactCache, CacheError
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.manifest import MANIFEST
 
 VARIABLE = {"build.log", "build.json"}  # what a stage writes about itself (times, third-party output)
 
@@ -56,7 +56,7 @@ def _kill_when_started(proc: subprocess.Popen, stage_dir: Path, timeout: float =
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "quant", *args]
+    return [sys.executable, "-m", "sdxl_qdq", *args]
 
 
 @pytest.mark.parametrize("stage", ["export", "calibration", "qdq"])
@@ -87,16 +87,16 @@ def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(artifacts, cache,
 
 
 def test_image_generation_killed_draws_the_same_images(artifacts, cache, tmp_path: Path) -> None:
-    from quant.flows import draw
-    from quant.models.prompts import load_prompts
-    from quant.run.generate import Variant
+    from sdxl_qdq.flows import draw
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.run.generate import Variant
 
     root = tmp_path / "cache"
     keys = artifacts.keys
     _seed(root, cache.root, artifacts, {"source": [_source_key(artifacts)], "export": [keys["export"]],
                                         "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())})
-    script = ("import sys; from pathlib import Path; from quant.build.stages import build; from quant.cache import ArtifactCache;"
-              "from quant.flows import draw; from quant.models.prompts import load_prompts; from quant.run.generate import Variant;"
+    script = ("import sys; from pathlib import Path; from sdxl_qdq.convert.stages import build; from sdxl_qdq.cache import ArtifactCache;"
+              "from sdxl_qdq.flows import draw; from sdxl_qdq.models.prompts import load_prompts; from sdxl_qdq.run.generate import Variant;"
               "c = ArtifactCache(Path(sys.argv[1])); draw(build('tiny', cache=c), Variant('qdq', 2), load_prompts('all'), cache=c)")
     proc = subprocess.Popen([sys.executable, "-c", script, str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_when_started(proc, root / ".scratch", pattern="drawing.*")  # images are drawn there, then moved in
@@ -108,13 +108,13 @@ def test_image_generation_killed_draws_the_same_images(artifacts, cache, tmp_pat
 
 
 def test_a_killed_baseline_write_leaves_the_previous_file(tmp_path: Path) -> None:
-    from quant.judge.baseline import write_baseline
+    from sdxl_qdq.judge.baseline import write_baseline
 
     path = tmp_path / "baseline.json"
     write_baseline({"version": 1}, path)
     before = path.read_bytes()
     big = json.dumps({"values": list(range(4_000_000))})
-    script = ("import json, sys; from pathlib import Path; from quant.judge.baseline import write_baseline;"
+    script = ("import json, sys; from pathlib import Path; from sdxl_qdq.judge.baseline import write_baseline;"
               f"write_baseline(json.loads(sys.stdin.read()), Path({str(path)!r}))")
     proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -131,7 +131,7 @@ def test_a_killed_baseline_write_leaves_the_previous_file(tmp_path: Path) -> Non
 
 
 def test_two_processes_build_one_artifact(tmp_path: Path) -> None:
-    script = ("import sys, time, os; from pathlib import Path; from quant.cache import ArtifactCache\n"
+    script = ("import sys, time, os; from pathlib import Path; from sdxl_qdq.cache import ArtifactCache\n"
               "def make(out):\n"
               "    open(Path(sys.argv[1]) / 'builds.log', 'a').write(f'{os.getpid()}\\n'); time.sleep(1.5)\n"
               "    (out / 'x').write_text('x')\n"
@@ -193,7 +193,7 @@ def _mount_tmpfs(path: Path, options: str) -> bool:
 
 def test_an_unwritable_cache_is_one_clear_error(tmp_path: Path, capsys) -> None:
     """A read-only filesystem where one can be mounted (root), and always a cache path under a regular file."""
-    from quant.cli import main
+    from sdxl_qdq.cli import main
 
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE
-from quant.errors import ConfigError
-from quant.flows import prepare_gate
-from quant.judge.backbones import PROXY_CLIP, PROXY_FID, Backbones
-from quant.judge.baseline import REQUIRED, baseline_path, load_baseline
-from quant.judge.gate import Check
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
+from sdxl_qdq.errors import ConfigError
+from sdxl_qdq.flows import prepare_gate
+from sdxl_qdq.judge.backbones import PROXY_CLIP, PROXY_FID, Backbones
+from sdxl_qdq.judge.baseline import REQUIRED, baseline_path, load_baseline
+from sdxl_qdq.judge.gate import Check
 
 
 def test_check_message_has_value_baseline_limit_and_direction() -> None:
@@ -81,7 +81,7 @@ def test_a_broken_baseline_file_is_one_line_with_the_fix(tmp_path: Path, content
 
 
 def test_baseline_of_another_prompt_set_never_gates(tmp_path: Path) -> None:
-    from quant.models.prompts import load_prompts
+    from sdxl_qdq.models.prompts import load_prompts
 
     proxy = Backbones(PROXY_CLIP, PROXY_FID)
     _write(baseline_path("tiny", proxy, tmp_path, reference="float1-seed1"), prompts_sha256="0" * 64)
@@ -104,7 +104,7 @@ def test_shipped_baselines_record_versions_and_backbones() -> None:
 @pytest.fixture(scope="module")
 def degraded(artifacts, cache, tmp_path_factory):
     """The seed recipe with uint8 activations instead of uint16, built and gated against the tiny baseline."""
-    from quant.build.stages import build
+    from sdxl_qdq.convert.stages import build
 
     recipe = json.loads(DEFAULT_RECIPE.read_text())
     for workflow in recipe["workflows"].values():
@@ -118,7 +118,7 @@ def test_uint8_activations_leave_the_noise_window_of_the_tiny_model(degraded) ->
     """On the random tiny model the MSE noise windows have the power (its images mean nothing, so the harm floors,
     set for images that do, are the canary's to test: tests/test_verdicts.py). uint8 activations move its images
     far outside them but stay above 30 dB PSNR vs float: `changed`, which fails under --strict-gate."""
-    from quant.judge.summary import verdict
+    from sdxl_qdq.judge.summary import verdict
 
     checks = degraded.all_checks()
     moved = [c for c in checks if c.metric.startswith("MSE") and c.status != "pass"]

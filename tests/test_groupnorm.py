@@ -1,4 +1,4 @@
-"""GroupNorm as one GroupNormalization op: the fusion (quant/surgeons.py) and why QNN needs it."""
+"""GroupNorm as one GroupNormalization op: the fusion (sdxl_qdq/surgeons.py) and why QNN needs it."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quant.build.surgeons import fuse_group_norms
+from sdxl_qdq.convert.surgeons import fuse_group_norms
 
 
 def _groupnorm_silu_conv(path: Path, *, channels: int = 64, size: int = 8, groups: int = 8, opset: int = 21,
@@ -70,7 +70,7 @@ def _quantize(model: Path, out: Path) -> Path:
 
 
 def _cpu(model: Path | bytes, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-    from quant.runtime import create_session
+    from sdxl_qdq.runtime import create_session
 
     session = create_session(model)
     return np.stack([session.run(None, f)[0] for f in feeds])
@@ -104,7 +104,7 @@ def test_fused_qdq_graph_keeps_every_calibrated_range(tmp_path: Path) -> None:
     (q,) = [n for n in nodes if n.input and n.input[0] == gn.output[0]]
     assert q.op_type == "QuantizeLinear" and q.input[1] == "a_scale"  # the Add output's calibrated scale
     feeds = _inputs(qdq, 3, seed=2)
-    from quant.judge.metrics import sqnr_db
+    from sdxl_qdq.judge.metrics import sqnr_db
 
     assert sqnr_db(_cpu(qdq, feeds), _cpu(fused, feeds)) > 40
 
@@ -154,8 +154,8 @@ def test_recipe_fuses_every_groupnorm_of_the_export(artifacts, component: str) -
 
 # --------------------------------------------------------------------------------------------- on QNN
 def _qnn_vs_cpu(model: Path, qnn_options, feeds) -> float:
-    from quant.judge.metrics import sqnr_db
-    from quant.runtime import assert_assignment, create_session
+    from sdxl_qdq.judge.metrics import sqnr_db
+    from sdxl_qdq.runtime import assert_assignment, create_session
 
     session = create_session(model, ep="qnn", qnn=qnn_options)
     assert_assignment(session, "qnn")

@@ -22,7 +22,7 @@ def _images(size: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def inception(tmp_path_factory: pytest.TempPathFactory):
-    from quant.judge.inception import FidInceptionV3, write_random_weights
+    from sdxl_qdq.judge.inception import FidInceptionV3, write_random_weights
 
     # the reference was made from this file, written by write_random_weights(seed=0) with torch 2.13.0
     return FidInceptionV3(write_random_weights(tmp_path_factory.mktemp("inception") / "w.pth", seed=0))
@@ -48,7 +48,7 @@ def test_resize_matches_tensorflow1_on_a_known_case() -> None:
     """TF 1.x resize_bilinear, corners not aligned: out[i] = in[i·in/out] interpolated, border repeated."""
     import torch
 
-    from quant.judge.inception import resize_like_tensorflow1
+    from sdxl_qdq.judge.inception import resize_like_tensorflow1
 
     x = torch.tensor([[[[0.0, 10.0]]]]).expand(1, 1, 2, 2).contiguous()  # columns 0 and 10
     out = resize_like_tensorflow1(x, 4)

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGE = ROOT / "quant"
+PACKAGE = ROOT / "sdxl_qdq"
 
 
 def _module_name(path: Path) -> str:
@@ -36,10 +36,10 @@ def _imports(modules: dict[str, Path]) -> dict[str, set[tuple[str, str | None]]]
         edges = found.setdefault(name, set())
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                edges |= {(a.name, None) for a in node.names if a.name.split(".")[0] == "quant"}
+                edges |= {(a.name, None) for a in node.names if a.name.split(".")[0] == "sdxl_qdq"}
             elif isinstance(node, ast.ImportFrom):
                 target = _resolve(name, path.name == "__init__.py", node)
-                if target.split(".")[0] != "quant":
+                if target.split(".")[0] != "sdxl_qdq":
                     continue
                 for alias in node.names:
                     sub = f"{target}.{alias.name}"
@@ -85,21 +85,23 @@ def test_no_private_name_imported_across_modules() -> None:
     assert not private, private
 
 
-STAGES = ("quant.models", "quant.run", "quant.build", "quant.judge", "quant.diagnose", "quant.device")
-TOP = ("quant.cli", "quant.flows", "quant.plugin", "quant.rehearsal", "quant.__main__")  # they tie the stages together
+STAGES = ("sdxl_qdq.models", "sdxl_qdq.run", "sdxl_qdq.convert", "sdxl_qdq.judge", "sdxl_qdq.diagnose", "sdxl_qdq.device")
+# they tie the stages together
+TOP = ("sdxl_qdq.cli", "sdxl_qdq.flows", "sdxl_qdq.plugin", "sdxl_qdq.rehearsal", "sdxl_qdq.__main__")
 
 
 def test_stages_import_down_the_data_flow() -> None:
-    """Import order models → run → build → judge (build records its calibration inputs by running run's float
+    """Import order models → run → convert → judge (convert records its calibration inputs by running run's float
     pipeline); diagnose and device (what the NPU runner runs) beside them; a stage never imports a later one, and
     none imports diagnose or device."""
-    order = {"quant.models": 0, "quant.run": 1, "quant.build": 2, "quant.judge": 3, "quant.diagnose": 3, "quant.device": 3}
+    order = {"sdxl_qdq.models": 0, "sdxl_qdq.run": 1, "sdxl_qdq.convert": 2, "sdxl_qdq.judge": 3, "sdxl_qdq.diagnose": 3,
+             "sdxl_qdq.device": 3}
     wrong = []
     for importer, targets in _graph().items():
         stage = next((s for s in order if importer.startswith(s + ".")), None)
         for target in targets:
             other = next((s for s in order if target.startswith(s + ".")), None)
-            beside = other in ("quant.diagnose", "quant.device") and stage != other
+            beside = other in ("sdxl_qdq.diagnose", "sdxl_qdq.device") and stage != other
             if stage and other and (order[other] > order[stage] or beside):
                 wrong.append(f"{importer} -> {target}")
     assert not wrong, wrong
@@ -115,8 +117,8 @@ def test_shared_modules_import_no_stage() -> None:
 def test_readme_layout_table_matches_the_tree() -> None:
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
-    named = set(re.findall(r"`(quant/[\w/]+(?:\.py)?)`", section))
-    assert named, "the README's layout table names no quant/ path"
+    named = set(re.findall(r"`(sdxl_qdq/[\w/]+(?:\.py)?)`", section))
+    assert named, "the README's layout table names no sdxl_qdq/ path"
     missing = sorted(p for p in named if not (ROOT / p).exists())
     assert not missing, f"README names paths that do not exist: {missing}"
     folders = {str(p.parent.relative_to(ROOT)) for p in PACKAGE.rglob("__init__.py") if p.parent != PACKAGE}
@@ -125,7 +127,7 @@ def test_readme_layout_table_matches_the_tree() -> None:
 
 
 def test_no_source_file_is_git_ignored() -> None:
-    """An ignore pattern that matches a package folder (``build/`` matched ``quant/build/``) leaves it out of every
+    """An ignore pattern that matches a package folder (``build/`` once matched the stage now in ``convert/``) leaves it out of every
     clone while the tree that wrote it still works."""
     import shutil
     import subprocess
@@ -134,8 +136,27 @@ def test_no_source_file_is_git_ignored() -> None:
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout (an installed copy): nothing can be left out of a clone")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--ignored", "--exclude-standard", "--", "quant", "tests",
-                             "recipes", "baselines", "requirements", "fixtures"],
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--ignored", "--exclude-standard", "--", "sdxl_qdq",
+                             "tests", "recipes", "baselines", "requirements", "fixtures"],
                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     sources = [f for f in listed if "__pycache__" not in f and ".egg-info" not in f and not Path(f).name.startswith(".")]
     assert not sources, f"matched by .gitignore (new files there never reach a clone): {sources[:10]}"
+
+
+OUTPUT_NAMES = {"build", "dist", "out", "tmp", "cache", "output", "outputs"}
+
+
+def test_no_package_folder_is_named_like_an_output() -> None:
+    """Folders named like build output are skipped by linters', collectors' and ignore files' defaults: the package
+    has none (its stages are models, run, convert, judge, diagnose, device)."""
+    named = sorted(str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*") if p.is_dir() and p.name in OUTPUT_NAMES)
+    assert not named, named
+
+
+def test_the_import_package_is_named_for_the_project() -> None:
+    """``import sdxl_qdq`` (the distribution sdxl-qdq-gate, the CLI sdxl-qdq); no generic top-level name."""
+    import importlib.util
+
+    assert importlib.util.find_spec("sdxl_qdq") is not None
+    assert importlib.util.find_spec("quant") is None
+    assert PACKAGE.is_dir() and not (ROOT / "quant").exists()

@@ -9,13 +9,13 @@ from pathlib import Path
 import onnx
 import pytest
 
-from quant.build.lean.graph import Graph, tensor_bytes
-from quant.build.lean.passes import qnn_preprocess, quant_preprocess
-from quant.build.lean.policy import choose_quantizer
-from quant.build.lean.quantize import lean_quantize, plan
-from quant.build.recipe import DEFAULT_RECIPE, load_recipe
-from quant.components import COMPONENTS
-from quant.errors import ConfigError
+from sdxl_qdq.convert.lean.graph import Graph, tensor_bytes
+from sdxl_qdq.convert.lean.passes import qnn_preprocess, quant_preprocess
+from sdxl_qdq.convert.lean.policy import choose_quantizer
+from sdxl_qdq.convert.lean.quantize import lean_quantize, plan
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, load_recipe
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.errors import ConfigError
 
 RECIPE = load_recipe(DEFAULT_RECIPE)
 FUSED = ("unet", "vae_decoder")  # the recipe fuses their GroupNorms after quantization
@@ -81,8 +81,8 @@ def test_lean_refuses_what_it_does_not_implement(edit, message: str) -> None:
 def test_auto_picks_by_the_model_never_by_this_machine(artifacts, monkeypatch: pytest.MonkeyPatch) -> None:
     """The choice enters the build's keys: the same model must get the same quantizer on a 1 MiB machine as on
     this one (a judge on another host finds the build's artifacts), and lean past the fixed 16 GiB-host budget."""
-    from quant import procs
-    from quant.build.lean import policy
+    from sdxl_qdq import procs
+    from sdxl_qdq.convert.lean import policy
 
     unet = artifacts.float.models["unet"]
     assert choose_quantizer(unet, "auto") == "olive"
@@ -102,8 +102,8 @@ def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> No
     import numpy as np
     import onnxruntime
 
-    from quant.build.calibration import load_calibration
-    from quant.build.lean.policy import stock_peak_estimate
+    from sdxl_qdq.convert.calibration import load_calibration
+    from sdxl_qdq.convert.lean.policy import stock_peak_estimate
 
     model = artifacts.float.models["vae_decoder"]
     proto = onnx.load(str(model))
@@ -119,7 +119,7 @@ def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> No
 def test_build_runs_lean_in_its_own_process(artifacts, cache, tmp_path: Path) -> None:
     """``build(quantizer='lean')``: a separate cache entry per component, made by a child process that
     reports its steps and peak memory."""
-    from quant.build.stages import build
+    from sdxl_qdq.convert.stages import build
 
     result = build("tiny", cache=cache, quantizer="lean")
     assert set(result.keys["quantizer"].values()) == {"lean"}
@@ -134,7 +134,7 @@ def test_lean_build_collects_ranges_while_recording(artifacts, cache) -> None:
     """The components the float pipeline runs (text encoders, UNet) are prepared first, then calibrated by the
     recording itself: their QDQ step has no calibration of its own; the decoder (recorded, not run) calibrates as
     before. A prepared folder holds what lean_prepare wrote and nothing the later steps wrote into it."""
-    from quant.build.stages import build
+    from sdxl_qdq.convert.stages import build
 
     result = build("tiny", cache=cache, quantizer="lean")
     assert sorted(result.keys["prepared"]) == ["text_encoder", "text_encoder_2", "unet"]
@@ -151,8 +151,8 @@ def test_lean_build_collects_ranges_while_recording(artifacts, cache) -> None:
 def test_a_warm_lean_build_does_not_touch_its_prepared_folders(cache) -> None:
     """The prepared folders (the real UNet's: 10 GB) are read only by the recording and the quantization: once
     those are cached, a build neither checks nor rebuilds them, pruned or not; their keys still name them."""
-    from quant.build.stages import build
-    from quant.cache import ArtifactCache
+    from sdxl_qdq.convert.stages import build
+    from sdxl_qdq.cache import ArtifactCache
 
     cold = build("tiny", cache=cache, quantizer="lean")
     warm_cache = ArtifactCache(cache.root)
@@ -169,9 +169,9 @@ def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(artif
     import numpy as np
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from quant.build.calibration import iter_calibration
-    from quant.build.lean.segmented import segmented_minmax_ranges
-    from quant.build.stages import build
+    from sdxl_qdq.convert.calibration import iter_calibration
+    from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
+    from sdxl_qdq.convert.stages import build
 
     result = build("tiny", cache=cache, quantizer="lean")
     prepared = cache.root / "prepared" / result.keys["prepared"][component]
@@ -194,9 +194,9 @@ def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(a
     import numpy as np
     from onnxruntime.quantization.calibrate import load_tensors_data
 
-    from quant.build.calibration import load_calibration
-    from quant.build.lean.segmented import segmented_minmax_ranges
-    from quant.build.stages import build
+    from sdxl_qdq.convert.calibration import load_calibration
+    from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
+    from sdxl_qdq.convert.stages import build
 
     lean = build("tiny", cache=cache, quantizer="lean")
     assert lean.calibration_dir != artifacts.calibration_dir
@@ -219,7 +219,7 @@ def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(a
 
 def test_isolated_export_equals_in_process_export(artifacts, tmp_path: Path) -> None:
     """One component per process (the real-size path) writes the same files as the in-process export."""
-    from quant.build.export import export_components
+    from sdxl_qdq.convert.export import export_components
 
     stats = export_components(artifacts.pipeline_dir, artifacts.source, tmp_path, isolate=True)
     assert set(stats) == set(COMPONENTS) and all(s["peak_rss_gb"] > 0 for s in stats.values())
@@ -233,9 +233,9 @@ def test_staged_recording_keeps_the_pipeline_call_order(artifacts, tmp_path: Pat
     the whole pipeline feeds it."""
     import numpy as np
 
-    from quant.build.calibration import load_calibration, record_calibration
-    from quant.models.prompts import load_prompts
-    from quant.run.pipeline import OrtSDXLPipeline
+    from sdxl_qdq.convert.calibration import load_calibration, record_calibration
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.run.pipeline import OrtSDXLPipeline
 
     prompts = load_prompts("train", path=artifacts.source.prompts)[:2]
     record_calibration(artifacts.float, prompts, tmp_path, steps=(1, 2))
@@ -257,7 +257,7 @@ def test_real_random_source_has_the_real_sizes() -> None:
     components (counted on torch's meta device, no memory)."""
     import torch
 
-    from quant.models.sdxl import (
+    from sdxl_qdq.models.sdxl import (
         REAL_TEXT_ENCODER,
         REAL_TEXT_ENCODER_2,
         REAL_UNET,
@@ -275,9 +275,9 @@ def test_real_random_source_has_the_real_sizes() -> None:
 
 
 def test_lean_child_usage_and_cleanup_on_failure(artifacts, tmp_path: Path, capsys) -> None:
-    """``python -m quant _lean``: wrong arguments are a usage error; a refused recipe is one line naming the
+    """``python -m sdxl_qdq _lean``: wrong arguments are a usage error; a refused recipe is one line naming the
     option and the fix, and leaves nothing in the cache entry."""
-    from quant.cli import main
+    from sdxl_qdq.cli import main
 
     with pytest.raises(SystemExit) as usage:
         main(["_lean"])
@@ -301,7 +301,7 @@ def test_lean_defaults_are_olives() -> None:
     from olive.hardware.accelerator import DEFAULT_CPU_ACCELERATOR
     from olive.passes.onnx.quantization import OnnxStaticQuantization
 
-    from quant.build.lean.quantize import QuantSettings
+    from sdxl_qdq.convert.lean.quantize import QuantSettings
 
     config = OnnxStaticQuantization._default_config(DEFAULT_CPU_ACCELERATOR)
     olive = {k: config[k].default_value for k in ("activation_type", "precision", "quant_preprocess", "per_channel")}

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from quant.judge.metrics import bootstrap_mean_ci, image_mse, psnr_db, sqnr_db
+from sdxl_qdq.judge.metrics import bootstrap_mean_ci, image_mse, psnr_db, sqnr_db
 
 
 def test_sqnr_matches_hand_computation() -> None:

@@ -1,4 +1,4 @@
-"""onnxruntime's calibration and quantizer made linear in the graph (quant/build/ort_patches.py): the same bytes
+"""onnxruntime's calibration and quantizer made linear in the graph (sdxl_qdq/convert/ort_patches.py): the same bytes
 as onnxruntime's own code, on the tiny UNet (the largest graph CI has) and on the decoder with per-channel
 weights; the indexes follow every change the quantizer makes; a patched class gets back what it had."""
 
@@ -16,10 +16,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from quant.build.calibration import load_calibration, write_distinct
-from quant.build.lean.segmented import segmented_minmax_ranges
-from quant.build.ort_patches import linear_quantizer, patched
-from quant.build.recipe import DEFAULT_RECIPE, load_recipe, minmax_only, quantize_component
+from sdxl_qdq.convert.calibration import load_calibration, write_distinct
+from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
+from sdxl_qdq.convert.ort_patches import linear_quantizer, patched
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, load_recipe, minmax_only, quantize_component
 
 
 def _private_copy(model: Path, dest: Path) -> Path:
@@ -174,7 +174,7 @@ def test_only_plain_minmax_drops_repeated_samples() -> None:
 
 def test_olive_path_on_distinct_samples_gives_the_same_model(artifacts, tmp_path: Path, monkeypatch) -> None:
     """The text encoder's workflow over all 100 recorded samples, and over the 50 distinct ones the build uses."""
-    import quant.build.recipe as recipe_module
+    import sdxl_qdq.convert.recipe as recipe_module
 
     recipe = load_recipe(DEFAULT_RECIPE)
     model = _private_copy(artifacts.float.models["text_encoder"], tmp_path / "float")

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_every_package_is_listed_for_the_wheel() -> None:
     """pyproject.toml lists packages by hand (the shipped data folders are mapped in); a new subpackage must be in it."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "quant").rglob("__init__.py")}
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "sdxl_qdq").rglob("__init__.py")}
     assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
 
 
@@ -26,10 +26,10 @@ def test_a_non_editable_install_finds_recipes_prompts_and_baselines(tmp_path: Pa
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(tmp_path / "site"),
                     str(wheel)], check=True, capture_output=True, env=_quiet_env())
     probe = (
-        "import quant, quant.paths as p\n"
-        "from quant.models.prompts import PROMPTS_COCO, load_prompts\n"
-        "from quant.build.recipe import DEFAULT_RECIPE, load_recipe\n"
-        "assert quant.__file__.startswith(%r), quant.__file__\n"
+        "import sdxl_qdq, sdxl_qdq.paths as p\n"
+        "from sdxl_qdq.models.prompts import PROMPTS_COCO, load_prompts\n"
+        "from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, load_recipe\n"
+        "assert sdxl_qdq.__file__.startswith(%r), sdxl_qdq.__file__\n"
         "assert not p.IN_CHECKOUT\n"
         "assert len(load_prompts('all', path=PROMPTS_COCO)) == 100\n"
         "assert load_recipe(DEFAULT_RECIPE)['workflows']\n"

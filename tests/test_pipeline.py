@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quant.run.pipeline import OrtSDXLPipeline, prompt_seed
+from sdxl_qdq.run.pipeline import OrtSDXLPipeline, prompt_seed
 
 
 def test_prompt_seed_depends_only_on_text() -> None:
@@ -43,10 +43,10 @@ def test_reuse_runs_each_distinct_call_once_with_the_same_images(artifacts) -> N
 def test_variants_drawn_together_are_the_images_drawn_alone(artifacts, tmp_path, monkeypatch) -> None:
     """float@1 and float@2 in one pass: the same PNG bytes as each drawn alone, each its own cached artifact, and
     every distinct model call once per prompt (a real-size gate's images in under 2 h on 2 cores depend on it)."""
-    from quant.cache import ArtifactCache
-    from quant.models.prompts import load_prompts
-    from quant.run import generate as gen
-    from quant.run.generate import Variant, generate, generate_together
+    from sdxl_qdq.cache import ArtifactCache
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.run import generate as gen
+    from sdxl_qdq.run.generate import Variant, generate, generate_together
 
     prompts = load_prompts("test")[:3]
     pipes = []

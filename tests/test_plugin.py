@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
 
 
 @pytest.mark.parametrize("form", ["separate", "equals"])
@@ -30,5 +30,5 @@ def test_options_work_outside_the_repo_with_an_absolute_path(tmp_path: Path, for
 def test_plugin_is_registered_as_an_entry_point() -> None:
     from importlib.metadata import entry_points
 
-    assert [e.value for e in entry_points(group="pytest11") if e.name == "sdxl_qdq"] == ["quant.plugin"]
-    assert not (Path(__file__).resolve().parent.parent / "conftest.py").exists(), "the plugin lives in quant/plugin.py"
+    assert [e.value for e in entry_points(group="pytest11") if e.name == "sdxl_qdq"] == ["sdxl_qdq.plugin"]
+    assert not (Path(__file__).resolve().parent.parent / "conftest.py").exists(), "the plugin lives in sdxl_qdq/plugin.py"

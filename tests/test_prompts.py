@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from quant.errors import ConfigError
-from quant.models.prompts import PROMPTS_COCO, load_prompts, slugify
+from sdxl_qdq.errors import ConfigError
+from sdxl_qdq.models.prompts import PROMPTS_COCO, load_prompts, slugify
 
 
 def test_prompts_split_fifty_fifty() -> None:

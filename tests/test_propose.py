@@ -10,11 +10,11 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE, load_recipe, with_quant_types
-from quant.diagnose.coverage import qdq_coverage
-from quant.diagnose.propose import _activation_params, block_of, propose, raised_to_16bit, with_overrides
-from quant.errors import ConfigError
-from quant.runtime import assert_assignment, create_session
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, load_recipe, with_quant_types
+from sdxl_qdq.diagnose.coverage import qdq_coverage
+from sdxl_qdq.diagnose.propose import _activation_params, block_of, propose, raised_to_16bit, with_overrides
+from sdxl_qdq.errors import ConfigError
+from sdxl_qdq.runtime import assert_assignment, create_session
 
 BLOCK = "up_blocks.1"
 
@@ -43,7 +43,7 @@ def test_block_of_reads_the_export_module_path() -> None:
 
 @pytest.fixture(scope="module")
 def planted(cache, tmp_path_factory):  # noqa: ANN201
-    from quant.build.stages import build
+    from sdxl_qdq.convert.stages import build
 
     seed = build("canary", cache=cache)
     acts = [a for a in _activation_params(seed.qdq.models["unet"]) if block_of(a) == BLOCK]
@@ -57,8 +57,8 @@ def test_the_proposal_names_the_planted_block_and_recovers_most_of_the_loss(plan
     """Measured: the planted build's mean 1-step MSE vs float 5.87 → 21.3 (5 checks outside their harm floor);
     the 40 activations proposed are 39 of up_blocks.1 and 1 of up_blocks.2; gated, MSE@1 8.30 (84 % of the loss
     recovered), MSE@2 0.77 → 0.52 (65 %), CLIP qdq@1 95.2 → 96.8 (seed 97.1), 0 checks outside their harm floor."""
-    from quant.build.stages import build
-    from quant.flows import prepare_gate
+    from sdxl_qdq.convert.stages import build
+    from sdxl_qdq.flows import prepare_gate
 
     seed, recipe, bad, tmp = planted
     proposal = propose(bad, recipe, top=40)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from quant.components import COMPONENTS
-from quant.errors import ExecutionProviderError
-from quant.runtime import CPU_EP, QNN_EP, assert_assignment, create_session, graph_assignment
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.errors import ExecutionProviderError
+from sdxl_qdq.runtime import CPU_EP, QNN_EP, assert_assignment, create_session, graph_assignment
 
 pytestmark = pytest.mark.qnn
 
@@ -26,7 +26,7 @@ def test_naming_qnn_in_providers_is_caught(artifacts) -> None:
     """providers=["QNNExecutionProvider"] silently runs on the CPU EP; assert_assignment says so."""
     import onnxruntime as ort
 
-    from quant.runtime import register_qnn, session_options
+    from sdxl_qdq.runtime import register_qnn, session_options
 
     register_qnn()
     session = ort.InferenceSession(str(artifacts.qdq.models["vae_decoder"]), sess_options=session_options(),
@@ -73,7 +73,7 @@ def test_node_qnn_cannot_run_is_refused_without_fallback(tmp_path, qnn_options) 
 def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts, qnn_options, component: str) -> None:
     """With CPU fallback allowed, ORT keeps the Q of graph inputs and the DQ of graph outputs on the CPU EP;
     every other node must still be taken by QNN."""
-    from quant.runtime import graph_io_counts
+    from sdxl_qdq.runtime import graph_io_counts
 
     model = artifacts.qdq.models[component]
     assignment = graph_assignment(create_session(model, ep="qnn", qnn=qnn_options, cpu_fallback=True))
@@ -87,8 +87,8 @@ def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts
 def _parity_bounds(artifacts) -> dict:
     import json
 
-    from quant.judge.baseline import baseline_model_name
-    from quant.paths import BASELINES_DIR
+    from sdxl_qdq.judge.baseline import baseline_model_name
+    from sdxl_qdq.paths import BASELINES_DIR
 
     path = BASELINES_DIR / baseline_model_name(artifacts.source.name) / "parity.json"
     if not path.is_file():
@@ -100,9 +100,9 @@ def _parity_bounds(artifacts) -> dict:
 def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: str) -> None:
     """QNN output vs CPU-EP output of the same QDQ model. On the simulator the first few test prompts (as the
     bounds were measured); on an NPU all 50."""
-    from quant.diagnose.sqnr import qnn_parity
-    from quant.models.prompts import load_prompts
-    from quant.runtime import qnn_is_simulated
+    from sdxl_qdq.diagnose.sqnr import qnn_parity
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.runtime import qnn_is_simulated
 
     bounds = _parity_bounds(artifacts)
     prompts = load_prompts("test", path=artifacts.source.prompts)
@@ -118,8 +118,8 @@ def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: s
 def test_ep_context_model_matches_uncompiled_qnn(artifacts, qnn_options, tmp_path, component: str) -> None:
     import numpy as np
 
-    from quant.build.calibration import load_calibration
-    from quant.runtime import compile_ep_context, context_binaries
+    from sdxl_qdq.convert.calibration import load_calibration
+    from sdxl_qdq.runtime import compile_ep_context, context_binaries
 
     context = compile_ep_context(artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qnn_options)
     import onnx
@@ -143,7 +143,7 @@ def test_ep_context_model_without_its_binary_is_a_clear_error(tmp_path: Path) ->
     """A bundle copied without the context binary its EP-context model names: one line naming the file and the fix."""
     import onnx
 
-    from quant.runtime import context_binaries
+    from sdxl_qdq.runtime import context_binaries
 
     node = onnx.helper.make_node("EPContext", ["x"], ["y"], domain="com.microsoft", embed_mode=0,
                                  ep_cache_context="unet_qnn.bin", source="QNN")

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-from quant.judge.evaluation import STEPS
+from sdxl_qdq.judge.evaluation import STEPS
 
 pytestmark = pytest.mark.quality
-# `quality_prompt` is parametrized by the plugin (quant/plugin.py) with the prompt set of the model under test;
+# `quality_prompt` is parametrized by the plugin (sdxl_qdq/plugin.py) with the prompt set of the model under test;
 # `judge` asserts a check (harm always, a change under --strict-gate), warns of a change, and records its numbers
 
 

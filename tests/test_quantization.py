@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from quant.components import COMPONENTS
+from sdxl_qdq.components import COMPONENTS
 
 WEIGHT_OPS = {"Conv", "MatMul", "Gemm"}
 MASK_THRESHOLD = -3e30  # ReplaceAttentionMaskValue's default threshold
@@ -76,7 +76,7 @@ def test_qdq_component_tracks_float_on_test_prompts(artifacts, test_prompt_feeds
     20 dB (1 % noise power) is a sanity floor, well under the 27-38 dB the seed recipe gives on the tiny
     model; the quality gate (pytest -m quality) judges images, not tensors.
     """
-    from quant.diagnose.sqnr import component_sqnr
+    from sdxl_qdq.diagnose.sqnr import component_sqnr
 
     result = component_sqnr(artifacts.float, artifacts.qdq, {component: test_prompt_feeds[component]}, components=[component])
     for output, value in result[component].items():

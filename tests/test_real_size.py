@@ -19,13 +19,13 @@ from pathlib import Path
 import onnx
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE
-from quant.build.stages import build
-from quant.cache import package_versions
-from quant.components import COMPONENTS
-from quant.models.prompts import PROMPTS_COCO, load_prompts
-from quant.procs import total_memory_bytes
-from quant.rehearsal import commit
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
+from sdxl_qdq.convert.stages import build
+from sdxl_qdq.cache import package_versions
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.models.prompts import PROMPTS_COCO, load_prompts
+from sdxl_qdq.procs import total_memory_bytes
+from sdxl_qdq.rehearsal import commit
 
 pytestmark = pytest.mark.slow
 REPORT = Path(__file__).resolve().parent.parent / "reports" / "real-size.json"

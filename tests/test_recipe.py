@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe, quantize_component
-from quant.errors import BuildError, ConfigError
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, PLACEHOLDERS, fill, load_recipe, quantize_component
+from sdxl_qdq.errors import BuildError, ConfigError
 
 
 def test_seed_recipe_is_the_documented_one() -> None:
@@ -27,7 +27,7 @@ def test_seed_recipe_is_the_documented_one() -> None:
         assert workflow["systems"][workflow["target"]]["accelerators"][0]["execution_providers"] == ["QNNExecutionProvider"]
         if component.startswith("text_encoder"):
             assert passes[1]["surgeries"] == [{"surgeon": "ReplaceAttentionMaskValue"}]
-        else:  # GroupNorm as HTP's native op, after quantization (quant/surgeons.py)
+        else:  # GroupNorm as HTP's native op, after quantization (sdxl_qdq/surgeons.py)
             assert passes[-1]["surgeries"] == [{"surgeon": "FuseGroupNormalization"}]
 
 

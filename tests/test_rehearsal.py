@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from quant.rehearsal import night_steps
+from sdxl_qdq.rehearsal import night_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 NIGHTLY = ROOT / ".github" / "workflows" / "nightly-npu.yml"
@@ -23,7 +23,7 @@ def test_rehearsal_runs_every_command_of_the_nightly(size: str, tmp_path: Path) 
     nightly = [(job, verb) for job, spec in jobs.items() for step in spec["steps"]
                for verb in re.findall(r"sdxl-qdq (\w[\w-]*)", str(step.get("run", ""))) if verb != "coco-images"]
     steps = night_steps(tmp_path, size, prompts=3, context=False)
-    rehearsed = [(s.job, s.argv[s.argv.index("quant") + 1]) for s in steps if "quant" in s.argv]
+    rehearsed = [(s.job, s.argv[s.argv.index("sdxl_qdq") + 1]) for s in steps if "sdxl_qdq" in s.argv]
     expected = [(job, verb) for job, verb in nightly if not (size == "real" and verb == "device-test")]
     assert [pair for pair in rehearsed if pair[0] != "judge"] == expected
     judge = steps[-1]
@@ -38,9 +38,9 @@ def test_tiny_standins_are_what_the_real_loaders_read(tmp_path: Path, monkeypatc
     the loader's patterns), and the stand-in backbones through the real backbones' resolution."""
     from huggingface_hub import constants
 
-    from quant.judge.backbones import REAL_CLIP, REAL_FID, resolve_backbones
-    from quant.models.source import resolve_source
-    from quant.rehearsal import REAL_MODEL, environment, stage_standins
+    from sdxl_qdq.judge.backbones import REAL_CLIP, REAL_FID, resolve_backbones
+    from sdxl_qdq.models.source import resolve_source
+    from sdxl_qdq.rehearsal import REAL_MODEL, environment, stage_standins
 
     env = environment(tmp_path)
     for key, value in env.items():

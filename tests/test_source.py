@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from quant.errors import ConfigError, ModelNotAvailableError
-from quant.models.sdxl import REAL_MODEL_ID, build_tokenizers
-from quant.models.source import resolve_source
+from sdxl_qdq.errors import ConfigError, ModelNotAvailableError
+from sdxl_qdq.models.sdxl import REAL_MODEL_ID, build_tokenizers
+from sdxl_qdq.models.source import resolve_source
 
 ROOT = Path(__file__).resolve().parent.parent
 STRUCTURE = json.loads((ROOT / "fixtures" / "sdxl_turbo_structure.json").read_text())
@@ -57,7 +57,7 @@ def test_tiny_export_has_every_real_op_type(artifacts, component: str) -> None:
 
 
 def test_tiny_pipeline_is_deterministic() -> None:
-    from quant.models.sdxl import build_tiny_pipeline
+    from sdxl_qdq.models.sdxl import build_tiny_pipeline
 
     a, b = build_tiny_pipeline(), build_tiny_pipeline()
     for name in ("text_encoder", "text_encoder_2", "unet", "vae"):
@@ -80,7 +80,7 @@ def test_real_model_offline_fails_with_where_and_how(tmp_path: Path, monkeypatch
     """Absent from the HF cache and no downloads allowed: a message naming model, place and fix, no traceback."""
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "SDXL_QDQ_CACHE_DIR": str(tmp_path)}
     done = subprocess.run(
-        [sys.executable, "-m", "quant", "build", "--model", REAL_MODEL_ID],
+        [sys.executable, "-m", "sdxl_qdq", "build", "--model", REAL_MODEL_ID],
         env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert done.returncode == 2, done.stderr
@@ -101,9 +101,9 @@ def test_a_moved_cache_is_a_hit_for_the_same_snapshot(artifacts, tmp_path: Path,
     """Keys name repo id, revision and file digests, never paths or mtimes: a build from a hub snapshot, with the
     artifact cache and the Hugging Face cache moved elsewhere (as a judge on another machine has them, its files
     written anew), is a warm build that rebuilds nothing."""
-    from quant.build.stages import build
-    from quant.cache import ArtifactCache
-    from quant.models.standin import write_hub_snapshot
+    from sdxl_qdq.convert.stages import build
+    from sdxl_qdq.cache import ArtifactCache
+    from sdxl_qdq.models.standin import write_hub_snapshot
 
     write_hub_snapshot(artifacts.pipeline_dir, repo_id=REAL_MODEL_ID, hub_cache=tmp_path / "a" / "hub")
     _use_hub(monkeypatch, tmp_path / "a" / "hub")

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from quant.judge.metrics import image_mse, psnr_db
-from quant.judge.study import STUDY_DIR, read_table, study_baseline
-from quant.run.generate import load_png
+from sdxl_qdq.judge.metrics import image_mse, psnr_db
+from sdxl_qdq.judge.study import STUDY_DIR, read_table, study_baseline
+from sdxl_qdq.run.generate import load_png
 
 TRIPLETS = {  # prompt → the study's published 1-step MSE
     "A few people working on various computers in an office": 468.82,
@@ -37,7 +37,7 @@ def test_study_summary_figures_match_its_tables() -> None:
 
 
 def test_shipped_sdxl_turbo_baseline_is_the_study() -> None:
-    from quant.paths import BASELINES_DIR
+    from sdxl_qdq.paths import BASELINES_DIR
 
     shipped = json.loads((BASELINES_DIR / "sdxl-turbo" / "cpu" / "openai--clip-vit-base-patch16__inception-v3-2048__coco2017-crop256.json").read_text())
     fresh = study_baseline()

@@ -13,14 +13,14 @@ import jsonschema
 import numpy as np
 import pytest
 
-from quant.build.recipe import DEFAULT_RECIPE
-from quant.judge.backbones import Backbones
-from quant.judge.evaluation import Evaluation
-from quant.judge.gate import PSNR_FLOOR_DB, Check, Gate, mse_at_psnr
-from quant.judge.metrics import psnr_db
-from quant.judge.summary import append_step_summary, markdown, summary, validate, verdict
-from quant.models.prompts import Prompt
-from quant.run.generate import image_name
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
+from sdxl_qdq.judge.backbones import Backbones
+from sdxl_qdq.judge.evaluation import Evaluation
+from sdxl_qdq.judge.gate import PSNR_FLOOR_DB, Check, Gate, mse_at_psnr
+from sdxl_qdq.judge.metrics import psnr_db
+from sdxl_qdq.judge.summary import append_step_summary, markdown, summary, validate, verdict
+from sdxl_qdq.models.prompts import Prompt
+from sdxl_qdq.run.generate import image_name
 
 
 @pytest.mark.parametrize(("measured", "status"), [(1.5, "pass"), (2.5, "changed"), (3.5, "failed")])
@@ -139,7 +139,7 @@ def test_markdown_escapes_table_cells() -> None:
 
 
 def test_report_opens_with_the_verdict_and_has_a_heat_map_per_pair(tmp_path: Path) -> None:
-    from quant.judge.report import write_report
+    from sdxl_qdq.judge.report import write_report
 
     gate = _gate(tmp_path, [mse_at_psnr(35.0), mse_at_psnr(25.0)], [mse_at_psnr(40.0)] * 2)
     page = write_report(gate, tmp_path / "report").read_text()
@@ -159,7 +159,7 @@ def test_report_opens_with_the_verdict_and_has_a_heat_map_per_pair(tmp_path: Pat
 def test_quality_tests_record_their_numbers_in_junit_xml(tmp_path: Path) -> None:
     """`judge` puts metric, measured, baseline, limit, harm and status on each test (record_property)."""
     (tmp_path / "test_probe.py").write_text(
-        "from quant.judge.gate import Check\n"
+        "from sdxl_qdq.judge.gate import Check\n"
         "def test_changed(judge):\n    judge(Check('MSE x', 2.5, 1.0, 2.0, 'max', harm=3.0))\n"
         "def test_failed(judge):\n    judge(Check('MSE y', 3.5, 1.0, 2.0, 'max', harm=3.0))\n")
     xml = tmp_path / "junit.xml"
@@ -202,8 +202,8 @@ def _variant(tmp: Path, name: str) -> Path:
 @pytest.fixture(scope="module")
 def canary_gate(cache, tmp_path_factory):  # noqa: ANN201
     """The canary gated with a recipe variant (built once per variant and module)."""
-    from quant.build.stages import build
-    from quant.flows import prepare_gate
+    from sdxl_qdq.convert.stages import build
+    from sdxl_qdq.flows import prepare_gate
 
     tmp, built = tmp_path_factory.mktemp("variants"), {}
 
@@ -242,12 +242,12 @@ def test_a_harmless_recipe_change_is_changed_not_failed(canary_gate) -> None:
 
 
 def test_compare_ranks_a_better_recipe_over_a_worse_one_and_a_recipe_level_with_itself(canary_gate, cache) -> None:
-    from quant.judge.compare import compare
+    from sdxl_qdq.judge.compare import compare
 
     seed, worse = canary_gate("seed"), canary_gate("uint8-activations")
     reference = seed.evaluation  # the canary's FID reference: the world's own rendering of each caption
-    from quant.build.stages import build
-    from quant.flows import reference_set
+    from sdxl_qdq.convert.stages import build
+    from sdxl_qdq.flows import reference_set
 
     images, _ = reference_set(build("canary", cache=cache), seed.evaluation.prompts, cache=cache, coco_dir=None,
                               progress=lambda _: None)

@@ -69,7 +69,7 @@ def test_nightly_steps_are_single_commands_in_a_shell_the_runner_has() -> None:
 def test_device_tests_compare_with_the_stored_run_or_record_a_first_night(tmp_path: Path) -> None:
     from pytest_benchmark.utils import get_machine_id
 
-    from quant.device.night import device_test_command
+    from sdxl_qdq.device.night import device_test_command
 
     storage = tmp_path / "benchmarks"
     command, notice = device_test_command(tmp_path / "bundle", tmp_path / "out", soc="60", storage=storage)

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from quant.components import COMPONENTS
-from quant.device.bundle import Bundle
-from quant.device.check import require_device
-from quant.judge.baseline import baseline_model_name
-from quant.judge.metrics import sqnr_db
-from quant.paths import BASELINES_DIR
-from quant.runtime import QNN_EP, assert_assignment, create_session
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.device.bundle import Bundle
+from sdxl_qdq.device.check import require_device
+from sdxl_qdq.judge.baseline import baseline_model_name
+from sdxl_qdq.judge.metrics import sqnr_db
+from sdxl_qdq.paths import BASELINES_DIR
+from sdxl_qdq.runtime import QNN_EP, assert_assignment, create_session
 
 pytestmark = pytest.mark.device
 

@@ -1,5 +1,0 @@
-import sys
-
-from quant.cli import main
-
-sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from sdxl_qdq.cli import main
+
+sys.exit(main())

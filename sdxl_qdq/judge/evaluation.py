@@ -1,0 +1,164 @@
+"""Metrics of finished image sets: per-image MSE of ``qdq@k`` vs ``float@k`` (the study's definition) and PSNR,
+per-image CLIP score, FID of each variant against a reference set, and the noise that tolerances are derived
+from. Nothing here draws an image: the sets come from ``sdxl_qdq.run.generate`` (through ``sdxl_qdq.flows``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sdxl_qdq.errors import ConfigError
+from sdxl_qdq.judge.backbones import Backbones, clip_scores
+from sdxl_qdq.judge.backbones import fids as fid_sets
+from sdxl_qdq.judge.metrics import image_mse
+from sdxl_qdq.models.prompts import PROMPTS_COCO, Prompt
+from sdxl_qdq.run.generate import image_name, load_png
+
+STEPS = (1, 2)
+VARIANTS = ("float@1", "qdq@1", "float@2", "qdq@2")
+NOISE_SEEDS = (2, 3, 4)  # seed bases of extra float@1 sets that measure seed-to-seed noise (baseline updates)
+REFERENCE_SEED = 1  # seed base of the offline FID reference set (float@1 drawn from other noise)
+COCO_REFERENCE = "coco2017-crop256"  # the real model's FID reference: the prompts' COCO images, center-cropped to 256
+
+
+@dataclass
+class Evaluation:
+    model: str
+    backbones: Backbones
+    prompts: list[Prompt]
+    ep: str
+    recipe: str
+    image_dirs: dict[str, Path]
+    mse: dict[int, list[float]]
+    clip: dict[str, list[float]]
+    fid: dict[str, float]
+    fid_reference: str
+    fid_reference_id: str = ""
+    noise: dict[str, Any] | None = None
+    ep_detail: str = ""  # what ran the quantized variants, in words (the float ones always run on the CPU EP)
+
+    def image(self, label: str, prompt: Prompt) -> Path:
+        return self.image_dirs[label] / image_name(prompt)
+
+    def clip_delta(self, steps: int) -> np.ndarray:
+        return np.asarray(self.clip[f"qdq@{steps}"]) - np.asarray(self.clip["float@1"])
+
+
+def load_images(folder: Path, prompts: list[Prompt]) -> list[np.ndarray]:
+    """The images of ``prompts`` in a drawn set's folder, in prompt order."""
+    return [load_png(folder / image_name(p)) for p in prompts]
+
+
+def evaluate(
+    *,
+    model: str,
+    recipe: str,
+    prompts: list[Prompt],
+    backbones: Backbones,
+    image_dirs: dict[str, Path],
+    reference_images: list[np.ndarray],
+    reference_name: str,
+    reference_id: str,
+    ep: str = "cpu",
+    ep_detail: str = "",
+    progress: Any = lambda _: None,
+) -> Evaluation:
+    """MSE, CLIP and FID of the drawn ``VARIANTS`` (``image_dirs``: label → folder) against ``reference_images``."""
+    images = {label: load_images(image_dirs[label], prompts) for label in VARIANTS}
+    mse = {k: [image_mse(f, q) for f, q in zip(images[f"float@{k}"], images[f"qdq@{k}"])] for k in STEPS}
+    texts = [p.text for p in prompts]
+    progress(f"CLIP scores with {backbones.clip}")
+    clip = {label: clip_scores(images[label], texts, backbones.clip) for label in ("float@1", "qdq@1", "qdq@2")}
+    progress(f"FID with {backbones.fid}")
+    fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
+    return Evaluation(model=model, backbones=backbones, prompts=prompts, ep=ep, recipe=recipe, image_dirs=dict(image_dirs),
+                      mse=mse, clip=clip, fid=fids, fid_reference=reference_name, fid_reference_id=reference_id,
+                      ep_detail=ep_detail)
+
+
+def seed_noise(
+    ev: Evaluation,
+    *,
+    recalibrated: dict[int, Path],
+    float1_seeds: dict[int, Path],
+    float2_other_seed: Path,
+    reference_images: list[np.ndarray],
+) -> dict[str, Any]:
+    """What a user cannot call a regression: the float model's seed-to-seed variation (``float1_seeds``: seed
+    base → float@1 set; ``float2_other_seed``: float@2 of the first of them), and how much the quantization
+    error moves when the same recipe is calibrated on other, equally valid prompts (``recalibrated``: steps →
+    its qdq@k set)."""
+    prompts, texts = ev.prompts, [p.text for p in ev.prompts]
+    float_sets = {k: load_images(ev.image_dirs[f"float@{k}"], prompts) for k in STEPS}
+    noise: dict[str, Any] = {"seeds": list(float1_seeds)}
+    noise["recalibrated_mse"] = {k: [image_mse(f, q) for f, q in zip(float_sets[k], load_images(d, prompts))]
+                                 for k, d in recalibrated.items()}
+    sets = {seed: load_images(d, prompts) for seed, d in float1_seeds.items()}
+    first = sets[next(iter(sets))]
+    noise["mse"] = {1: [image_mse(a, b) for a, b in zip(float_sets[1], first)],
+                    2: [image_mse(a, b) for a, b in zip(float_sets[2], load_images(float2_other_seed, prompts))]}
+    clip_other = clip_scores(first, texts, ev.backbones.clip)
+    noise["clip_diff_std"] = float(np.std(np.asarray(clip_other) - np.asarray(ev.clip["float@1"]), ddof=1))
+    fids = [ev.fid["float@1"], *fid_sets({str(k): s for k, s in sets.items()}, reference_images, ev.backbones.fid).values()]
+    noise["fid_values"] = fids
+    noise["fid_std"] = float(np.std(fids, ddof=1))
+    return noise
+
+
+def check_coco_dir(coco_dir: Path) -> None:
+    """Up front, before anything is built: ``coco_dir`` is a folder holding the image of every COCO prompt."""
+    coco_dir = Path(coco_dir)
+    if not coco_dir.is_dir():
+        raise ConfigError(f"--coco-dir {coco_dir}: no such folder; `sdxl-qdq coco-images {coco_dir}` downloads the "
+                          "100 COCO 2017 images of the prompts into it")
+    rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
+    missing = [row["file_name"] for row in rows if not (coco_dir / row["file_name"]).is_file()]
+    if missing:
+        raise ConfigError(f"--coco-dir {coco_dir}: {len(missing)} of the {len(rows)} COCO images of the prompts are "
+                          f"missing (first: {missing[0]}); `sdxl-qdq coco-images {coco_dir}` completes the folder")
+
+
+def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 256) -> list[np.ndarray]:
+    """The COCO images of ``prompts`` (by file name from the prompt fixture), center-cropped and resized to ``size``."""
+    from PIL import Image
+
+    check_coco_dir(coco_dir)
+    rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
+    images = []
+    for prompt in prompts:
+        path = Path(coco_dir) / rows[prompt.index]["file_name"]
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            images.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
+    return images
+
+
+def download_coco_images(out: Path, *, progress: Any = lambda _: None) -> int:
+    """Download the COCO 2017 train images of the 100 prompts (``coco_url`` of the prompt fixture) into ``out``,
+    each written aside and renamed when complete; files already there are kept. Returns how many are there."""
+    import urllib.request
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
+    for n, row in enumerate(rows):
+        dest = out / row["file_name"]
+        if not dest.is_file():
+            tmp = dest.with_name(f".{dest.name}.part")
+            try:
+                with urllib.request.urlopen(row["coco_url"], timeout=60) as response:
+                    tmp.write_bytes(response.read())
+            except OSError as e:
+                raise ConfigError(f"could not download {row['coco_url']} ({e}); on a machine with network, run "
+                                  f"`sdxl-qdq coco-images {out}` again (it keeps what it has)") from e
+            tmp.replace(dest)
+        if (n + 1) % 25 == 0:
+            progress(f"COCO images: {n + 1}/{len(rows)}")
+    return sum((out / r["file_name"]).is_file() for r in rows)

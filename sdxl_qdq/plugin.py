@@ -1,0 +1,347 @@
+"""The pytest plugin of the gate, installed as the ``pytest11`` entry point ``sdxl_qdq``: options, markers, thin
+session fixtures and the failure summary. Its options exist wherever pytest runs in an environment where this
+package is installed (any directory, any path form). Logic lives in the rest of ``sdxl_qdq``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sdxl_qdq.convert.stages import Build, build
+from sdxl_qdq.cache import ArtifactCache
+from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.errors import QuantError
+from sdxl_qdq.judge.backbones import CLIP_CHOICES, FID_CHOICES
+from sdxl_qdq.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions, require_qnn_package
+
+GATE_KEY = pytest.StashKey["object"]()
+START_KEY = pytest.StashKey[float]()
+BUILD_KEY = pytest.StashKey["object"]()
+
+MARKERS = {
+    "quality": "quality gate: metrics of the quantized model against baselines/ (pytest -m quality)",
+    "qnn": "needs the QNN EP (the HTP simulator on x86_64 Linux, the NPU on Snapdragon)",
+    "slow": "real-size model or long run; not part of the default CI selection",
+    "device": "runs on the NPU runner from a bundle with the device profile (pytest tests/device --bundle DIR)",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("sdxl-qdq", "SDXL-turbo QDQ quality gate")
+    group.addoption("--model", dest="qdq_model", default=None, metavar="NAME",
+                    help="model source: tiny, canary, stabilityai/sdxl-turbo or a local diffusers folder (default: "
+                         "canary for the quality gate, tiny for every other test)")
+    group.addoption("--recipe", dest="qdq_recipe", default=None, metavar="FILE",
+                    help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)")
+    group.addoption("--quantizer", dest="qdq_quantizer", default="auto", choices=("auto", "olive", "lean"),
+                    help="how the recipe runs: olive (its workflows), lean (memory-bounded, one component per process), "
+                         "auto (lean only where olive may not fit a 16 GiB host, decided by the model; default)")
+    group.addoption("--ep", dest="qdq_ep", default="cpu", choices=EPS, metavar="EP",
+                    help="EP that runs the quantized variants: cpu or qnn (default: cpu)")
+    group.addoption("--qnn-soc", dest="qdq_qnn_soc", default=DEFAULT_QNN_SOC, choices=sorted(QNN_SOCS), metavar="ID",
+                    help=f"QNN soc_model of the (simulated) chip (default: {DEFAULT_QNN_SOC}, {QNN_SOCS[DEFAULT_QNN_SOC]})")
+    group.addoption("--cache-dir", dest="qdq_cache_dir", default=None, metavar="DIR",
+                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    group.addoption("--verify-cache", dest="qdq_verify_cache", action="store_true", default=False,
+                    help="hash every file of every cached artifact used (default: the files changed since their last "
+                         "verification; sizes always)")
+    group.addoption("--allow-download", dest="qdq_allow_download", action="store_true", default=False,
+                    help="allow Hugging Face downloads of a model that is not cached (default: off)")
+    group.addoption("--clip-backbone", dest="qdq_clip_backbone", default="auto", choices=CLIP_CHOICES, metavar="NAME",
+                    help="CLIP backbone: auto (real ViT-B/16 when cached, else proxy), or a name (default: auto)")
+    group.addoption("--fid-backbone", dest="qdq_fid_backbone", default="auto", choices=FID_CHOICES, metavar="NAME",
+                    help="FID backbone: auto (real Inception-v3 when installed and cached, else proxy) (default: auto)")
+    group.addoption("--coco-dir", dest="qdq_coco_dir", default=None, metavar="DIR",
+                    help="folder of the COCO 2017 train images of the prompts, the FID reference of a real model "
+                         "(default: none; offline models use their own documented reference set)")
+    group.addoption("--update-baselines", dest="qdq_update_baselines", action="store_true", default=False,
+                    help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)")
+    group.addoption("--strict-gate", dest="qdq_strict", action="store_true", default=False,
+                    help="fail checks that changed (outside their noise window) even when inside their harm floor "
+                         "(default: a change is a warning and a line of the report; only harm fails)")
+    group.addoption("--report", dest="qdq_report", default=None, metavar="DIR",
+                    help="write the quality report (index.html + images) to DIR at the end of the run (default: none)")
+    group.addoption("--from-device", dest="qdq_from_device", default=None, metavar="DIR",
+                    help="judge the qdq@1/qdq@2 images of a device results folder (`sdxl-qdq device-run`) instead of "
+                         "drawing them here (default: draw here)")
+    group.addoption("--baseline-ep", dest="qdq_baseline_ep", default=None, choices=EPS, metavar="EP",
+                    help="gate by the baseline made on this EP instead of --ep's own (an explicit cross-EP rule, stated in "
+                         "the report; default: --ep's own baseline)")
+    group.addoption("--bundle", dest="qdq_bundle", default=None, metavar="DIR",
+                    help="device tests (-m device): the bundle to run, made by `sdxl-qdq bundle` (default: none; the "
+                         "device tests skip without one)")
+    group.addoption("--device-out", dest="qdq_device_out", default=None, metavar="DIR",
+                    help="device tests: where measured figures go (default: a temporary folder)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+    _check_stored_benchmarks(config)
+    _check_options(config)
+    if not config.getoption("qdq_allow_download"):
+        # No network at test time unless the user opts in. sdxl_qdq imports no Hugging Face library at module
+        # level, so these are read when the first one is imported, after this hook.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Real-size runs take 9 to 13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
+    markexpr = config.getoption("markexpr") or ""
+    if not config.getoption("qdq_bundle"):
+        no_bundle = pytest.mark.skip(reason="a device test runs from a bundle: pass --bundle DIR (make one with "
+                                            "`sdxl-qdq bundle --model M DIR`)")
+        for item in items:
+            if "device" in item.keywords:
+                item.add_marker(no_bundle)
+    if "slow" in markexpr and "not slow" not in markexpr:
+        return
+    skip = pytest.mark.skip(reason="slow (the real-size run: 9 to 13 min on 2 cores, 14 GB of memory, 40 GB of disk; "
+                                   "more canary recipe variants; a second cold build): select it with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def say(config: pytest.Config):  # noqa: ANN201 - a Progress
+    """A progress writer that reaches the terminal through pytest's own writer, output capture or not (a line,
+    not a page: third-party output of a stage goes to its log, see ``sdxl_qdq.procs.stage_log``)."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    capture = config.pluginmanager.get_plugin("capturemanager")
+
+    def write(message: str) -> None:
+        if reporter is None or capture is None:  # an xdist worker: nobody to show it to
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(message)
+
+    return write
+
+
+@contextlib.contextmanager
+def _as_usage_errors() -> Iterator[None]:
+    """A bad option, recipe, model or baseline found while setting up stops the session with its one-line message
+    and the fix (exit code 2), not a traceback per test."""
+    try:
+        yield
+    except QuantError as e:
+        pytest.exit(f"error: {e}", returncode=2)
+
+
+@pytest.fixture(scope="session")
+def cache(pytestconfig: pytest.Config) -> ArtifactCache:
+    root = pytestconfig.getoption("qdq_cache_dir")
+    return ArtifactCache(Path(root) if root else None, verify="full" if pytestconfig.getoption("qdq_verify_cache") else "auto",
+                         notice=say(pytestconfig))
+
+
+@pytest.fixture(scope="session")
+def qnn_options(pytestconfig: pytest.Config) -> QnnOptions:
+    return QnnOptions(soc_model=pytestconfig.getoption("qdq_qnn_soc"))
+
+
+def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> Build:
+    with _as_usage_errors():
+        result = build(
+            config.getoption("qdq_model") or default_model,
+            recipe=config.getoption("qdq_recipe"),
+            cache=cache,
+            allow_download=config.getoption("qdq_allow_download"),
+            quantizer=config.getoption("qdq_quantizer"),
+            progress=say(config),
+        )
+    config.stash[BUILD_KEY] = result
+    return result
+
+
+@pytest.fixture(scope="session")
+def artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
+    """Float and QDQ components of --model (default tiny: the structural check) built with --recipe."""
+    return _build(pytestconfig, cache, "tiny")
+
+
+@pytest.fixture(scope="session")
+def quality_artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
+    """The build the quality gate judges: --model, by default the canary (a model whose prompts matter)."""
+    return _build(pytestconfig, cache, "canary")
+
+
+@pytest.fixture(scope="session")
+def test_prompt_feeds(artifacts: Build) -> dict:
+    """Each component's inputs while the float pipeline draws the 50 test prompts (1 step)."""
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.run.pipeline import record_inputs
+
+    return record_inputs(artifacts.float, load_prompts("test"))
+
+
+@pytest.fixture(scope="session")
+def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
+    """The evaluated gate of --model (default canary) against its baseline (written first with --update-baselines)."""
+    from sdxl_qdq.flows import prepare_gate
+
+    with _as_usage_errors():
+        result = prepare_gate(
+            quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
+            clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
+            coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
+            from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
+            allow_download=pytestconfig.getoption("qdq_allow_download"), progress=say(pytestconfig),
+        )
+    pytestconfig.stash[GATE_KEY] = result
+    return result
+
+
+@pytest.fixture
+def judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a Callable[[Check], None]
+    """Assert a gate check: harm fails always, a change (outside the noise window) only under --strict-gate, else it
+    is a ``QualityChanged`` warning. Its numbers become JUnit properties (``--junitxml``)."""
+    import warnings
+
+    from sdxl_qdq.judge.gate import QualityChanged
+
+    strict = pytestconfig.getoption("qdq_strict")
+
+    def check(c) -> None:  # noqa: ANN001 - a sdxl_qdq.judge.gate.Check
+        for name in ("metric", "measured", "baseline", "limit", "harm", "status"):
+            record_property(name, getattr(c, name))
+        message = c.verdict(strict=strict)
+        assert message is None, message
+        if c.change:
+            warnings.warn(QualityChanged(c.change), stacklevel=2)
+
+    return check
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``quality_prompt``: every prompt of the quality model's own prompt set (COCO, or the canary world's)."""
+    if "quality_prompt" in metafunc.fixturenames:
+        from sdxl_qdq.models.prompts import load_prompts
+        from sdxl_qdq.models.source import prompts_for
+
+        prompts = load_prompts("all", path=prompts_for(metafunc.config.getoption("qdq_model") or "canary"))
+        metafunc.parametrize("quality_prompt", prompts, ids=[p.id for p in prompts])
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[START_KEY] = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Where the gate ran (this process, or each xdist worker that ran quality tests): the report and summary.json.
+    In the process that reports to the terminal: the Markdown summary for CI (``$GITHUB_STEP_SUMMARY``)."""
+    report_dir = session.config.getoption("qdq_report")
+    gate = session.config.stash.get(GATE_KEY, None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if report_dir and gate is not None:
+        from sdxl_qdq.judge.report import write_report
+        from sdxl_qdq.judge.summary import write_summary
+
+        path = write_report(gate, Path(report_dir), strict=session.config.getoption("qdq_strict"))
+        write_summary(gate, Path(report_dir), strict=session.config.getoption("qdq_strict"))
+        if reporter is not None:
+            reporter.write_line(f"quality report: {path}")
+    summary_json = Path(report_dir) / "summary.json" if report_dir else None
+    if (not hasattr(session.config, "workerinput") and summary_json is not None and summary_json.is_file()
+            and summary_json.stat().st_mtime >= session.config.stash[START_KEY]):
+        from sdxl_qdq.judge.summary import append_step_summary
+
+        append_step_summary(summary_json)
+        if gate is None and reporter is not None:  # xdist: the workers wrote it
+            reporter.write_line(f"quality report: {summary_json.parent / 'index.html'}")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """On a failing quality or parity check, say where the error comes from: the layers with the largest
+    quantization error (float vs QDQ on the CPU EP) and, for checks run on the QNN EP, where QNN departs from
+    the CPU EP (graph cuts, worst block first)."""
+    failed = [r for r in terminalreporter.stats.get("failed", []) if "quality" in r.keywords or "parity" in r.nodeid]
+    if not failed:
+        return
+    built = config.stash.get(BUILD_KEY, None) or _controller_build(config, failed)
+    if built is None:
+        return
+    from sdxl_qdq.diagnose.localize import localize_build
+
+    terminalreporter.section("worst layers by SQNR, float vs QDQ (CPU EP, 4 calibration samples)")
+    for component, layers in localize_build(built).items():
+        for layer in layers:
+            terminalreporter.write_line(f"{component:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}")
+    on_qnn = sorted({c for r in failed if "parity" in r.nodeid for c in COMPONENTS if f"[{c}]" in r.nodeid})
+    if config.getoption("qdq_ep") == "qnn" and any("quality" in r.keywords for r in failed):
+        on_qnn = list(COMPONENTS)
+    if on_qnn:
+        from sdxl_qdq.diagnose.diverge import divergence_summary
+
+        terminalreporter.section("where QNN departs from the CPU EP (single-output graph cuts; `sdxl-qdq diverge` for more)")
+        for line in divergence_summary(built, on_qnn, qnn=QnnOptions(soc_model=config.getoption("qdq_qnn_soc"))):
+            terminalreporter.write_line(line)
+
+
+def _controller_build(config: pytest.Config, failed: list) -> Build | None:
+    """The build the failed tests used, when they ran in xdist workers: the cache answers (nothing is rebuilt)."""
+    quality = any("quality" in r.keywords for r in failed)
+    root = config.getoption("qdq_cache_dir")
+    try:
+        return build(config.getoption("qdq_model") or ("canary" if quality else "tiny"), recipe=config.getoption("qdq_recipe"),
+                     cache=ArtifactCache(Path(root) if root else None), quantizer=config.getoption("qdq_quantizer"))
+    except Exception as e:  # the summary must not hide the failures it explains
+        config.pluginmanager.get_plugin("terminalreporter").write_line(f"(no localization: {e})")
+        return None
+
+
+def _check_options(config: pytest.Config) -> None:
+    """What can be checked before anything is built: each failure is one line with the value and the fix."""
+    from sdxl_qdq.convert.recipe import load_recipe
+    from sdxl_qdq.judge.evaluation import check_coco_dir
+
+    try:
+        if config.getoption("qdq_recipe"):
+            load_recipe(config.getoption("qdq_recipe"))
+        for option in ("qdq_bundle", "qdq_from_device"):
+            value = config.getoption(option)
+            if value and not Path(value).is_dir():
+                flag = "--" + option.removeprefix("qdq_").replace("_", "-")
+                raise pytest.UsageError(f"{flag} {value}: no such folder")
+        if config.getoption("qdq_ep") == "qnn":
+            require_qnn_package()
+        if config.getoption("qdq_coco_dir"):
+            check_coco_dir(Path(config.getoption("qdq_coco_dir")))
+    except QuantError as e:
+        raise pytest.UsageError(str(e)) from None
+
+
+def _check_stored_benchmarks(config: pytest.Config) -> None:
+    """--benchmark-compare with no stored run for this machine: say so and how to record one, up front."""
+    if not config.getoption("benchmark_compare", None) or not config.getoption("benchmark_storage", None):
+        return
+    from pytest_benchmark.utils import get_machine_id
+
+    storage = str(config.getoption("benchmark_storage")).removeprefix("file://")
+    folder = Path(storage) / get_machine_id()
+    if not any(folder.glob("*.json")):
+        raise pytest.UsageError(
+            f"--benchmark-compare: no stored benchmark run for this machine ({get_machine_id()}) in {folder}. "
+            "Record one first with `make bench-save` (pytest --benchmark-only --benchmark-save=baseline), "
+            "review it and commit it."
+        )
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    """What makes numbers comparable: package versions, QNN chip and whether it is simulated."""
+    from sdxl_qdq.cache import package_versions
+    from sdxl_qdq.runtime import QNN_SOCS, qnn_is_simulated
+
+    soc = config.getoption("qdq_qnn_soc")
+    machine_info["sdxl_qdq"] = {
+        "model": config.getoption("qdq_model") or "tiny",
+        "versions": package_versions(),
+        "qnn_soc": f"{soc} ({QNN_SOCS[soc]})",
+        "qnn_backend": "htp simulator" if qnn_is_simulated() else "htp device",
+    }
