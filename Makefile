@@ -27,11 +27,11 @@ setup: $(BIN)/sdxl-qdq
 
 # The main job: the quality gate on the embedded default model, writing reports/quality/index.html.
 gate: setup
-	$(PYTEST) -m quality --report reports/quality
+	$(PYTEST) -m quality --qdq-report reports/quality
 
 # The same gate with the quantized variants on the QNN EP (HTP simulator on x86_64), against baselines/<model>/qnn/.
 gate-qnn: setup
-	$(PYTEST) -m quality --ep qnn --report reports/quality-qnn
+	$(PYTEST) -m quality --qdq-ep qnn --qdq-report reports/quality-qnn
 
 # The tests: everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed, under xdist).
 test: setup
@@ -80,7 +80,7 @@ real-size-gate: setup
 # network once (the weights, the backbones, the COCO images). Cost: the README's "This pipeline's real baseline".
 real-baseline: setup
 	$(BIN)/sdxl-qdq coco-images reports/coco
-	$(PYTEST) -m quality --model stabilityai/sdxl-turbo --coco-dir reports/coco --allow-download --update-baselines \
+	$(PYTEST) -m quality --qdq-model stabilityai/sdxl-turbo --qdq-coco-dir reports/coco --qdq-allow-download --qdq-update-baselines \
 		--report reports/real-baseline
 
 # The same path at tiny width, every nightly command as the nightly runs it (CI: .ci/run).

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sdxl_qdq.convert.stages import Build, build
 from sdxl_qdq.cache import ArtifactCache
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.stages import Build, build
 from sdxl_qdq.errors import QuantError
 from sdxl_qdq.judge.backbones import CLIP_CHOICES, FID_CHOICES
 from sdxl_qdq.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions, require_qnn_package
@@ -31,68 +32,109 @@ MARKERS = {
 }
 
 
+PREFIX = "--qdq-"  # every option of the plugin; its dest is the flag's name with underscores (--qdq-ep: qdq_ep)
+
+
+OPTIONS: dict[str, dict] = {  # name: argparse keywords; the flag is PREFIX + name, the dest qdq_<name>
+    "model": dict(default=None, metavar="NAME",
+        help="model source: tiny, canary, stabilityai/sdxl-turbo or a local diffusers folder (default: "
+             "canary for the quality gate, tiny for every other test)"),
+    "recipe": dict(default=None, metavar="FILE",
+        help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)"),
+    "quantizer": dict(default="auto", choices=("auto", "olive", "lean"),
+        help="how the recipe runs: olive (its workflows), lean (memory-bounded, one component per process), "
+             "auto (lean only where olive may not fit a 16 GiB host, decided by the model; default)"),
+    "ep": dict(default="cpu", choices=EPS, metavar="EP",
+        help="EP that runs the quantized variants: cpu or qnn (default: cpu)"),
+    "qnn-soc": dict(default=DEFAULT_QNN_SOC, choices=sorted(QNN_SOCS), metavar="ID",
+        help=f"QNN soc_model of the (simulated) chip (default: {DEFAULT_QNN_SOC}, {QNN_SOCS[DEFAULT_QNN_SOC]})"),
+    "cache-dir": dict(default=None, metavar="DIR",
+        help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)"),
+    "verify-cache": dict(action="store_true", default=False,
+        help="hash every file of every cached artifact used (default: the files changed since their last "
+             "verification; sizes always)"),
+    "allow-download": dict(action="store_true", default=False,
+        help="allow Hugging Face downloads of a model or backbone that is not cached (default: off; the gate's "
+             "fixtures set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 while they work, then restore them)"),
+    "clip-backbone": dict(default="auto", choices=CLIP_CHOICES, metavar="NAME",
+        help="CLIP backbone: auto (real ViT-B/16 when cached, else proxy), or a name (default: auto)"),
+    "fid-backbone": dict(default="auto", choices=FID_CHOICES, metavar="NAME",
+        help="FID backbone: auto (real Inception-v3 when installed and cached, else proxy) (default: auto)"),
+    "coco-dir": dict(default=None, metavar="DIR",
+        help="folder of the COCO 2017 train images of the prompts, the FID reference of a real model "
+             "(default: none; offline models use their own documented reference set)"),
+    "update-baselines": dict(action="store_true", default=False,
+        help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)"),
+    "strict-gate": dict(action="store_true", default=False,
+        help="fail checks that changed (outside their noise window) even when inside their harm floor "
+             "(default: a change is a warning and a line of the report; only harm fails)"),
+    "report": dict(default=None, metavar="DIR",
+        help="write the quality report (index.html + images) to DIR at the end of the run (default: none)"),
+    "from-device": dict(default=None, metavar="DIR",
+        help="judge the qdq@1/qdq@2 images of a device results folder (`sdxl-qdq device-run`) instead of "
+             "drawing them here (default: draw here)"),
+    "baseline-ep": dict(default=None, choices=EPS, metavar="EP",
+        help="gate by the baseline made on this EP instead of --qdq-ep's own (an explicit cross-EP rule, stated "
+             "in the report; default: --qdq-ep's own baseline)"),
+    "bundle": dict(default=None, metavar="DIR",
+        help="device tests (-m device): the bundle to run, made by `sdxl-qdq bundle` (default: none; the "
+             "device tests skip without one)"),
+    "device-out": dict(default=None, metavar="DIR",
+        help="device tests: where measured figures go (default: a temporary folder)"),
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("sdxl-qdq", "SDXL-turbo QDQ quality gate")
-    group.addoption("--model", dest="qdq_model", default=None, metavar="NAME",
-                    help="model source: tiny, canary, stabilityai/sdxl-turbo or a local diffusers folder (default: "
-                         "canary for the quality gate, tiny for every other test)")
-    group.addoption("--recipe", dest="qdq_recipe", default=None, metavar="FILE",
-                    help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)")
-    group.addoption("--quantizer", dest="qdq_quantizer", default="auto", choices=("auto", "olive", "lean"),
-                    help="how the recipe runs: olive (its workflows), lean (memory-bounded, one component per process), "
-                         "auto (lean only where olive may not fit a 16 GiB host, decided by the model; default)")
-    group.addoption("--ep", dest="qdq_ep", default="cpu", choices=EPS, metavar="EP",
-                    help="EP that runs the quantized variants: cpu or qnn (default: cpu)")
-    group.addoption("--qnn-soc", dest="qdq_qnn_soc", default=DEFAULT_QNN_SOC, choices=sorted(QNN_SOCS), metavar="ID",
-                    help=f"QNN soc_model of the (simulated) chip (default: {DEFAULT_QNN_SOC}, {QNN_SOCS[DEFAULT_QNN_SOC]})")
-    group.addoption("--cache-dir", dest="qdq_cache_dir", default=None, metavar="DIR",
-                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
-    group.addoption("--verify-cache", dest="qdq_verify_cache", action="store_true", default=False,
-                    help="hash every file of every cached artifact used (default: the files changed since their last "
-                         "verification; sizes always)")
-    group.addoption("--allow-download", dest="qdq_allow_download", action="store_true", default=False,
-                    help="allow Hugging Face downloads of a model that is not cached (default: off)")
-    group.addoption("--clip-backbone", dest="qdq_clip_backbone", default="auto", choices=CLIP_CHOICES, metavar="NAME",
-                    help="CLIP backbone: auto (real ViT-B/16 when cached, else proxy), or a name (default: auto)")
-    group.addoption("--fid-backbone", dest="qdq_fid_backbone", default="auto", choices=FID_CHOICES, metavar="NAME",
-                    help="FID backbone: auto (real Inception-v3 when installed and cached, else proxy) (default: auto)")
-    group.addoption("--coco-dir", dest="qdq_coco_dir", default=None, metavar="DIR",
-                    help="folder of the COCO 2017 train images of the prompts, the FID reference of a real model "
-                         "(default: none; offline models use their own documented reference set)")
-    group.addoption("--update-baselines", dest="qdq_update_baselines", action="store_true", default=False,
-                    help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)")
-    group.addoption("--strict-gate", dest="qdq_strict", action="store_true", default=False,
-                    help="fail checks that changed (outside their noise window) even when inside their harm floor "
-                         "(default: a change is a warning and a line of the report; only harm fails)")
-    group.addoption("--report", dest="qdq_report", default=None, metavar="DIR",
-                    help="write the quality report (index.html + images) to DIR at the end of the run (default: none)")
-    group.addoption("--from-device", dest="qdq_from_device", default=None, metavar="DIR",
-                    help="judge the qdq@1/qdq@2 images of a device results folder (`sdxl-qdq device-run`) instead of "
-                         "drawing them here (default: draw here)")
-    group.addoption("--baseline-ep", dest="qdq_baseline_ep", default=None, choices=EPS, metavar="EP",
-                    help="gate by the baseline made on this EP instead of --ep's own (an explicit cross-EP rule, stated in "
-                         "the report; default: --ep's own baseline)")
-    group.addoption("--bundle", dest="qdq_bundle", default=None, metavar="DIR",
-                    help="device tests (-m device): the bundle to run, made by `sdxl-qdq bundle` (default: none; the "
-                         "device tests skip without one)")
-    group.addoption("--device-out", dest="qdq_device_out", default=None, metavar="DIR",
-                    help="device tests: where measured figures go (default: a temporary folder)")
+    parser.addini("qdq_suite", type="bool", default=False,
+                  help="this project's own suite: its markers, the slow/device skips, the failure localization and the "
+                       "benchmark machine info apply (set in its pyproject.toml; off in every other project)")
+    group = parser.getgroup("sdxl-qdq", f"SDXL-turbo QDQ quality gate (every option starts with {PREFIX})")
+    for name, keywords in OPTIONS.items():
+        group.addoption(PREFIX + name, dest="qdq_" + name.replace("-", "_"), **keywords)
+
+
+def _suite(config: pytest.Config) -> bool:
+    """Whether this session is this project's suite (``qdq_suite = true`` in its ini): the hooks that act on
+    collection, reporting and benchmarks stay out of every other project's session."""
+    return bool(config.getini("qdq_suite"))
+
+
+_FLAG = re.compile(r"(?<![\w-])--(" + "|".join(OPTIONS) + r")(?![\w-])")
+
+
+def plugin_flags(message: str) -> str:
+    """A message of the package (which names the command line's flags, ``--ep qnn``) as this plugin spells them
+    (``--qdq-ep qnn``)."""
+    return _FLAG.sub(lambda m: PREFIX + m.group(1), message)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _check_options(config)
+    if not _suite(config):
+        return
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
     _check_stored_benchmarks(config)
-    _check_options(config)
-    if not config.getoption("qdq_allow_download"):
-        # No network at test time unless the user opts in. sdxl_qdq imports no Hugging Face library at module
-        # level, so these are read when the first one is imported, after this hook.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def _offline(config: pytest.Config) -> Iterator[None]:
+    """No network while the gate's fixtures work unless --qdq-allow-download: HF_HUB_OFFLINE and HF_DATASETS_OFFLINE
+    are 1 inside, and as they were after (the loaders also pass ``local_files_only``)."""
+    if config.getoption("qdq_allow_download"):
+        yield
+        return
+    with pytest.MonkeyPatch.context() as env:
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+            if name not in os.environ:
+                env.setenv(name, "1")
+        yield
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Real-size runs take 9 to 13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
+    if not _suite(config):
+        return
     markexpr = config.getoption("markexpr") or ""
     if not config.getoption("qdq_bundle"):
         no_bundle = pytest.mark.skip(reason="a device test runs from a bundle: pass --bundle DIR (make one with "
@@ -131,23 +173,23 @@ def _as_usage_errors() -> Iterator[None]:
     try:
         yield
     except QuantError as e:
-        pytest.exit(f"error: {e}", returncode=2)
+        pytest.exit(f"error: {plugin_flags(str(e))}", returncode=2)
 
 
 @pytest.fixture(scope="session")
-def cache(pytestconfig: pytest.Config) -> ArtifactCache:
+def qdq_cache(pytestconfig: pytest.Config) -> ArtifactCache:
     root = pytestconfig.getoption("qdq_cache_dir")
     return ArtifactCache(Path(root) if root else None, verify="full" if pytestconfig.getoption("qdq_verify_cache") else "auto",
                          notice=say(pytestconfig))
 
 
 @pytest.fixture(scope="session")
-def qnn_options(pytestconfig: pytest.Config) -> QnnOptions:
+def qdq_qnn_options(pytestconfig: pytest.Config) -> QnnOptions:
     return QnnOptions(soc_model=pytestconfig.getoption("qdq_qnn_soc"))
 
 
 def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> Build:
-    with _as_usage_errors():
+    with _as_usage_errors(), _offline(config):
         result = build(
             config.getoption("qdq_model") or default_model,
             recipe=config.getoption("qdq_recipe"),
@@ -161,34 +203,36 @@ def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> B
 
 
 @pytest.fixture(scope="session")
-def artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
-    """Float and QDQ components of --model (default tiny: the structural check) built with --recipe."""
-    return _build(pytestconfig, cache, "tiny")
+def qdq_artifacts(pytestconfig: pytest.Config, qdq_cache: ArtifactCache) -> Build:
+    """Float and QDQ components of --qdq-model (default tiny: the structural check) built with --qdq-recipe."""
+    return _build(pytestconfig, qdq_cache, "tiny")
 
 
 @pytest.fixture(scope="session")
-def quality_artifacts(pytestconfig: pytest.Config, cache: ArtifactCache) -> Build:
-    """The build the quality gate judges: --model, by default the canary (a model whose prompts matter)."""
-    return _build(pytestconfig, cache, "canary")
+def qdq_quality_artifacts(pytestconfig: pytest.Config, qdq_cache: ArtifactCache) -> Build:
+    """The build the quality gate judges: --qdq-model, by default the canary (a model whose prompts matter)."""
+    return _build(pytestconfig, qdq_cache, "canary")
 
 
 @pytest.fixture(scope="session")
-def test_prompt_feeds(artifacts: Build) -> dict:
+def qdq_test_prompt_feeds(qdq_artifacts: Build) -> dict:
     """Each component's inputs while the float pipeline draws the 50 test prompts (1 step)."""
     from sdxl_qdq.models.prompts import load_prompts
     from sdxl_qdq.run.pipeline import record_inputs
 
-    return record_inputs(artifacts.float, load_prompts("test"))
+    return record_inputs(qdq_artifacts.float, load_prompts("test"))
 
 
 @pytest.fixture(scope="session")
-def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactCache, qnn_options: QnnOptions):
-    """The evaluated gate of --model (default canary) against its baseline (written first with --update-baselines)."""
+def qdq_gate(pytestconfig: pytest.Config, qdq_quality_artifacts: Build, qdq_cache: ArtifactCache,
+             qdq_qnn_options: QnnOptions):
+    """The evaluated gate of --qdq-model (default canary) against its baseline (written first with
+    --qdq-update-baselines)."""
     from sdxl_qdq.flows import prepare_gate
 
-    with _as_usage_errors():
+    with _as_usage_errors(), _offline(pytestconfig):
         result = prepare_gate(
-            quality_artifacts, cache=cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qnn_options,
+            qdq_quality_artifacts, cache=qdq_cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qdq_qnn_options,
             clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
             coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
             from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
@@ -199,14 +243,14 @@ def gate(pytestconfig: pytest.Config, quality_artifacts: Build, cache: ArtifactC
 
 
 @pytest.fixture
-def judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a Callable[[Check], None]
-    """Assert a gate check: harm fails always, a change (outside the noise window) only under --strict-gate, else it
+def qdq_judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a Callable[[Check], None]
+    """Assert a gate check: harm fails always, a change (outside the noise window) only under --qdq-strict-gate, else it
     is a ``QualityChanged`` warning. Its numbers become JUnit properties (``--junitxml``)."""
     import warnings
 
     from sdxl_qdq.judge.gate import QualityChanged
 
-    strict = pytestconfig.getoption("qdq_strict")
+    strict = pytestconfig.getoption("qdq_strict_gate")
 
     def check(c) -> None:  # noqa: ANN001 - a sdxl_qdq.judge.gate.Check
         for name in ("metric", "measured", "baseline", "limit", "harm", "status"):
@@ -220,13 +264,13 @@ def judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a Cal
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """``quality_prompt``: every prompt of the quality model's own prompt set (COCO, or the canary world's)."""
-    if "quality_prompt" in metafunc.fixturenames:
+    """``qdq_quality_prompt``: every prompt of the quality model's own prompt set (COCO, or the canary world's)."""
+    if "qdq_quality_prompt" in metafunc.fixturenames:
         from sdxl_qdq.models.prompts import load_prompts
         from sdxl_qdq.models.source import prompts_for
 
         prompts = load_prompts("all", path=prompts_for(metafunc.config.getoption("qdq_model") or "canary"))
-        metafunc.parametrize("quality_prompt", prompts, ids=[p.id for p in prompts])
+        metafunc.parametrize("qdq_quality_prompt", prompts, ids=[p.id for p in prompts])
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -243,8 +287,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         from sdxl_qdq.judge.report import write_report
         from sdxl_qdq.judge.summary import write_summary
 
-        path = write_report(gate, Path(report_dir), strict=session.config.getoption("qdq_strict"))
-        write_summary(gate, Path(report_dir), strict=session.config.getoption("qdq_strict"))
+        path = write_report(gate, Path(report_dir), strict=session.config.getoption("qdq_strict_gate"))
+        write_summary(gate, Path(report_dir), strict=session.config.getoption("qdq_strict_gate"))
         if reporter is not None:
             reporter.write_line(f"quality report: {path}")
     summary_json = Path(report_dir) / "summary.json" if report_dir else None
@@ -261,6 +305,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     """On a failing quality or parity check, say where the error comes from: the layers with the largest
     quantization error (float vs QDQ on the CPU EP) and, for checks run on the QNN EP, where QNN departs from
     the CPU EP (graph cuts, worst block first)."""
+    if not _suite(config):
+        return
     failed = [r for r in terminalreporter.stats.get("failed", []) if "quality" in r.keywords or "parity" in r.nodeid]
     if not failed:
         return
@@ -289,8 +335,10 @@ def _controller_build(config: pytest.Config, failed: list) -> Build | None:
     quality = any("quality" in r.keywords for r in failed)
     root = config.getoption("qdq_cache_dir")
     try:
-        return build(config.getoption("qdq_model") or ("canary" if quality else "tiny"), recipe=config.getoption("qdq_recipe"),
-                     cache=ArtifactCache(Path(root) if root else None), quantizer=config.getoption("qdq_quantizer"))
+        with _offline(config):
+            return build(config.getoption("qdq_model") or ("canary" if quality else "tiny"),
+                         recipe=config.getoption("qdq_recipe"), cache=ArtifactCache(Path(root) if root else None),
+                         quantizer=config.getoption("qdq_quantizer"))
     except Exception as e:  # the summary must not hide the failures it explains
         config.pluginmanager.get_plugin("terminalreporter").write_line(f"(no localization: {e})")
         return None
@@ -307,14 +355,14 @@ def _check_options(config: pytest.Config) -> None:
         for option in ("qdq_bundle", "qdq_from_device"):
             value = config.getoption(option)
             if value and not Path(value).is_dir():
-                flag = "--" + option.removeprefix("qdq_").replace("_", "-")
+                flag = PREFIX + option.removeprefix("qdq_").replace("_", "-")
                 raise pytest.UsageError(f"{flag} {value}: no such folder")
         if config.getoption("qdq_ep") == "qnn":
             require_qnn_package()
         if config.getoption("qdq_coco_dir"):
             check_coco_dir(Path(config.getoption("qdq_coco_dir")))
     except QuantError as e:
-        raise pytest.UsageError(str(e)) from None
+        raise pytest.UsageError(plugin_flags(str(e))) from None
 
 
 def _check_stored_benchmarks(config: pytest.Config) -> None:
@@ -335,6 +383,8 @@ def _check_stored_benchmarks(config: pytest.Config) -> None:
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
     """What makes numbers comparable: package versions, QNN chip and whether it is simulated."""
+    if not _suite(config):
+        return
     from sdxl_qdq.cache import package_versions
     from sdxl_qdq.runtime import QNN_SOCS, qnn_is_simulated
 

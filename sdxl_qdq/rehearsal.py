@@ -5,7 +5,7 @@ Face cache snapshot (its folders, file names and fp16 variants; seeded random we
 ``openai/clip-vit-base-patch16`` likewise (ViT-B/16's architecture), torch-fidelity's Inception weights file in torch
 hub's cache, and a COCO-like folder of the prompts' reference images. Then the nightly's three jobs run their own
 commands in order, each in its own process: build (``sdxl-qdq bundle``), device (``device-check``, ``device-test``,
-``device-run``) and judge (``pytest -m quality --from-device``), each timed with its peak memory, into
+``device-run``) and judge (``pytest -m quality --qdq-from-device``), each timed with its peak memory, into
 ``<work>/rehearsal.json``.
 
 ``tiny`` (CI): every command as the nightly runs it; placement, parity and latency (``device-test``) on the HTP
@@ -126,10 +126,10 @@ def night_steps(work: Path, size: str, *, prompts: int | None, context: bool) ->
         "--ep", "cpu", "--no-context"]))
     if size == "tiny":
         # stand-in weights against the study's baseline: failed checks (exit 1) are the expected verdict
-        steps.append(Step("judge", "pytest -m quality --from-device", [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "quality", "--model", REAL_MODEL,
-            "--ep", "cpu", "--qnn-soc", SOC, "--from-device", str(out / "results"),
-            "--coco-dir", str(work / "coco"), "--report", str(work / "report")], ok_codes=(0, 1)))
+        steps.append(Step("judge", "pytest -m quality --qdq-from-device", [
+            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "quality", "--qdq-model", REAL_MODEL,
+            "--qdq-ep", "cpu", "--qdq-qnn-soc", SOC, "--qdq-from-device", str(out / "results"),
+            "--qdq-coco-dir", str(work / "coco"), "--qdq-report", str(work / "report")], ok_codes=(0, 1)))
     else:
         steps.append(Step("judge", "judge on the device's K prompts", [
             *cli, "_judge-subset", "--results", str(out / "results"), "--coco-dir", str(work / "coco"),

@@ -125,7 +125,7 @@ def test_pytest_bad_input_is_a_usage_error_and_one_line(tmp_path: Path, case: st
 def test_qnn_without_onnxruntime_qnn_is_one_line_before_any_build(tmp_path: Path, door: str) -> None:
     cache = ["--cache-dir", str(tmp_path / "cache")]
     argv = ([str(SDXL_QDQ), "sqnr", "--ep", "qnn", *cache] if door == "cli" else
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality", "--ep", "qnn",
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality", "--qdq-ep", "qnn",
              *cache, str(REPO_ROOT / "tests" / "test_quality.py")])
     done = _run(argv, tmp_path, _without_qnn(tmp_path))
     _one_clear_line(done, r"the QNN EP needs the onnxruntime-qnn package; install it .* or run with --ep cpu",

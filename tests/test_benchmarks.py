@@ -19,27 +19,27 @@ from sdxl_qdq.components import COMPONENTS
 VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
 
 
-def _info(benchmark, artifacts, **extra) -> None:
-    benchmark.extra_info.update(model=artifacts.source.name, versions=package_versions(), **extra)
+def _info(benchmark, qdq_artifacts, **extra) -> None:
+    benchmark.extra_info.update(model=qdq_artifacts.source.name, versions=package_versions(), **extra)
 
 
-def test_build_warm(benchmark, artifacts, cache) -> None:
-    _info(benchmark, artifacts, stage="build", cache="warm")
+def test_build_warm(benchmark, qdq_artifacts, qdq_cache) -> None:
+    _info(benchmark, qdq_artifacts, stage="build", cache="warm")
     sys.modules.pop("olive.workflows", None)
-    result = benchmark(lambda: build(artifacts.source.name, cache=ArtifactCache(cache.root)))
-    assert result.qdq.models == artifacts.qdq.models
+    result = benchmark(lambda: build(qdq_artifacts.source.name, cache=ArtifactCache(qdq_cache.root)))
+    assert result.qdq.models == qdq_artifacts.qdq.models
     assert "olive.workflows" not in sys.modules, "a warm build imported Olive's workflow runner"
 
 
-def test_build_cold(benchmark, artifacts, tmp_path: Path) -> None:
+def test_build_cold(benchmark, qdq_artifacts, tmp_path: Path) -> None:
     if benchmark.disabled:  # xdist (make test): untimed, a cold build shows nothing tests/test_faults.py does not
         pytest.skip("a cold build is only worth its minute when timed: it runs in `make bench` and `make bench-ci`")
-    _info(benchmark, artifacts, stage="build", cache="cold")
+    _info(benchmark, qdq_artifacts, stage="build", cache="cold")
     roots = iter(range(100))
 
     def cold() -> ArtifactCache:
         cache = ArtifactCache(tmp_path / str(next(roots)))
-        build(artifacts.source.name, cache=cache)
+        build(qdq_artifacts.source.name, cache=cache)
         return cache
 
     cache = benchmark.pedantic(cold, rounds=1, iterations=1)
@@ -48,20 +48,20 @@ def test_build_cold(benchmark, artifacts, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("variant", "ep"), VARIANTS, ids=[f"{v}-{e}" for v, e in VARIANTS])
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
+def test_component_latency(benchmark, qdq_artifacts, qdq_qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
     from sdxl_qdq.convert.calibration import load_calibration
     from sdxl_qdq.diagnose.qnn_profile import EXECUTE_EVENT, htp_execute_us
     from sdxl_qdq.runtime import QnnOptions, create_session, qnn_is_simulated
 
     if ep == "qnn":
         pytest.importorskip("onnxruntime_qnn", reason="the QNN EP needs onnxruntime-qnn (pip install onnxruntime-qnn)")
-    model = getattr(artifacts, variant).models[component]
+    model = getattr(qdq_artifacts, variant).models[component]
     profile = tmp_path / "qnn_profile.csv"
-    options = QnnOptions(soc_model=qnn_options.soc_model, profiling_level="basic", profiling_file_path=str(profile))
+    options = QnnOptions(soc_model=qdq_qnn_options.soc_model, profiling_level="basic", profiling_file_path=str(profile))
     session = create_session(model, ep=ep, qnn=options if ep == "qnn" else None)
-    feed = load_calibration(artifacts.calibration_dir, component)[0]
-    io = artifacts.float.io(component)
-    _info(benchmark, artifacts, component=component, variant=variant, ep=ep,
+    feed = load_calibration(qdq_artifacts.calibration_dir, component)[0]
+    io = qdq_artifacts.float.io(component)
+    _info(benchmark, qdq_artifacts, component=component, variant=variant, ep=ep,
           backend="htp" if ep == "qnn" else "cpu",
           chip=(f"soc {qnn_options.soc_model} ({'simulated' if qnn_is_simulated() else 'device'})" if ep == "qnn" else None),
           shapes={t.name: list(t.shape) for t in io.inputs})
@@ -77,12 +77,12 @@ def test_component_latency(benchmark, artifacts, qnn_options, tmp_path, componen
 
 @pytest.mark.parametrize("steps", [1, 2], ids=lambda k: f"{k}step")
 @pytest.mark.parametrize("variant", ["float", "qdq"])
-def test_pipeline_latency(benchmark, artifacts, variant: str, steps: int) -> None:
+def test_pipeline_latency(benchmark, qdq_artifacts, variant: str, steps: int) -> None:
     from sdxl_qdq.run.pipeline import OrtSDXLPipeline
 
-    pipe = OrtSDXLPipeline(getattr(artifacts, variant))
-    _info(benchmark, artifacts, stage="pipeline", variant=variant, ep="cpu", steps=steps,
-          image=[artifacts.source.image_size] * 2)
+    pipe = OrtSDXLPipeline(getattr(qdq_artifacts, variant))
+    _info(benchmark, qdq_artifacts, stage="pipeline", variant=variant, ep="cpu", steps=steps,
+          image=[qdq_artifacts.source.image_size] * 2)
     image = benchmark.pedantic(pipe, args=("A young boy standing in front of a computer keyboard",),
                                kwargs={"steps": steps}, rounds=5, warmup_rounds=1)
-    assert image.shape == (artifacts.source.image_size, artifacts.source.image_size, 3)
+    assert image.shape == (qdq_artifacts.source.image_size, qdq_artifacts.source.image_size, 3)

@@ -27,18 +27,18 @@ PROMPTS = 4
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(artifacts, tmp_path_factory) -> Path:
-    prompts = load_prompts("all", path=artifacts.source.prompts)[:PROMPTS]
-    return write_bundle(artifacts, tmp_path_factory.mktemp("bundle") / "tiny", qnn=QnnOptions("60"), prompts=prompts,
+def bundle_dir(qdq_artifacts, tmp_path_factory) -> Path:
+    prompts = load_prompts("all", path=qdq_artifacts.source.prompts)[:PROMPTS]
+    return write_bundle(qdq_artifacts, tmp_path_factory.mktemp("bundle") / "tiny", qnn=QnnOptions("60"), prompts=prompts,
                         parity_prompts=2, context=False)
 
 
-def test_bundle_holds_what_the_device_needs(bundle_dir: Path, artifacts) -> None:
+def test_bundle_holds_what_the_device_needs(bundle_dir: Path, qdq_artifacts) -> None:
     bundle = Bundle.load(bundle_dir, soc="60")
     files = set(bundle.manifest["files"])
     assert {f"models/{c}/{n}" for c in COMPONENTS for n in ("model.onnx", "io.json")} <= files
     assert {"schedule.npz", "pipeline.json"} <= files and len([f for f in files if f.startswith("prompts/")]) == PROMPTS
-    assert bundle.manifest["keys"]["qdq"] == artifacts.keys["qdq"] and bundle.soc == "60"
+    assert bundle.manifest["keys"]["qdq"] == qdq_artifacts.keys["qdq"] and bundle.soc == "60"
     assert [s.timestep for s in bundle.schedule(2)] == [999.0, 499.0]
     inputs = bundle.inputs(bundle.prompts[0])
     assert inputs["input_ids"].shape == (1, 77) and inputs["noise"].shape[0] == 2
@@ -72,12 +72,12 @@ def test_a_bundle_for_another_chip_is_refused(bundle_dir: Path) -> None:
         Bundle.load(bundle_dir, soc="69")
 
 
-def test_device_pipeline_draws_what_the_host_pipeline_draws(bundle_dir: Path, artifacts) -> None:
+def test_device_pipeline_draws_what_the_host_pipeline_draws(bundle_dir: Path, qdq_artifacts) -> None:
     """The same QDQ models on the CPU EP: the device's numpy replay of the host's noise and diffusers' scheduler
     gives the host pipeline's latents and images, bit for bit."""
     bundle = Bundle.load(bundle_dir)
     device = DevicePipeline(bundle, ep="cpu")
-    host = OrtSDXLPipeline(artifacts.qdq)
+    host = OrtSDXLPipeline(qdq_artifacts.qdq)
     for prompt in bundle.prompts:
         drawn = device.draw(prompt)
         for steps, (image, latents) in drawn.items():
@@ -127,25 +127,25 @@ def test_an_emulated_python_is_refused(process: str, native: str, refused: bool)
         assert "emulated" in why and "native ARM64 Python" in why and "\n" not in why
 
 
-def test_device_results_judged_on_the_host_give_the_host_verdict(quality_artifacts, cache, tmp_path: Path) -> None:
+def test_device_results_judged_on_the_host_give_the_host_verdict(qdq_quality_artifacts, qdq_cache, tmp_path: Path) -> None:
     """Device results drawn on the CPU EP (bit-identical to the host's images) through `--from-device`: the same
     checks, measured values included, as drawing here; results of another build are refused."""
     from sdxl_qdq.device.night import run_night
     from sdxl_qdq.flows import prepare_gate
 
-    bundle = Bundle.load(write_bundle(quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1,
+    bundle = Bundle.load(write_bundle(qdq_quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1,
                                       context=False))
     results = run_night(bundle, tmp_path / "results", qnn=QnnOptions("60"), ep="cpu")
-    here = prepare_gate(quality_artifacts, cache=cache)
-    there = prepare_gate(quality_artifacts, cache=cache, from_device=results)
+    here = prepare_gate(qdq_quality_artifacts, cache=qdq_cache)
+    there = prepare_gate(qdq_quality_artifacts, cache=qdq_cache, from_device=results)
     assert [(c.metric, c.measured) for c in there.all_checks()] == [(c.metric, c.measured) for c in here.all_checks()]
     assert "device results" in there.evaluation.ep_detail
     with pytest.raises(ConfigError, match="drawn on the cpu EP; judge them with --ep cpu"):
-        prepare_gate(quality_artifacts, cache=cache, ep="qnn", from_device=results)
+        prepare_gate(qdq_quality_artifacts, cache=qdq_cache, ep="qnn", from_device=results)
     other = json.loads((results / "manifest.json").read_text())
     with pytest.raises(ConfigError, match="other QDQ models"):
         DeviceResults(results, {**other, "bundle": {**other["bundle"], "keys": {"qdq": {}}}}).check_matches(
-            quality_artifacts.keys, model=quality_artifacts.source.name, soc="60")
+            qdq_quality_artifacts.keys, model=qdq_quality_artifacts.source.name, soc="60")
 
 
 def test_a_device_venv_without_onnxruntime_qnn_is_one_line_with_the_fix(monkeypatch, capsys) -> None:

@@ -72,27 +72,27 @@ def _digests(models: dict[str, Path]) -> dict[str, str]:
             for c, p in models.items()}
 
 
-def test_second_build_is_a_cache_hit(artifacts, cache) -> None:
-    again_cache = ArtifactCache(cache.root)
+def test_second_build_is_a_cache_hit(qdq_artifacts, qdq_cache) -> None:
+    again_cache = ArtifactCache(qdq_cache.root)
     again = build("tiny", cache=again_cache)
     assert again_cache.misses == [] and set(again_cache.hits) >= {"source", "export", "calibration", "qdq"}
-    assert again.qdq.models == artifacts.qdq.models
+    assert again.qdq.models == qdq_artifacts.qdq.models
 
 
 @pytest.mark.slow
-def test_cold_rebuild_gives_byte_identical_models(artifacts, tmp_path: Path) -> None:
+def test_cold_rebuild_gives_byte_identical_models(qdq_artifacts, tmp_path: Path) -> None:
     """A second cold build in an empty cache reproduces every float and QDQ model byte for byte. (In CI the same
     holds through tests/test_faults.py, whose killed-export case rebuilds everything and compares every file; this
     one, 90 s, runs with -m slow.)"""
     fresh_cache = ArtifactCache(tmp_path)
     fresh = build("tiny", cache=fresh_cache)
     assert "qdq" in fresh_cache.misses
-    assert _digests(fresh.float.models) == _digests(artifacts.float.models)
-    assert _digests(fresh.qdq.models) == _digests(artifacts.qdq.models)
+    assert _digests(fresh.float.models) == _digests(qdq_artifacts.float.models)
+    assert _digests(fresh.qdq.models) == _digests(qdq_artifacts.qdq.models)
     assert set(fresh.qdq.models) == set(COMPONENTS)
 
 
-def test_a_warm_build_imports_no_heavy_package(artifacts, cache) -> None:
+def test_a_warm_build_imports_no_heavy_package(qdq_artifacts, qdq_cache) -> None:
     """A warm build reads what its stages stored (the quantizer's memory estimate included) and imports neither
     torch, datasets, diffusers, transformers, Olive nor onnxruntime.tools (which imports torch): 2.5 s of imports
     that a hit has no use for."""

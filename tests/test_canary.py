@@ -76,14 +76,14 @@ def test_committed_weights_are_small_fp16_safetensors() -> None:
 
 
 @pytest.fixture(scope="module")
-def canary_build(cache):
+def canary_build(qdq_cache):
     from sdxl_qdq.convert.stages import build
 
-    return build("canary", cache=cache)
+    return build("canary", cache=qdq_cache)
 
 
 @pytest.fixture(scope="module")
-def test_images(canary_build, cache):
+def test_images(canary_build, qdq_cache):
     from sdxl_qdq.flows import draw
     from sdxl_qdq.judge.evaluation import load_images
     from sdxl_qdq.models.prompts import load_prompts
@@ -92,7 +92,7 @@ def test_images(canary_build, cache):
     prompts = load_prompts("test", path=PROMPTS_CANARY)
     images = {}
     for variant in (Variant("float", 1), Variant("qdq", 1), Variant("qdq", 2)):
-        images[variant.label] = load_images(draw(canary_build, variant, prompts, cache=cache), prompts)
+        images[variant.label] = load_images(draw(canary_build, variant, prompts, cache=qdq_cache), prompts)
     return prompts, images
 
 
@@ -128,13 +128,13 @@ def test_scorer_separates_captions() -> None:
 
 
 @pytest.mark.parametrize("variant", ["unet-noise5", "no-xattn"])
-def test_gate_fails_a_degraded_unet(canary_build, cache, variant: str) -> None:
+def test_gate_fails_a_degraded_unet(canary_build, qdq_cache, variant: str) -> None:
     """A quantized UNet that is noised, or no longer reads the prompt, fails the CLIP and FID checks."""
     from sdxl_qdq.convert.stages import build, with_qdq_component
     from sdxl_qdq.flows import prepare_gate
 
-    degraded = with_qdq_component(canary_build, build(f"canary:{variant}", cache=cache), "unet")
-    gate = prepare_gate(degraded, cache=cache)
+    degraded = with_qdq_component(canary_build, build(f"canary:{variant}", cache=qdq_cache), "unet")
+    gate = prepare_gate(degraded, cache=qdq_cache)
     failed = [c.metric for c in gate.all_checks() if c.failure]
     assert any(m.startswith("mean CLIP") for m in failed), f"mean-CLIP check passed for {variant}"
     assert any(m.startswith("CLIP qdq@1") for m in failed), f"no per-image CLIP floor failed for {variant}"

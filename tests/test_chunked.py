@@ -48,15 +48,15 @@ def _digest(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module", params=["text_encoder", "vae_decoder"])
-def stock(request, artifacts, tmp_path_factory):
+def stock(request, qdq_artifacts, tmp_path_factory):
     """The stock onnxruntime path (one calibration pass over every tensor), with its ranges cached to JSON."""
     from onnxruntime.quantization import quantize_static
     from onnxruntime.quantization.calibrate import load_tensors_data
 
     component = request.param
     out = tmp_path_factory.mktemp(f"stock-{component}")
-    model = _private_copy(artifacts.float.models[component], out / "float")
-    feeds = load_calibration(artifacts.calibration_dir, component)[:8]
+    model = _private_copy(qdq_artifacts.float.models[component], out / "float")
+    feeds = load_calibration(qdq_artifacts.calibration_dir, component)[:8]
     config = _qnn_config(model, feeds)
     kwargs = {k: v for k, v in inspect.getmembers(config) if not k.startswith("_")}
     kwargs["calibration_data_reader"] = _Reader(feeds)
@@ -94,19 +94,19 @@ def test_repeated_samples_are_run_once(stock) -> None:
             np.testing.assert_array_equal(got, want, err_msg=name)
 
 
-def test_segments_must_be_positive(artifacts) -> None:
+def test_segments_must_be_positive(qdq_artifacts) -> None:
     with pytest.raises(ValueError, match="segments must be >= 1, got 0"):
-        segmented_minmax_ranges(artifacts.float.models["vae_decoder"], list, segments=0)
+        segmented_minmax_ranges(qdq_artifacts.float.models["vae_decoder"], list, segments=0)
 
 
 @pytest.mark.parametrize("component", ["unet", "vae_decoder"])
-def test_segments_are_balanced_by_weight_bytes(artifacts, component: str) -> None:
+def test_segments_are_balanced_by_weight_bytes(qdq_artifacts, component: str) -> None:
     """Exactly the requested number of contiguous parts, none holding half of the weights."""
     import onnx
 
     from sdxl_qdq.convert.lean.graph import tensor_bytes
 
-    model = onnx.load(str(artifacts.float.models[component]), load_external_data=False)
+    model = onnx.load(str(qdq_artifacts.float.models[component]), load_external_data=False)
     sizes = {t.name: tensor_bytes(t) for t in model.graph.initializer}
     parts = split_nodes(model, segments=4)
     assert len(parts) == 4 and [i for p in parts for i in p] == list(range(len(model.graph.node)))
@@ -115,7 +115,7 @@ def test_segments_are_balanced_by_weight_bytes(artifacts, component: str) -> Non
 
 
 @pytest.mark.parametrize("olive_patched", [False, True], ids=["as-is", "olive-patched"])
-def test_reductions_run_before_their_tensor_is_consumed(artifacts, tmp_path: Path, monkeypatch, olive_patched: bool) -> None:
+def test_reductions_run_before_their_tensor_is_consumed(qdq_artifacts, tmp_path: Path, monkeypatch, olive_patched: bool) -> None:
     """What bounds a segment's memory: in the calibration session each tensor's ReduceMin/Max runs before the
     tensor's last reader, so calibrating keeps no activation alive longer than inference does (onnxruntime's
     default order runs them after everything else: 14.4 GB instead of 1.7 GB on the real VAE decoder). Also
@@ -136,8 +136,8 @@ def test_reductions_run_before_their_tensor_is_consumed(artifacts, tmp_path: Pat
         patch_min_max_calibrater()
         assert MinMaxCalibrater.augment_graph.__name__ == "patched_augment_graph"
 
-    model = _private_copy(artifacts.float.models["vae_decoder"], tmp_path / "float")
-    feeds = load_calibration(artifacts.calibration_dir, "vae_decoder")[:1]
+    model = _private_copy(qdq_artifacts.float.models["vae_decoder"], tmp_path / "float")
+    feeds = load_calibration(qdq_artifacts.calibration_dir, "vae_decoder")[:1]
     selected = set(segmented_minmax_ranges(model, lambda: feeds, segments=1).data)
     calibrator = _calibrator_class()(str(model), None, augmented_model_path=str(tmp_path / "augmented.onnx"),
                                      use_external_data_format=True, subset=selected)

@@ -24,12 +24,12 @@ def _run(proto, data_dir: Path, feeds) -> np.ndarray:
     return np.stack([session.run(None, {k: f[k] for k in names})[0] for f in feeds])
 
 
-def test_cuts_compute_what_the_model_computes(artifacts) -> None:
+def test_cuts_compute_what_the_model_computes(qdq_artifacts) -> None:
     """A cut to the model output equals the model; a cut fed the CPU reference at its stops equals it too (the
     CPU EP runs the graph as written, see sdxl_qdq.diverge)."""
-    model = artifacts.qdq.models["unet"]
+    model = qdq_artifacts.qdq.models["unet"]
     graph = CutGraph(model)
-    feeds = distinct_samples(load_calibration(artifacts.calibration_dir, "unet"), 2)
+    feeds = distinct_samples(load_calibration(qdq_artifacts.calibration_dir, "unet"), 2)
     whole = _run(onnx.load(str(model), load_external_data=False), model.parent, feeds)
     output = graph.proto.graph.output[0].name
     np.testing.assert_array_equal(_run(graph.extract(output), model.parent, feeds), whole)
@@ -49,17 +49,17 @@ def test_cuts_compute_what_the_model_computes(artifacts) -> None:
     ("text_encoder_2", {"layers.0", "layers.1", "layers.2"}),
     ("vae_decoder", {"mid_block", "up_blocks.0", "up_blocks.3", "conv_out"}),
 ], ids=["unet", "text_encoder_2", "vae_decoder"])
-def test_blocks_are_the_modules_below_the_wrapper(artifacts, component: str, expected: set[str]) -> None:
-    graph = CutGraph(artifacts.qdq.models[component])
+def test_blocks_are_the_modules_below_the_wrapper(qdq_artifacts, component: str, expected: set[str]) -> None:
+    graph = CutGraph(qdq_artifacts.qdq.models[component])
     names = set(graph.block_names())
     assert expected <= names, names
     assert all(graph.block_output(b) is not None for b in expected)
 
 
-def _planted(artifacts, tmp_path: Path, *, factor: float) -> Path:
+def _planted(qdq_artifacts, tmp_path: Path, *, factor: float) -> Path:
     """The tiny QDQ UNet up to down_blocks.2's output, weights inline; ``factor`` ≠ 1 gives the planted activation's
     DequantizeLinear a scale its QuantizeLinear does not share: the CPU EP dequantizes with it, QNN does not."""
-    model = artifacts.qdq.models["unet"]
+    model = qdq_artifacts.qdq.models["unet"]
     graph = CutGraph(model)
     cut = graph.extract(graph.block_output("down_blocks.2").dequantized)
     onnx.load_external_data_for_model(cut, str(model.parent))
@@ -74,11 +74,11 @@ def _planted(artifacts, tmp_path: Path, *, factor: float) -> Path:
 
 
 @pytest.mark.qnn
-def test_localizer_names_a_planted_defect_first_and_reduces_it_to_its_node(artifacts, qnn_options, tmp_path: Path) -> None:
-    feeds = distinct_samples(load_calibration(artifacts.calibration_dir, "unet"), 2)
-    control = localize(_planted(artifacts, tmp_path, factor=1), feeds, qnn=qnn_options)
+def test_localizer_names_a_planted_defect_first_and_reduces_it_to_its_node(qdq_artifacts, qdq_qnn_options, tmp_path: Path) -> None:
+    feeds = distinct_samples(load_calibration(qdq_artifacts.calibration_dir, "unet"), 2)
+    control = localize(_planted(qdq_artifacts, tmp_path, factor=1), feeds, qnn=qdq_qnn_options)
     assert control.worst.local_db >= 40 and control.first_divergent is None and not control.reduced, control.lines()
-    found = localize(_planted(artifacts, tmp_path, factor=3), feeds, qnn=qnn_options)
+    found = localize(_planted(qdq_artifacts, tmp_path, factor=3), feeds, qnn=qdq_qnn_options)
     assert found.worst.block == "down_blocks.1" and found.worst.local_db < 30, found.lines()
     assert all(b.local_db >= 40 for b in found.blocks[1:]), found.lines()
     assert found.first_divergent == PLANTED, found.lines()

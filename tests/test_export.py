@@ -25,9 +25,9 @@ def _graph_specs(values) -> list[tuple[str, tuple[int, ...], str]]:
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_export_has_fixed_shapes_and_names(artifacts, component: str) -> None:
-    model = onnx.load(str(artifacts.float.models[component]), load_external_data=False)
-    io = read_io(artifacts.float.models[component].parent)
+def test_export_has_fixed_shapes_and_names(qdq_artifacts, component: str) -> None:
+    model = onnx.load(str(qdq_artifacts.float.models[component]), load_external_data=False)
+    io = read_io(qdq_artifacts.float.models[component].parent)
     assert [o.name for o in model.graph.output] == EXPECTED_OUTPUTS[component]
     assert _graph_specs(model.graph.input) == [(t.name, t.shape, t.dtype) for t in io.inputs]
     assert _graph_specs(model.graph.output) == [(t.name, t.shape, t.dtype) for t in io.outputs]
@@ -35,10 +35,10 @@ def test_export_has_fixed_shapes_and_names(artifacts, component: str) -> None:
         assert shape[0] == 1 and all(d > 0 for d in shape), f"{component}: shape {shape} is not fixed batch-1"
 
 
-def test_export_shapes_follow_the_model(artifacts) -> None:
+def test_export_shapes_follow_the_model(qdq_artifacts) -> None:
     """Batch 1, 77 tokens, latent L×L → image 8L×8L; widths chain from the text encoders into the UNet."""
-    io = {c: read_io(artifacts.float.models[c].parent) for c in COMPONENTS}
-    latent = artifacts.source.latent_size
+    io = {c: read_io(qdq_artifacts.float.models[c].parent) for c in COMPONENTS}
+    latent = qdq_artifacts.source.latent_size
     h1 = io["text_encoder"].outputs[0].shape[-1]
     pooled, h2 = io["text_encoder_2"].outputs[0].shape[-1], io["text_encoder_2"].outputs[1].shape[-1]
     unet = {t.name: t.shape for t in io["unet"].inputs}
@@ -50,20 +50,20 @@ def test_export_shapes_follow_the_model(artifacts) -> None:
     assert io["vae_decoder"].outputs[0].shape == (1, 3, 8 * latent, 8 * latent)
 
 
-def test_export_uses_external_data(artifacts) -> None:
+def test_export_uses_external_data(qdq_artifacts) -> None:
     for component in COMPONENTS:
-        path = artifacts.float.models[component]
+        path = qdq_artifacts.float.models[component]
         assert (path.parent / "model.onnx.data").stat().st_size > path.stat().st_size
 
 
 @pytest.mark.parametrize("layout", ["inline", "file per tensor"])
-def test_streamed_rewrite_writes_what_onnx_writes(artifacts, tmp_path, layout: str) -> None:
+def test_streamed_rewrite_writes_what_onnx_writes(qdq_artifacts, tmp_path, layout: str) -> None:
     """The export's last step streams each tensor into model.onnx.data; onnx.load + save_with_external_data (which
     holds the weights twice) writes the same bytes: for torch's layouts under 2 GB (inline) and over (one file per
     tensor: here every tensor, attributes and tensors under the threshold too)."""
     from sdxl_qdq.convert.files import rewrite_with_external_data, save_with_external_data
 
-    model = onnx.load(str(artifacts.float.models["unet"]))
+    model = onnx.load(str(qdq_artifacts.float.models["unet"]))
     source = tmp_path / "source" / "model.onnx"
     source.parent.mkdir()
     if layout == "inline":
@@ -81,7 +81,7 @@ def test_streamed_rewrite_writes_what_onnx_writes(artifacts, tmp_path, layout: s
 
 
 @pytest.mark.parametrize("steps", [1, 2])
-def test_ort_float_pipeline_matches_diffusers(artifacts, steps: int) -> None:
+def test_ort_float_pipeline_matches_diffusers(qdq_artifacts, steps: int) -> None:
     """Our ORT pipeline draws what diffusers' StableDiffusionXLPipeline draws from the same weights and noise."""
     import torch
 
@@ -89,9 +89,9 @@ def test_ort_float_pipeline_matches_diffusers(artifacts, steps: int) -> None:
     from sdxl_qdq.run.pipeline import OrtSDXLPipeline, prompt_seed
 
     prompt = "A man with a red helmet on a small moped on a dirt road"
-    ours = OrtSDXLPipeline(artifacts.float)(prompt, steps=steps)
-    pipe = load_torch_pipeline(artifacts.pipeline_dir)
-    size = artifacts.source.image_size
+    ours = OrtSDXLPipeline(qdq_artifacts.float)(prompt, steps=steps)
+    pipe = load_torch_pipeline(qdq_artifacts.pipeline_dir)
+    size = qdq_artifacts.source.image_size
     theirs = pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, height=size, width=size, output_type="np",
                   generator=torch.Generator().manual_seed(prompt_seed(prompt))).images[0]
     theirs = (theirs * 255).round().astype(np.uint8)

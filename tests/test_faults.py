@@ -30,11 +30,11 @@ def _digests(folder: Path) -> dict[str, str]:
     return {rel: e["sha256"] for rel, e in files.items() if Path(rel).name not in VARIABLE}
 
 
-def _source_key(artifacts) -> str:  # noqa: ANN001
-    return artifacts.pipeline_dir.parent.name
+def _source_key(qdq_artifacts) -> str:  # noqa: ANN001
+    return qdq_artifacts.pipeline_dir.parent.name
 
 
-def _seed(root: Path, session: Path, artifacts, stages: dict[str, list[str]]) -> None:  # noqa: ANN001
+def _seed(root: Path, session: Path, qdq_artifacts, stages: dict[str, list[str]]) -> None:  # noqa: ANN001
     """Copy the named artifacts of the session's tiny build into the cache at ``root`` (their keys are the same)."""
     for stage, keys in stages.items():
         for key in keys:
@@ -60,15 +60,15 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.parametrize("stage", ["export", "calibration", "qdq"])
-def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(artifacts, cache, tmp_path: Path, stage: str) -> None:
-    root, keys = tmp_path / "cache", artifacts.keys
-    seeded = {"source": [_source_key(artifacts)]}
+def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(qdq_artifacts, qdq_cache, tmp_path: Path, stage: str) -> None:
+    root, keys = tmp_path / "cache", qdq_artifacts.keys
+    seeded = {"source": [_source_key(qdq_artifacts)]}
     if stage in ("calibration", "qdq"):
         seeded["export"] = [keys["export"]]
     if stage == "qdq":  # the decoder quantizes in seconds: the kill lands in its build
         seeded["calibration"] = [keys["calibration"]]
         seeded["qdq"] = [keys["qdq"][c] for c in COMPONENTS if c != "vae_decoder"]
-    _seed(root, cache.root, artifacts, seeded)
+    _seed(root, qdq_cache.root, qdq_artifacts, seeded)
     proc = subprocess.Popen(_cli("build", "--model", "tiny", "--cache-dir", str(root)), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     _kill_when_started(proc, root / stage)
@@ -81,19 +81,19 @@ def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(artifacts, cache,
                "qdq": {"qdq": [keys["qdq"]["vae_decoder"]]}}[stage]
     for folder, stage_keys in rebuilt.items():
         for key in stage_keys:
-            assert _digests(root / folder / key) == _digests(cache.root / folder / key), f"{folder}/{key}"
+            assert _digests(root / folder / key) == _digests(qdq_cache.root / folder / key), f"{folder}/{key}"
     assert again.keys["qdq"] == keys["qdq"]
     assert not [p for p in (root / stage).iterdir() if p.name.startswith(".")], "a killed build's leftovers were kept"
 
 
-def test_image_generation_killed_draws_the_same_images(artifacts, cache, tmp_path: Path) -> None:
+def test_image_generation_killed_draws_the_same_images(qdq_artifacts, qdq_cache, tmp_path: Path) -> None:
     from sdxl_qdq.flows import draw
     from sdxl_qdq.models.prompts import load_prompts
     from sdxl_qdq.run.generate import Variant
 
     root = tmp_path / "cache"
-    keys = artifacts.keys
-    _seed(root, cache.root, artifacts, {"source": [_source_key(artifacts)], "export": [keys["export"]],
+    keys = qdq_artifacts.keys
+    _seed(root, qdq_cache.root, qdq_artifacts, {"source": [_source_key(qdq_artifacts)], "export": [keys["export"]],
                                         "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())})
     script = ("import sys; from pathlib import Path; from sdxl_qdq.convert.stages import build; from sdxl_qdq.cache import ArtifactCache;"
               "from sdxl_qdq.flows import draw; from sdxl_qdq.models.prompts import load_prompts; from sdxl_qdq.run.generate import Variant;"
@@ -102,7 +102,7 @@ def test_image_generation_killed_draws_the_same_images(artifacts, cache, tmp_pat
     _kill_when_started(proc, root / ".scratch", pattern="drawing.*")  # images are drawn there, then moved in
     assert list((root / ".scratch").glob("drawing.*")), "the killed run's drawings"
     again = draw(build("tiny", cache=ArtifactCache(root)), Variant("qdq", 2), load_prompts("all"), cache=ArtifactCache(root))
-    reference = draw(artifacts, Variant("qdq", 2), load_prompts("all"), cache=cache)
+    reference = draw(qdq_artifacts, Variant("qdq", 2), load_prompts("all"), cache=qdq_cache)
     assert _digests(again) == _digests(reference) and len(_digests(again)) == 101  # 100 images and key.json
     assert not list((root / ".scratch").iterdir()), "a killed run's drawings were kept"
 
@@ -143,9 +143,9 @@ def test_two_processes_build_one_artifact(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
-def test_a_damaged_artifact_is_moved_aside_and_rebuilt(artifacts, cache, tmp_path: Path, damage: str) -> None:
-    root, keys = tmp_path / "cache", artifacts.keys
-    _seed(root, cache.root, artifacts, {"source": [_source_key(artifacts)], "export": [keys["export"]],
+def test_a_damaged_artifact_is_moved_aside_and_rebuilt(qdq_artifacts, qdq_cache, tmp_path: Path, damage: str) -> None:
+    root, keys = tmp_path / "cache", qdq_artifacts.keys
+    _seed(root, qdq_cache.root, qdq_artifacts, {"source": [_source_key(qdq_artifacts)], "export": [keys["export"]],
                                         "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())})
     key = keys["qdq"]["vae_decoder"]
     data = root / "qdq" / key / "model.onnx.data"
@@ -159,16 +159,16 @@ def test_a_damaged_artifact_is_moved_aside_and_rebuilt(artifacts, cache, tmp_pat
     build("tiny", cache=ArtifactCache(root, notice=notices.append))
     assert len(notices) == 1 and f"qdq/{key} is bad" in notices[0] and "model.onnx.data" in notices[0], notices
     assert "moved aside" in notices[0] and "\n" not in notices[0]
-    assert _digests(root / "qdq" / key) == _digests(cache.root / "qdq" / key)
+    assert _digests(root / "qdq" / key) == _digests(qdq_cache.root / "qdq" / key)
     assert len(list((root / "qdq").glob(f"{key}.bad-*"))) == 1
 
 
-def test_a_change_that_keeps_size_and_mtime_is_found_by_full_verification(artifacts, cache, tmp_path: Path) -> None:
+def test_a_change_that_keeps_size_and_mtime_is_found_by_full_verification(qdq_artifacts, qdq_cache, tmp_path: Path) -> None:
     """A hit re-hashes a file whose size, mtime or inode changed since it was verified; `--verify-cache` and
     `sdxl-qdq verify` hash everything, so even an edit that restores the mtime is found."""
     root = tmp_path / "cache"
-    key = artifacts.keys["qdq"]["vae_decoder"]
-    _seed(root, cache.root, artifacts, {"qdq": [key]})
+    key = qdq_artifacts.keys["qdq"]["vae_decoder"]
+    _seed(root, qdq_cache.root, qdq_artifacts, {"qdq": [key]})
     folder = root / "qdq" / key
     auto = ArtifactCache(root)
     assert auto.check(folder) is None and folder.with_name(f"{key}.verified.json").is_file()

@@ -102,7 +102,7 @@ def test_shipped_baselines_record_versions_and_backbones() -> None:
 
 
 @pytest.fixture(scope="module")
-def degraded(artifacts, cache, tmp_path_factory):
+def degraded(qdq_artifacts, qdq_cache, tmp_path_factory):
     """The seed recipe with uint8 activations instead of uint16, built and gated against the tiny baseline."""
     from sdxl_qdq.convert.stages import build
 
@@ -111,7 +111,7 @@ def degraded(artifacts, cache, tmp_path_factory):
         workflow["passes"]["quantization"]["activation_type"] = "uint8"
     path = tmp_path_factory.mktemp("recipe") / "uint8_activations.json"
     path.write_text(json.dumps(recipe))
-    return prepare_gate(build("tiny", recipe=path, cache=cache), cache=cache, clip_backbone=PROXY_CLIP, fid_backbone=PROXY_FID)
+    return prepare_gate(build("tiny", recipe=path, cache=qdq_cache), cache=qdq_cache, clip_backbone=PROXY_CLIP, fid_backbone=PROXY_FID)
 
 
 def test_uint8_activations_leave_the_noise_window_of_the_tiny_model(degraded) -> None:

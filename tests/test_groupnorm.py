@@ -138,26 +138,26 @@ def test_fusion_converts_an_older_model_to_opset_21(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("component", ["unet", "vae_decoder"])
-def test_recipe_fuses_every_groupnorm_of_the_export(artifacts, component: str) -> None:
+def test_recipe_fuses_every_groupnorm_of_the_export(qdq_artifacts, component: str) -> None:
     """Every GroupNorm of the float export is one GroupNormalization in the QDQ model, but the decoder's attention
     norm, whose first Reshape onnxruntime merged with the attention's (it normalizes a reshaped tensor)."""
     def count(model: Path, op: str) -> int:
         return sum(n.op_type == op for n in onnx.load(str(model), load_external_data=False).graph.node)
 
-    exported = count(artifacts.float.models[component], "InstanceNormalization")
-    fused = count(artifacts.qdq.models[component], "GroupNormalization")
-    left = [n.name for n in onnx.load(str(artifacts.qdq.models[component]), load_external_data=False).graph.node
+    exported = count(qdq_artifacts.float.models[component], "InstanceNormalization")
+    fused = count(qdq_artifacts.qdq.models[component], "GroupNormalization")
+    left = [n.name for n in onnx.load(str(qdq_artifacts.qdq.models[component]), load_external_data=False).graph.node
             if n.op_type == "InstanceNormalization"]
     assert exported > 0 and fused + len(left) == exported
     assert left == ([] if component == "unet" else ["/decoder/mid_block/attentions.0/group_norm/InstanceNormalization"])
 
 
 # --------------------------------------------------------------------------------------------- on QNN
-def _qnn_vs_cpu(model: Path, qnn_options, feeds) -> float:
+def _qnn_vs_cpu(model: Path, qdq_qnn_options, feeds) -> float:
     from sdxl_qdq.judge.metrics import sqnr_db
     from sdxl_qdq.runtime import assert_assignment, create_session
 
-    session = create_session(model, ep="qnn", qnn=qnn_options)
+    session = create_session(model, ep="qnn", qnn=qdq_qnn_options)
     assert_assignment(session, "qnn")
     return sqnr_db(_cpu(model, feeds), np.stack([session.run(None, f)[0] for f in feeds]))
 
@@ -168,17 +168,17 @@ def _qnn_vs_cpu(model: Path, qnn_options, feeds) -> float:
     "followed by SiLU and a Conv at 8x8 and below: 0.2 dB SQNR vs the CPU EP (56 dB at 16x16 and up). If this "
     "passes, HTP computes it right again: on a device runner, record that the simulator alone is wrong "
     "(baselines/<model>/parity.json); anywhere, the fusion may no longer be needed."))
-def test_htp_computes_the_decomposed_groupnorm_before_a_conv(tmp_path: Path, qnn_options) -> None:
+def test_htp_computes_the_decomposed_groupnorm_before_a_conv(tmp_path: Path, qdq_qnn_options) -> None:
     qdq = _quantize(_groupnorm_silu_conv(tmp_path / "m.onnx", size=8), tmp_path / "qdq.onnx")
-    assert _qnn_vs_cpu(qdq, qnn_options, _inputs(qdq, 2, seed=7)) >= 30
+    assert _qnn_vs_cpu(qdq, qdq_qnn_options, _inputs(qdq, 2, seed=7)) >= 30
 
 
 @pytest.mark.qnn
 @pytest.mark.parametrize("size", [4, 8, 16])
-def test_htp_computes_the_fused_groupnorm_before_a_conv(tmp_path: Path, qnn_options, size: int) -> None:
+def test_htp_computes_the_fused_groupnorm_before_a_conv(tmp_path: Path, qdq_qnn_options, size: int) -> None:
     qdq = _quantize(_groupnorm_silu_conv(tmp_path / "m.onnx", size=size), tmp_path / "qdq.onnx")
     fused, count = _fused(qdq, tmp_path / "fused.onnx")
-    assert count == 1 and _qnn_vs_cpu(fused, qnn_options, _inputs(qdq, 2, seed=7)) >= 45
+    assert count == 1 and _qnn_vs_cpu(fused, qdq_qnn_options, _inputs(qdq, 2, seed=7)) >= 45
 
 
 def _qdq_groupnorm(path: Path, channels: int, size: int, groups: int = 32) -> Path:
@@ -222,11 +222,11 @@ REAL_SHAPES_SLOW = [(512, 128), (512, 256), (256, 256), (256, 512), (128, 512)]
 @pytest.mark.qnn
 @pytest.mark.parametrize(("channels", "size"), [*REAL_SHAPES, *[pytest.param(*s, marks=pytest.mark.slow) for s in REAL_SHAPES_SLOW]],
                          ids=lambda v: str(v))
-def test_htp_groupnorm_matches_cpu_at_sdxl_turbo_shapes(tmp_path: Path, qnn_options, channels: int, size: int) -> None:
+def test_htp_groupnorm_matches_cpu_at_sdxl_turbo_shapes(tmp_path: Path, qdq_qnn_options, channels: int, size: int) -> None:
     """HTP's GroupNorm (run as Dequantize → GroupNorm → Quantize: the QNN EP has no QDQ node group for it) agrees
     with the CPU EP at the real model's shapes, not only at tiny width (68 dB measured at each)."""
     model = _qdq_groupnorm(tmp_path / "gn.onnx", channels, size)
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (1, channels, size, size)) * np.linspace(0.5, 2, channels)[None, :, None, None] \
         + np.linspace(-1, 1, channels)[None, :, None, None]
-    assert _qnn_vs_cpu(model, qnn_options, [{"x": x.astype(np.float32)}]) >= 60
+    assert _qnn_vs_cpu(model, qdq_qnn_options, [{"x": x.astype(np.float32)}]) >= 60

@@ -22,16 +22,16 @@ FUSED = ("unet", "vae_decoder")  # the recipe fuses their GroupNorms after quant
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_lean_quantizer_gives_the_olive_model(artifacts, tmp_path: Path, component: str) -> None:
+def test_lean_quantizer_gives_the_olive_model(qdq_artifacts, tmp_path: Path, component: str) -> None:
     """Same nodes, initializers (names and values), graph I/O and opsets as the recipe's Olive workflow, with
     calibration cut into 3 segments; only the metadata says which path made it."""
-    float_model = artifacts.float.models[component]
+    float_model = qdq_artifacts.float.models[component]
     out, lines = tmp_path / "out", []
-    steps = lean_quantize(RECIPE["workflows"][component], float_model, artifacts.calibration_dir, out, segments=3,
+    steps = lean_quantize(RECIPE["workflows"][component], float_model, qdq_artifacts.calibration_dir, out, segments=3,
                           progress=lines.append)
     assert any(line.startswith("calibration segment 3/3") for line in lines), lines
     lean = onnx.load(str(out / "model.onnx"))
-    stock = onnx.load(str(artifacts.qdq.models[component]))
+    stock = onnx.load(str(qdq_artifacts.qdq.models[component]))
     assert lean.opset_import == stock.opset_import
     for field in ("node", "initializer", "input", "output", "value_info"):
         assert getattr(lean.graph, field) == getattr(stock.graph, field), f"{component}: graph.{field} differs"
@@ -42,7 +42,7 @@ def test_lean_quantizer_gives_the_olive_model(artifacts, tmp_path: Path, compone
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lean-")], "work folder left behind"
 
 
-def test_preprocessing_never_loads_the_weights(artifacts, tmp_path: Path, monkeypatch) -> None:
+def test_preprocessing_never_loads_the_weights(qdq_artifacts, tmp_path: Path, monkeypatch) -> None:
     """QNNPreprocess and quant_preprocess work on the graph; onnxruntime alone reads the weights (once)."""
     import onnx.external_data_helper as helper
 
@@ -51,7 +51,7 @@ def test_preprocessing_never_loads_the_weights(artifacts, tmp_path: Path, monkey
 
     monkeypatch.setattr(helper, "load_external_data_for_model", refuse)
     monkeypatch.setattr(onnx, "load_external_data_for_model", refuse)
-    graph = Graph.load(artifacts.float.models["unet"])
+    graph = Graph.load(qdq_artifacts.float.models["unet"])
     pre = qnn_preprocess(graph, tmp_path / "qnn", fuse_layernorm=True)
     assert "LayerNormalization" in {n.op_type for n in pre.proto.graph.node}
     post = quant_preprocess(pre, tmp_path / "quant")
@@ -78,13 +78,13 @@ def test_lean_refuses_what_it_does_not_implement(edit, message: str) -> None:
     assert "--quantizer olive" in str(info.value)
 
 
-def test_auto_picks_by_the_model_never_by_this_machine(artifacts, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_picks_by_the_model_never_by_this_machine(qdq_artifacts, monkeypatch: pytest.MonkeyPatch) -> None:
     """The choice enters the build's keys: the same model must get the same quantizer on a 1 MiB machine as on
     this one (a judge on another host finds the build's artifacts), and lean past the fixed 16 GiB-host budget."""
     from sdxl_qdq import procs
     from sdxl_qdq.convert.lean import policy
 
-    unet = artifacts.float.models["unet"]
+    unet = qdq_artifacts.float.models["unet"]
     assert choose_quantizer(unet, "auto") == "olive"
     monkeypatch.setattr(procs, "total_memory_bytes", lambda: 1 << 20)
     monkeypatch.setattr(policy, "total_memory_bytes", lambda: 1 << 20, raising=False)
@@ -96,7 +96,7 @@ def test_auto_picks_by_the_model_never_by_this_machine(artifacts, monkeypatch: p
         choose_quantizer(unet, "fast")
 
 
-def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> None:
+def test_stock_estimate_counts_every_activation(qdq_artifacts, tmp_path: Path) -> None:
     """The estimate behind 'auto' sizes every float activation, including those ONNX's own shape inference
     leaves open (the decoder's upsampling outputs): at least what a run with all of them exposed returns."""
     import numpy as np
@@ -105,64 +105,64 @@ def test_stock_estimate_counts_every_activation(artifacts, tmp_path: Path) -> No
     from sdxl_qdq.convert.calibration import load_calibration
     from sdxl_qdq.convert.lean.policy import stock_peak_estimate
 
-    model = artifacts.float.models["vae_decoder"]
+    model = qdq_artifacts.float.models["vae_decoder"]
     proto = onnx.load(str(model))
     outputs = {o.name for o in proto.graph.output}
     proto.graph.output.extend(onnx.ValueInfoProto(name=n) for node in proto.graph.node for n in node.output
                               if n and n not in outputs)
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    values = session.run(None, load_calibration(artifacts.calibration_dir, "vae_decoder")[0])
+    values = session.run(None, load_calibration(qdq_artifacts.calibration_dir, "vae_decoder")[0])
     activations = sum(v.nbytes for v in values if isinstance(v, np.ndarray) and v.dtype in (np.float32, np.float16))
     assert stock_peak_estimate(model) >= 3 * Graph.load(model).weight_bytes() + activations
 
 
-def test_build_runs_lean_in_its_own_process(artifacts, cache, tmp_path: Path) -> None:
+def test_build_runs_lean_in_its_own_process(qdq_artifacts, qdq_cache, tmp_path: Path) -> None:
     """``build(quantizer='lean')``: a separate cache entry per component, made by a child process that
     reports its steps and peak memory."""
     from sdxl_qdq.convert.stages import build
 
-    result = build("tiny", cache=cache, quantizer="lean")
+    result = build("tiny", cache=qdq_cache, quantizer="lean")
     assert set(result.keys["quantizer"].values()) == {"lean"}
     for c in COMPONENTS:
-        assert result.keys["qdq"][c] != artifacts.keys["qdq"][c]
+        assert result.keys["qdq"][c] != qdq_artifacts.keys["qdq"][c]
         stats = json.loads((result.qdq.models[c].parent / "build.json").read_text())
         assert stats["quantizer"] == "lean" and stats["peak_rss_gb"] > 0
         assert [s["step"] for s in stats["steps"]][-1] == "save"
 
 
-def test_lean_build_collects_ranges_while_recording(artifacts, cache) -> None:
+def test_lean_build_collects_ranges_while_recording(qdq_artifacts, qdq_cache) -> None:
     """The components the float pipeline runs (text encoders, UNet) are prepared first, then calibrated by the
     recording itself: their QDQ step has no calibration of its own; the decoder (recorded, not run) calibrates as
     before. A prepared folder holds what lean_prepare wrote and nothing the later steps wrote into it."""
     from sdxl_qdq.convert.stages import build
 
-    result = build("tiny", cache=cache, quantizer="lean")
+    result = build("tiny", cache=qdq_cache, quantizer="lean")
     assert sorted(result.keys["prepared"]) == ["text_encoder", "text_encoder_2", "unet"]
     for c in COMPONENTS:
         steps = [s["step"] for s in json.loads((result.qdq.models[c].parent / "build.json").read_text())["steps"]]
         assert ("calibration" in steps) == (c == "vae_decoder"), (c, steps)
     for c, key in result.keys["prepared"].items():
-        folder = cache.root / "prepared" / key
+        folder = qdq_cache.root / "prepared" / key
         assert (result.calibration_dir / c / "ranges.json").is_file()
         assert {p.name for p in folder.iterdir()} == {"model.onnx", "model.onnx.data", "pre.onnx", "prepared.json",
                                                        "build.json", "build.log", "key.json", "manifest.json"}, c
 
 
-def test_a_warm_lean_build_does_not_touch_its_prepared_folders(cache) -> None:
+def test_a_warm_lean_build_does_not_touch_its_prepared_folders(qdq_cache) -> None:
     """The prepared folders (the real UNet's: 10 GB) are read only by the recording and the quantization: once
     those are cached, a build neither checks nor rebuilds them, pruned or not; their keys still name them."""
     from sdxl_qdq.convert.stages import build
     from sdxl_qdq.cache import ArtifactCache
 
-    cold = build("tiny", cache=cache, quantizer="lean")
-    warm_cache = ArtifactCache(cache.root)
+    cold = build("tiny", cache=qdq_cache, quantizer="lean")
+    warm_cache = ArtifactCache(qdq_cache.root)
     warm = build("tiny", cache=warm_cache, quantizer="lean")
     assert warm_cache.misses == [] and "prepared" not in warm_cache.hits, warm_cache.hits
     assert warm.keys["prepared"] == cold.keys["prepared"] and warm.qdq.models == cold.qdq.models
 
 
 @pytest.mark.parametrize("component", ["text_encoder_2", "unet"])
-def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(artifacts, cache, component: str) -> None:
+def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(qdq_artifacts, qdq_cache, component: str) -> None:
     """Bit for bit what segmented calibration (onnxruntime's calibrator, with the lean build's session settings)
     computes over the calls the recording made: collecting while recording changes when the ranges are computed,
     not what they are."""
@@ -173,8 +173,8 @@ def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(artif
     from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
     from sdxl_qdq.convert.stages import build
 
-    result = build("tiny", cache=cache, quantizer="lean")
-    prepared = cache.root / "prepared" / result.keys["prepared"][component]
+    result = build("tiny", cache=qdq_cache, quantizer="lean")
+    prepared = qdq_cache.root / "prepared" / result.keys["prepared"][component]
     op_types = json.loads((prepared / "prepared.json").read_text())["op_types"]
     collected = load_tensors_data(result.calibration_dir / component / "ranges.json")
     segmented = segmented_minmax_ranges(prepared / "model.onnx", lambda: iter_calibration(result.calibration_dir, component),
@@ -185,7 +185,7 @@ def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(artif
             np.testing.assert_array_equal(got, want, err_msg=name)
 
 
-def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(artifacts, cache) -> None:
+def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(qdq_artifacts, qdq_cache) -> None:
     """The lean build records its trajectories with the recipe's preprocessed UNet (the same float function, other
     kernels) and calibrates with onnxruntime's optimizations: its recorded inputs and ranges differ from the float
     export's, calibrated as onnxruntime's calibrator does, by float rounding (measured on tiny: inputs 5.7e-7 of
@@ -198,17 +198,17 @@ def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(a
     from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
     from sdxl_qdq.convert.stages import build
 
-    lean = build("tiny", cache=cache, quantizer="lean")
-    assert lean.calibration_dir != artifacts.calibration_dir
+    lean = build("tiny", cache=qdq_cache, quantizer="lean")
+    assert lean.calibration_dir != qdq_artifacts.calibration_dir
     for component in ("unet", "vae_decoder"):
         for ours, theirs in zip(load_calibration(lean.calibration_dir, component),
-                                load_calibration(artifacts.calibration_dir, component), strict=True):
+                                load_calibration(qdq_artifacts.calibration_dir, component), strict=True):
             for name, x in theirs.items():
                 assert np.abs(ours[name] - x).max() <= 1e-5 * np.abs(x).max(), (component, name)
-    prepared = cache.root / "prepared" / lean.keys["prepared"]["unet"]
+    prepared = qdq_cache.root / "prepared" / lean.keys["prepared"]["unet"]
     op_types = json.loads((prepared / "prepared.json").read_text())["op_types"]
     collected = load_tensors_data(lean.calibration_dir / "unet" / "ranges.json").data
-    export_trajectories = segmented_minmax_ranges(prepared / "model.onnx", lambda: load_calibration(artifacts.calibration_dir, "unet"),
+    export_trajectories = segmented_minmax_ranges(prepared / "model.onnx", lambda: load_calibration(qdq_artifacts.calibration_dir, "unet"),
                                                   segments=1, op_types_to_calibrate=op_types).data
     for name, theirs in export_trajectories.items():
         low, high = (np.asarray(v, dtype=np.float64) for v in theirs.range_value)
@@ -217,18 +217,18 @@ def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(a
             assert float(np.max(np.abs(np.asarray(got, dtype=np.float64) - want))) <= 1e-5 * width, name
 
 
-def test_isolated_export_equals_in_process_export(artifacts, tmp_path: Path) -> None:
+def test_isolated_export_equals_in_process_export(qdq_artifacts, tmp_path: Path) -> None:
     """One component per process (the real-size path) writes the same files as the in-process export."""
     from sdxl_qdq.convert.export import export_components
 
-    stats = export_components(artifacts.pipeline_dir, artifacts.source, tmp_path, isolate=True)
+    stats = export_components(qdq_artifacts.pipeline_dir, qdq_artifacts.source, tmp_path, isolate=True)
     assert set(stats) == set(COMPONENTS) and all(s["peak_rss_gb"] > 0 for s in stats.values())
     for c in COMPONENTS:
         for name in ("model.onnx", "model.onnx.data", "io.json"):
-            assert (tmp_path / c / name).read_bytes() == (artifacts.float.models[c].parent / name).read_bytes(), (c, name)
+            assert (tmp_path / c / name).read_bytes() == (qdq_artifacts.float.models[c].parent / name).read_bytes(), (c, name)
 
 
-def test_staged_recording_keeps_the_pipeline_call_order(artifacts, tmp_path: Path) -> None:
+def test_staged_recording_keeps_the_pipeline_call_order(qdq_artifacts, tmp_path: Path) -> None:
     """Calibration runs one component at a time, yet each component's samples are the ones (and in the order)
     the whole pipeline feeds it."""
     import numpy as np
@@ -237,10 +237,10 @@ def test_staged_recording_keeps_the_pipeline_call_order(artifacts, tmp_path: Pat
     from sdxl_qdq.models.prompts import load_prompts
     from sdxl_qdq.run.pipeline import OrtSDXLPipeline
 
-    prompts = load_prompts("train", path=artifacts.source.prompts)[:2]
-    record_calibration(artifacts.float, prompts, tmp_path, steps=(1, 2))
+    prompts = load_prompts("train", path=qdq_artifacts.source.prompts)[:2]
+    record_calibration(qdq_artifacts.float, prompts, tmp_path, steps=(1, 2))
     seen: dict[str, list] = {c: [] for c in COMPONENTS}
-    pipe = OrtSDXLPipeline(artifacts.float, recorder=lambda c, feeds: seen[c].append({k: v.copy() for k, v in feeds.items()}))
+    pipe = OrtSDXLPipeline(qdq_artifacts.float, recorder=lambda c, feeds: seen[c].append({k: v.copy() for k, v in feeds.items()}))
     for p in prompts:
         for k in (1, 2):
             pipe(p.text, steps=k)
@@ -274,7 +274,7 @@ def test_real_random_source_has_the_real_sizes() -> None:
                       "vae": 83_653_863}
 
 
-def test_lean_child_usage_and_cleanup_on_failure(artifacts, tmp_path: Path, capsys) -> None:
+def test_lean_child_usage_and_cleanup_on_failure(qdq_artifacts, tmp_path: Path, capsys) -> None:
     """``python -m sdxl_qdq _lean``: wrong arguments are a usage error; a refused recipe is one line naming the
     option and the fix, and leaves nothing in the cache entry."""
     from sdxl_qdq.cli import main
@@ -289,7 +289,7 @@ def test_lean_child_usage_and_cleanup_on_failure(artifacts, tmp_path: Path, caps
     out = tmp_path / "cache" / "entry"
     out.parent.mkdir()
     capsys.readouterr()
-    assert main(["_lean", str(bad), "vae_decoder", str(artifacts.float.models["vae_decoder"]), str(artifacts.calibration_dir),
+    assert main(["_lean", str(bad), "vae_decoder", str(qdq_artifacts.float.models["vae_decoder"]), str(qdq_artifacts.calibration_dir),
                  str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "calibrate_method" in err and "--quantizer olive" in err and err.count("\n") == 1

@@ -51,11 +51,11 @@ CASES = [pytest.param("unet", False, marks=pytest.mark.slow), ("text_encoder_2",
 
 
 @pytest.mark.parametrize(("component", "per_channel"), CASES)
-def test_linear_augmentation_is_onnxruntimes_graph(artifacts, tmp_path: Path, monkeypatch, component: str,
+def test_linear_augmentation_is_onnxruntimes_graph(qdq_artifacts, tmp_path: Path, monkeypatch, component: str,
                                                     per_channel: bool) -> None:
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
-    model = _private_copy(artifacts.float.models[component], tmp_path / "float")
+    model = _private_copy(qdq_artifacts.float.models[component], tmp_path / "float")
     monkeypatch.setattr(MinMaxCalibrater, "augment_graph", _onnxruntime_augment_graph())
     augmented = {}
     for variant in ("onnxruntime", "linear"):
@@ -73,14 +73,14 @@ def test_linear_augmentation_is_onnxruntimes_graph(artifacts, tmp_path: Path, mo
 @pytest.mark.parametrize(("component", "per_channel"), CASES)
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the float text encoders'
 # attention mask holds -inf (the recipe's mask surgery replaces it): onnxruntime warns computing its zero point
-def test_linear_quantizer_is_onnxruntimes_model(artifacts, tmp_path: Path, component: str, per_channel: bool) -> None:
+def test_linear_quantizer_is_onnxruntimes_model(qdq_artifacts, tmp_path: Path, component: str, per_channel: bool) -> None:
     """quantize_static from fixed ranges (no calibration) with the QNN QDQ configuration: byte for byte."""
     from onnxruntime.quantization import QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    model = _private_copy(artifacts.float.models[component], tmp_path / "float")
-    feeds = load_calibration(artifacts.calibration_dir, component)[:8]
+    model = _private_copy(qdq_artifacts.float.models[component], tmp_path / "float")
+    feeds = load_calibration(qdq_artifacts.calibration_dir, component)[:8]
     config = get_qnn_qdq_config(str(model), None, activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
                                 per_channel=per_channel)
     ranges = segmented_minmax_ranges(model, lambda: feeds, segments=1, op_types_to_calibrate=config.op_types_to_quantize)
@@ -153,11 +153,11 @@ def test_patched_restores_what_the_class_had() -> None:
     assert {name: inspect.getattr_static(ONNXModel, name) for name in before} == before
 
 
-def test_distinct_samples_keep_the_first_of_each_call(artifacts, tmp_path: Path) -> None:
+def test_distinct_samples_keep_the_first_of_each_call(qdq_artifacts, tmp_path: Path) -> None:
     """The text encoders see each prompt twice (at 1 and at 2 steps): the view keeps one of each, in call order."""
-    kept, recorded = write_distinct(artifacts.calibration_dir, "text_encoder", tmp_path / "te")
+    kept, recorded = write_distinct(qdq_artifacts.calibration_dir, "text_encoder", tmp_path / "te")
     assert recorded == 2 * kept and kept == 50
-    original = load_calibration(artifacts.calibration_dir, "text_encoder")
+    original = load_calibration(qdq_artifacts.calibration_dir, "text_encoder")
     view = load_calibration(tmp_path, "te")
     assert all((v["input_ids"] == o["input_ids"]).all() for v, o in zip(view, original[::2]))
     assert json.loads((tmp_path / "te" / "inputs.json").read_text())["samples"] == kept
@@ -172,15 +172,15 @@ def test_only_plain_minmax_drops_repeated_samples() -> None:
         assert not minmax_only(changed), edit
 
 
-def test_olive_path_on_distinct_samples_gives_the_same_model(artifacts, tmp_path: Path, monkeypatch) -> None:
+def test_olive_path_on_distinct_samples_gives_the_same_model(qdq_artifacts, tmp_path: Path, monkeypatch) -> None:
     """The text encoder's workflow over all 100 recorded samples, and over the 50 distinct ones the build uses."""
     import sdxl_qdq.convert.recipe as recipe_module
 
     recipe = load_recipe(DEFAULT_RECIPE)
-    model = _private_copy(artifacts.float.models["text_encoder"], tmp_path / "float")
-    shutil.copy(artifacts.float.models["text_encoder"].parent / "io.json", tmp_path / "float" / "io.json")
-    quantize_component(recipe, "text_encoder", model=model, calibration_dir=artifacts.calibration_dir, out=tmp_path / "distinct")
+    model = _private_copy(qdq_artifacts.float.models["text_encoder"], tmp_path / "float")
+    shutil.copy(qdq_artifacts.float.models["text_encoder"].parent / "io.json", tmp_path / "float" / "io.json")
+    quantize_component(recipe, "text_encoder", model=model, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "distinct")
     monkeypatch.setattr(recipe_module, "minmax_only", lambda workflow: False)
-    quantize_component(recipe, "text_encoder", model=model, calibration_dir=artifacts.calibration_dir, out=tmp_path / "all")
+    quantize_component(recipe, "text_encoder", model=model, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "all")
     for name in ("model.onnx", "model.onnx.data"):
         assert (tmp_path / "distinct" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name

@@ -14,33 +14,33 @@ def test_prompt_seed_depends_only_on_text() -> None:
 
 
 @pytest.mark.parametrize("variant", ["float", "qdq"])
-def test_pipeline_is_deterministic(artifacts, variant: str) -> None:
-    pipe = OrtSDXLPipeline(getattr(artifacts, variant))
+def test_pipeline_is_deterministic(qdq_artifacts, variant: str) -> None:
+    pipe = OrtSDXLPipeline(getattr(qdq_artifacts, variant))
     first = pipe("A child holding a flowered umbrella and petting a yak", steps=2)
     pipe("something else in between", steps=1)
     again = pipe("A child holding a flowered umbrella and petting a yak", steps=2)
-    size = artifacts.source.image_size
+    size = qdq_artifacts.source.image_size
     assert first.shape == (size, size, 3) and first.dtype == np.uint8
     np.testing.assert_array_equal(first, again)
 
 
-def test_steps_must_be_positive(artifacts) -> None:
+def test_steps_must_be_positive(qdq_artifacts) -> None:
     with pytest.raises(ValueError, match="steps must be >= 1, got 0"):
-        OrtSDXLPipeline(artifacts.float)("a cat", steps=0)
+        OrtSDXLPipeline(qdq_artifacts.float)("a cat", steps=0)
 
 
-def test_reuse_runs_each_distinct_call_once_with_the_same_images(artifacts) -> None:
+def test_reuse_runs_each_distinct_call_once_with_the_same_images(qdq_artifacts) -> None:
     """Calibration runs each prompt at 1 and 2 steps: the encoders see the prompt twice and the first UNet
     call is the same at both step counts, so with ``reuse`` those run once; the images do not change."""
     prompt = "A child holding a flowered umbrella and petting a yak"
-    plain, reusing = OrtSDXLPipeline(artifacts.float), OrtSDXLPipeline(artifacts.float, reuse=True)
+    plain, reusing = OrtSDXLPipeline(qdq_artifacts.float), OrtSDXLPipeline(qdq_artifacts.float, reuse=True)
     for k in (1, 2):
         np.testing.assert_array_equal(reusing(prompt, steps=k), plain(prompt, steps=k))
     assert plain.executed == {"text_encoder": 2, "text_encoder_2": 2, "unet": 3, "vae_decoder": 2}
     assert reusing.executed == {"text_encoder": 1, "text_encoder_2": 1, "unet": 2, "vae_decoder": 2}
 
 
-def test_variants_drawn_together_are_the_images_drawn_alone(artifacts, tmp_path, monkeypatch) -> None:
+def test_variants_drawn_together_are_the_images_drawn_alone(qdq_artifacts, tmp_path, monkeypatch) -> None:
     """float@1 and float@2 in one pass: the same PNG bytes as each drawn alone, each its own cached artifact, and
     every distinct model call once per prompt (a real-size gate's images in under 2 h on 2 cores depend on it)."""
     from sdxl_qdq.cache import ArtifactCache
@@ -53,17 +53,17 @@ def test_variants_drawn_together_are_the_images_drawn_alone(artifacts, tmp_path,
     real = gen.OrtSDXLPipeline
     monkeypatch.setattr(gen, "OrtSDXLPipeline", lambda *a, **k: pipes.append(real(*a, **k)) or pipes[-1])
     variants = [Variant("float", 1), Variant("float", 2)]
-    key = artifacts.image_key("float")
-    together = generate_together(artifacts.float, variants, prompts, key=key, cache=ArtifactCache(tmp_path / "a"))
+    key = qdq_artifacts.image_key("float")
+    together = generate_together(qdq_artifacts.float, variants, prompts, key=key, cache=ArtifactCache(tmp_path / "a"))
     assert pipes[-1].executed == {"text_encoder": 3, "text_encoder_2": 3, "unet": 6, "vae_decoder": 6}
-    alone = {v: generate(artifacts.float, v, prompts, key=key, cache=ArtifactCache(tmp_path / "b")) for v in variants}
+    alone = {v: generate(qdq_artifacts.float, v, prompts, key=key, cache=ArtifactCache(tmp_path / "b")) for v in variants}
     for v in variants:
         names = sorted(p.name for p in together[v].glob("*.png"))
         assert len(names) == 3 and names == sorted(p.name for p in alone[v].glob("*.png"))
         assert all((together[v] / n).read_bytes() == (alone[v] / n).read_bytes() for n in names), v.label
         assert together[v].name == alone[v].name  # the same key: a variant drawn alone later is a hit
     cache = ArtifactCache(tmp_path / "a")
-    generate_together(artifacts.float, variants, prompts, key=key, cache=cache)
+    generate_together(qdq_artifacts.float, variants, prompts, key=key, cache=cache)
     assert cache.misses == [] and len(cache.hits) == 2
     with pytest.raises(ValueError, match="share components, seed base and EP"):
-        generate_together(artifacts.float, [Variant("float", 1), Variant("qdq", 1)], prompts, key=key, cache=cache)
+        generate_together(qdq_artifacts.float, [Variant("float", 1), Variant("qdq", 1)], prompts, key=key, cache=cache)

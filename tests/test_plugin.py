@@ -1,7 +1,10 @@
-"""The plugin is an installed pytest11 entry point: its options exist wherever pytest runs, whatever the path form."""
+"""The plugin is an installed pytest11 entry point: its options exist wherever pytest runs, whatever the path form;
+and it is a guest in every other project's sessions: prefixed options, namespaced fixtures, no environment changes,
+none of its collection or reporting hooks acting outside this suite."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,14 +16,14 @@ from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
 
 @pytest.mark.parametrize("form", ["separate", "equals"])
 def test_options_work_outside_the_repo_with_an_absolute_path(tmp_path: Path, form: str) -> None:
-    """pytest takes its rootdir from path arguments: with the options in a conftest.py, `--recipe /abs/path` run
+    """pytest takes its rootdir from path arguments: with the options in a conftest.py, `--qdq-recipe /abs/path` run
     outside the repo was 'unrecognized arguments'. As an entry point the plugin is always there."""
     recipe = str(DEFAULT_RECIPE.resolve())
     (tmp_path / "test_probe.py").write_text(
         "def test_probe(pytestconfig):\n"
         f"    assert pytestconfig.getoption('qdq_recipe') == {recipe!r}\n"
         "    assert pytestconfig.getoption('qdq_ep') == 'qnn'\n")
-    args = ["--recipe", recipe, "--ep", "qnn"] if form == "separate" else [f"--recipe={recipe}", "--ep=qnn"]
+    args = ["--qdq-recipe", recipe, "--qdq-ep", "qnn"] if form == "separate" else [f"--qdq-recipe={recipe}", "--qdq-ep=qnn"]
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_probe.py"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
@@ -32,3 +35,89 @@ def test_plugin_is_registered_as_an_entry_point() -> None:
 
     assert [e.value for e in entry_points(group="pytest11") if e.name == "sdxl_qdq"] == ["sdxl_qdq.plugin"]
     assert not (Path(__file__).resolve().parent.parent / "conftest.py").exists(), "the plugin lives in sdxl_qdq/plugin.py"
+
+
+FOREIGN_CONFTEST = """
+def pytest_addoption(parser):
+    parser.addoption("--model", default="theirs")
+    parser.addoption("--report", default=None)
+    parser.addoption("--ep", default="gpu")
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: their own slow marker")
+"""
+
+FOREIGN_TESTS = """
+import os
+import pytest
+
+def test_their_option(pytestconfig):
+    assert pytestconfig.getoption("--model") == "theirs" and pytestconfig.getoption("--ep") == "gpu"
+
+def test_pytest_cache(cache):
+    cache.set("guest/value", 1)
+    assert cache.get("guest/value", None) == 1
+
+def test_hub_offline_untouched():
+    assert os.environ.get("HF_HUB_OFFLINE") is None and os.environ.get("HF_DATASETS_OFFLINE") is None
+
+@pytest.fixture
+def gate():
+    return "their gate"
+
+def test_their_gate_fixture(gate):
+    assert gate == "their gate"
+
+@pytest.mark.slow
+def test_their_slow_test_runs():
+    assert True
+
+def test_parity_of_theirs_fails():
+    assert 1 == 2
+"""
+
+
+def test_a_foreign_project_is_untouched(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unrelated project in the same environment: its own --model/--report/--ep options, pytest's ``cache``
+    fixture, a fixture named ``gate``, its own ``slow`` marker (not skipped), HF_HUB_OFFLINE unset; a failing test
+    named like a parity check gets no localization section."""
+    from importlib.metadata import entry_points
+
+    assert any(e.value == "sdxl_qdq.plugin" for e in entry_points(group="pytest11")), "the plugin is installed"
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    pytester.makeini("[pytest]\naddopts = --strict-markers\n")
+    pytester.makeconftest(FOREIGN_CONFTEST)
+    pytester.makepyfile(test_guest=FOREIGN_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:xdist")
+    result.assert_outcomes(passed=5, failed=1)
+    text = "\n".join(result.outlines + result.errlines)
+    assert "worst layers" not in text and "QNN departs" not in text and "no localization" not in text
+    help_text = pytester.runpytest_subprocess("--help").stdout.str()
+    assert "--qdq-model" in help_text and "--model" in help_text
+
+
+def test_every_plugin_option_and_fixture_is_namespaced() -> None:
+    from sdxl_qdq import plugin
+
+    assert plugin.PREFIX == "--qdq-"
+    fixtures = [name for name, value in vars(plugin).items() if hasattr(value, "_pytestfixturefunction")
+                or type(value).__name__ == "FixtureFunctionDefinition"]
+    assert fixtures and all(name.startswith("qdq_") for name in fixtures), fixtures
+
+
+def test_the_gate_fixtures_restore_the_environment(pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sdxl_qdq.plugin import _offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")  # a user's own value is kept
+    with _offline(pytestconfig):
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ["HF_DATASETS_OFFLINE"] == "0"
+    assert "HF_HUB_OFFLINE" not in os.environ and os.environ["HF_DATASETS_OFFLINE"] == "0"
+
+
+def test_package_messages_name_the_plugins_flags() -> None:
+    from sdxl_qdq.plugin import plugin_flags
+
+    assert plugin_flags("pass --coco-dir DIR, or --ep qnn --update-baselines; not --eps or --model-x") == \
+        "pass --qdq-coco-dir DIR, or --qdq-ep qnn --qdq-update-baselines; not --eps or --model-x"

@@ -42,18 +42,18 @@ def test_block_of_reads_the_export_module_path() -> None:
 
 
 @pytest.fixture(scope="module")
-def planted(cache, tmp_path_factory):  # noqa: ANN201
+def planted(qdq_cache, tmp_path_factory):  # noqa: ANN201
     from sdxl_qdq.convert.stages import build
 
-    seed = build("canary", cache=cache)
+    seed = build("canary", cache=qdq_cache)
     acts = [a for a in _activation_params(seed.qdq.models["unet"]) if block_of(a) == BLOCK]
     recipe = with_overrides(load_recipe(DEFAULT_RECIPE), "unet", acts, "QUInt8", name=f"planted-uint8-{BLOCK}")
     path = tmp_path_factory.mktemp("planted") / "planted.json"
     path.write_text(json.dumps(recipe))
-    return seed, recipe, build("canary", recipe=path, cache=cache), tmp_path_factory.mktemp("proposed")
+    return seed, recipe, build("canary", recipe=path, cache=qdq_cache), tmp_path_factory.mktemp("proposed")
 
 
-def test_the_proposal_names_the_planted_block_and_recovers_most_of_the_loss(planted, cache) -> None:
+def test_the_proposal_names_the_planted_block_and_recovers_most_of_the_loss(planted, qdq_cache) -> None:
     """Measured: the planted build's mean 1-step MSE vs float 5.87 → 21.3 (5 checks outside their harm floor);
     the 40 activations proposed are 39 of up_blocks.1 and 1 of up_blocks.2; gated, MSE@1 8.30 (84 % of the loss
     recovered), MSE@2 0.77 → 0.52 (65 %), CLIP qdq@1 95.2 → 96.8 (seed 97.1), 0 checks outside their harm floor."""
@@ -67,13 +67,13 @@ def test_the_proposal_names_the_planted_block_and_recovers_most_of_the_loss(plan
     assert blocks[BLOCK] >= 0.8 * sum(blocks.values()), blocks
     path = tmp / "proposed.json"
     path.write_text(json.dumps(proposal.recipe))
-    fixed = build("canary", recipe=path, cache=cache)
+    fixed = build("canary", recipe=path, cache=qdq_cache)
     # every compute node stays quantized (the 8/16-bit boundaries are Convert pairs, QNN's own): QNN takes it whole
     before, after = qdq_coverage(bad.qdq.models["unet"]), qdq_coverage(fixed.qdq.models["unet"])
     assert (after.compute, after.covered, after.islands) == (before.compute, before.covered, before.islands)
     if importlib.util.find_spec("onnxruntime_qnn") is not None:  # and HTP takes every node, CPU fallback off
         assert_assignment(create_session(fixed.qdq.models["unet"], ep="qnn"), "qnn")
-    gates = {name: prepare_gate(b, cache=cache) for name, b in (("seed", seed), ("planted", bad), ("fixed", fixed))}
+    gates = {name: prepare_gate(b, cache=qdq_cache) for name, b in (("seed", seed), ("planted", bad), ("fixed", fixed))}
     mse = {name: float(np.mean(g.evaluation.mse[1])) for name, g in gates.items()}
     recovered = (mse["planted"] - mse["fixed"]) / (mse["planted"] - mse["seed"])
     assert mse["planted"] > 2 * mse["seed"], mse  # the plant did harm

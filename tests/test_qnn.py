@@ -14,22 +14,22 @@ pytestmark = pytest.mark.qnn
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_qdq_component_runs_entirely_on_qnn_htp(artifacts, qnn_options, component: str) -> None:
+def test_qdq_component_runs_entirely_on_qnn_htp(qdq_artifacts, qdq_qnn_options, component: str) -> None:
     """Loads with session.disable_cpu_ep_fallback=1, and the recorded assignment holds no CPU node."""
-    session = create_session(artifacts.qdq.models[component], ep="qnn", qnn=qnn_options)
+    session = create_session(qdq_artifacts.qdq.models[component], ep="qnn", qnn=qdq_qnn_options)
     assert session.get_session_options().get_session_config_entry("session.disable_cpu_ep_fallback") == "1"
     assignment = assert_assignment(session, "qnn")
     assert set(assignment) == {QNN_EP} and sum(assignment[QNN_EP].values()) > 0
 
 
-def test_naming_qnn_in_providers_is_caught(artifacts) -> None:
+def test_naming_qnn_in_providers_is_caught(qdq_artifacts) -> None:
     """providers=["QNNExecutionProvider"] silently runs on the CPU EP; assert_assignment says so."""
     import onnxruntime as ort
 
     from sdxl_qdq.runtime import register_qnn, session_options
 
     register_qnn()
-    session = ort.InferenceSession(str(artifacts.qdq.models["vae_decoder"]), sess_options=session_options(),
+    session = ort.InferenceSession(str(qdq_artifacts.qdq.models["vae_decoder"]), sess_options=session_options(),
                                    providers=[QNN_EP])
     assert set(graph_assignment(session)) == {CPU_EP}
     with pytest.raises(ExecutionProviderError, match="nodes outside QNNExecutionProvider"):
@@ -56,27 +56,27 @@ def _qdq_unary(op: str, path):
     return path
 
 
-def test_node_qnn_cannot_run_is_refused_without_fallback(tmp_path, qnn_options) -> None:
+def test_node_qnn_cannot_run_is_refused_without_fallback(tmp_path, qdq_qnn_options) -> None:
     """A bare quantized Erf (not fused into Gelu) is unsupported by QNN: refused, or visibly on CPU with fallback."""
     model = _qdq_unary("Erf", tmp_path / "erf.onnx")
     with pytest.raises(ExecutionProviderError, match="CPU fallback is disabled"):
-        create_session(model, ep="qnn", qnn=qnn_options)
-    session = create_session(model, ep="qnn", qnn=qnn_options, cpu_fallback=True)
+        create_session(model, ep="qnn", qnn=qdq_qnn_options)
+    session = create_session(model, ep="qnn", qnn=qdq_qnn_options, cpu_fallback=True)
     assert graph_assignment(session)[CPU_EP]["Erf"] == 1
     with pytest.raises(ExecutionProviderError, match="Erf"):
         assert_assignment(session, "qnn")
-    supported = create_session(_qdq_unary("Sigmoid", tmp_path / "sigmoid.onnx"), ep="qnn", qnn=qnn_options)
+    supported = create_session(_qdq_unary("Sigmoid", tmp_path / "sigmoid.onnx"), ep="qnn", qnn=qdq_qnn_options)
     assert set(assert_assignment(supported, "qnn")) == {QNN_EP}
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts, qnn_options, component: str) -> None:
+def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(qdq_artifacts, qdq_qnn_options, component: str) -> None:
     """With CPU fallback allowed, ORT keeps the Q of graph inputs and the DQ of graph outputs on the CPU EP;
     every other node must still be taken by QNN."""
     from sdxl_qdq.runtime import graph_io_counts
 
-    model = artifacts.qdq.models[component]
-    assignment = graph_assignment(create_session(model, ep="qnn", qnn=qnn_options, cpu_fallback=True))
+    model = qdq_artifacts.qdq.models[component]
+    assignment = graph_assignment(create_session(model, ep="qnn", qnn=qdq_qnn_options, cpu_fallback=True))
     on_cpu = dict(assignment.get(CPU_EP, {}))
     io = graph_io_counts(model)
     assert set(on_cpu) <= set(io) and all(on_cpu[op] <= io[op] for op in on_cpu), (
@@ -84,29 +84,29 @@ def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(artifacts
     assert sum(assignment[QNN_EP].values()) > 10 * max(sum(on_cpu.values()), 1)
 
 
-def _parity_bounds(artifacts) -> dict:
+def _parity_bounds(qdq_artifacts) -> dict:
     import json
 
     from sdxl_qdq.judge.baseline import baseline_model_name
     from sdxl_qdq.paths import BASELINES_DIR
 
-    path = BASELINES_DIR / baseline_model_name(artifacts.source.name) / "parity.json"
+    path = BASELINES_DIR / baseline_model_name(qdq_artifacts.source.name) / "parity.json"
     if not path.is_file():
         pytest.skip(f"no {path}: state the QNN-vs-CPU SQNR bound per output of this model there")
     return json.loads(path.read_text())
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: str) -> None:
+def test_parity_qnn_vs_cpu_sqnr_above_bound(qdq_artifacts, qdq_qnn_options, component: str) -> None:
     """QNN output vs CPU-EP output of the same QDQ model. On the simulator the first few test prompts (as the
     bounds were measured); on an NPU all 50."""
     from sdxl_qdq.diagnose.sqnr import qnn_parity
     from sdxl_qdq.models.prompts import load_prompts
     from sdxl_qdq.runtime import qnn_is_simulated
 
-    bounds = _parity_bounds(artifacts)
-    prompts = load_prompts("test", path=artifacts.source.prompts)
-    measured = qnn_parity(artifacts, prompts[: bounds["prompts"]] if qnn_is_simulated() else prompts, qnn=qnn_options,
+    bounds = _parity_bounds(qdq_artifacts)
+    prompts = load_prompts("test", path=qdq_artifacts.source.prompts)
+    measured = qnn_parity(qdq_artifacts, prompts[: bounds["prompts"]] if qnn_is_simulated() else prompts, qnn=qdq_qnn_options,
                           components=[component])[component]
     for name, value in measured.items():
         entry = bounds["outputs"][component][name]
@@ -115,13 +115,13 @@ def test_parity_qnn_vs_cpu_sqnr_above_bound(artifacts, qnn_options, component: s
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_ep_context_model_matches_uncompiled_qnn(artifacts, qnn_options, tmp_path, component: str) -> None:
+def test_ep_context_model_matches_uncompiled_qnn(qdq_artifacts, qdq_qnn_options, tmp_path, component: str) -> None:
     import numpy as np
 
     from sdxl_qdq.convert.calibration import load_calibration
     from sdxl_qdq.runtime import compile_ep_context, context_binaries
 
-    context = compile_ep_context(artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qnn_options)
+    context = compile_ep_context(qdq_artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qdq_qnn_options)
     import onnx
 
     graph = onnx.load(str(context), load_external_data=False).graph
@@ -131,10 +131,10 @@ def test_ep_context_model_matches_uncompiled_qnn(artifacts, qnn_options, tmp_pat
     assert binaries and all((tmp_path / b).stat().st_size > 0 for b in binaries)
     assert context.stat().st_size < min((tmp_path / b).stat().st_size for b in binaries)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([context.name, *binaries])  # nothing left behind
-    compiled = create_session(context, ep="qnn", qnn=qnn_options)
+    compiled = create_session(context, ep="qnn", qnn=qdq_qnn_options)
     assert_assignment(compiled, "qnn")
-    plain = create_session(artifacts.qdq.models[component], ep="qnn", qnn=qnn_options)
-    feed = load_calibration(artifacts.calibration_dir, component)[0]
+    plain = create_session(qdq_artifacts.qdq.models[component], ep="qnn", qnn=qdq_qnn_options)
+    feed = load_calibration(qdq_artifacts.calibration_dir, component)[0]
     for a, b in zip(plain.run(None, feed), compiled.run(None, feed)):
         np.testing.assert_array_equal(a, b)
 

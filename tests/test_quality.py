@@ -17,38 +17,38 @@ pytestmark = pytest.mark.quality
 # `judge` asserts a check (harm always, a change under --strict-gate), warns of a change, and records its numbers
 
 
-def _needs(gate, metric: str, key: str) -> None:
-    if not gate.has(metric, key):
+def _needs(qdq_gate, metric: str, key: str) -> None:
+    if not qdq_gate.has(metric, key):
         pytest.skip(f"baseline {gate.evaluation.model} has no {metric} for {key} (the published study gave none); "
-                    "run `pytest -m quality --update-baselines` on this model to add it")
+                    "run `pytest -m quality --qdq-update-baselines` on this model to add it")
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-def test_image_mse_within_bound(gate, judge, quality_prompt, steps: int) -> None:
-    _needs(gate, "mse", str(steps))
-    judge(gate.mse(quality_prompt, steps))
+def test_image_mse_within_bound(qdq_gate, qdq_judge, qdq_quality_prompt, steps: int) -> None:
+    _needs(qdq_gate, "mse", str(steps))
+    qdq_judge(qdq_gate.mse(qdq_quality_prompt, steps))
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-def test_mean_clip_difference_vs_float(gate, judge, steps: int) -> None:
-    _needs(gate, "clip_delta", str(steps))
-    judge(gate.clip_delta(steps))
+def test_mean_clip_difference_vs_float(qdq_gate, qdq_judge, steps: int) -> None:
+    _needs(qdq_gate, "clip_delta", str(steps))
+    qdq_judge(qdq_gate.clip_delta(steps))
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-def test_image_clip_floor(gate, judge, quality_prompt, steps: int) -> None:
-    _needs(gate, "clip_floor", str(steps))
-    judge(gate.clip_floor(quality_prompt, steps))
+def test_image_clip_floor(qdq_gate, qdq_judge, qdq_quality_prompt, steps: int) -> None:
+    _needs(qdq_gate, "clip_floor", str(steps))
+    qdq_judge(qdq_gate.clip_floor(qdq_quality_prompt, steps))
 
 
 @pytest.mark.parametrize("label", ["qdq@1", "qdq@2"])
-def test_fid_within_tolerance(gate, judge, label: str) -> None:
-    _needs(gate, "fid", label)
-    judge(gate.fid(label))
+def test_fid_within_tolerance(qdq_gate, qdq_judge, label: str) -> None:
+    _needs(qdq_gate, "fid", label)
+    qdq_judge(qdq_gate.fid(label))
 
 
-def test_every_number_carries_its_backbone(gate) -> None:
+def test_every_number_carries_its_backbone(qdq_gate) -> None:
     """Every CLIP and FID check names the backbone it was measured with (a number without one compares nothing)."""
-    assert any("CLIP" in c.metric for c in gate.all_checks()) and any("FID" in c.metric for c in gate.all_checks())
-    assert all(gate.evaluation.backbones.clip in c.metric for c in gate.all_checks() if "CLIP" in c.metric)
-    assert all(gate.evaluation.backbones.fid in c.metric for c in gate.all_checks() if "FID" in c.metric)
+    assert any("CLIP" in c.metric for c in qdq_gate.all_checks()) and any("FID" in c.metric for c in qdq_gate.all_checks())
+    assert all(qdq_gate.evaluation.backbones.clip in c.metric for c in qdq_gate.all_checks() if "CLIP" in c.metric)
+    assert all(qdq_gate.evaluation.backbones.fid in c.metric for c in qdq_gate.all_checks() if "FID" in c.metric)

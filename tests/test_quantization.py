@@ -19,8 +19,8 @@ def _load(path) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_activations_are_uint16_and_weights_uint8(artifacts, component: str) -> None:
-    model = _load(artifacts.qdq.models[component])
+def test_activations_are_uint16_and_weights_uint8(qdq_artifacts, component: str) -> None:
+    model = _load(qdq_artifacts.qdq.models[component])
     inits = {i.name: i for i in model.graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
@@ -48,10 +48,10 @@ def _float_values(model: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
 
 
 @pytest.mark.parametrize("component", ["text_encoder", "text_encoder_2"])
-def test_text_encoder_mask_value_was_replaced(artifacts, component: str) -> None:
-    before = _float_values(_load(artifacts.float.models[component]))
+def test_text_encoder_mask_value_was_replaced(qdq_artifacts, component: str) -> None:
+    before = _float_values(_load(qdq_artifacts.float.models[component]))
     assert any(v.min() <= MASK_THRESHOLD for _, v in before), "the float export has no causal-mask constant to replace"
-    model = _load(artifacts.qdq.models[component])
+    model = _load(qdq_artifacts.qdq.models[component])
     after = _float_values(model)
     assert not [n for n, v in after if v.min() <= MASK_THRESHOLD], "a mask value below the threshold survived"
     # the folded causal mask [77, 77] is now a quantized initializer whose most negative value is -1e4
@@ -70,7 +70,7 @@ def test_text_encoder_mask_value_was_replaced(artifacts, component: str) -> None
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_qdq_component_tracks_float_on_test_prompts(artifacts, test_prompt_feeds, component: str) -> None:
+def test_qdq_component_tracks_float_on_test_prompts(qdq_artifacts, qdq_test_prompt_feeds, component: str) -> None:
     """SQNR of the QDQ component's outputs vs float on held-out inputs stays above 20 dB.
 
     20 dB (1 % noise power) is a sanity floor, well under the 27-38 dB the seed recipe gives on the tiny
@@ -78,12 +78,12 @@ def test_qdq_component_tracks_float_on_test_prompts(artifacts, test_prompt_feeds
     """
     from sdxl_qdq.diagnose.sqnr import component_sqnr
 
-    result = component_sqnr(artifacts.float, artifacts.qdq, {component: test_prompt_feeds[component]}, components=[component])
+    result = component_sqnr(qdq_artifacts.float, qdq_artifacts.qdq, {component: qdq_test_prompt_feeds[component]}, components=[component])
     for output, value in result[component].items():
         assert value >= 20.0, f"{component}.{output}: SQNR {value:.2f} dB < 20 dB floor vs float"
 
 
-def test_qnn_preprocess_still_crashes_on_metadata_props(artifacts, tmp_path) -> None:
+def test_qnn_preprocess_still_crashes_on_metadata_props(qdq_artifacts, tmp_path) -> None:
     """Pins onnxruntime 1.32's qnn_preprocess_model crash on models with metadata_props.
 
     The recipe runs QNNPreprocess first, before any pass writes metadata_props. When this test fails,
@@ -91,7 +91,7 @@ def test_qnn_preprocess_still_crashes_on_metadata_props(artifacts, tmp_path) -> 
     """
     from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
 
-    model = _load(artifacts.float.models["vae_decoder"])
+    model = _load(qdq_artifacts.float.models["vae_decoder"])
     onnx.helper.set_model_props(model, {"written_by": "a previous pass"})
     src = tmp_path / "with_metadata.onnx"
     onnx.save(model, str(src))

@@ -32,7 +32,7 @@ REPORT = Path(__file__).resolve().parent.parent / "reports" / "real-size.json"
 SAMPLES = 3
 
 
-def _stats(result, cache, *, wall: float) -> dict:
+def _stats(result, qdq_cache, *, wall: float) -> dict:
     export_dir = result.float.models["unet"].parent.parent
     out = {
         "samples": SAMPLES,
@@ -41,7 +41,7 @@ def _stats(result, cache, *, wall: float) -> dict:
         "commit": commit(),
         "machine": {"cpus": os.cpu_count(), "memory_gb": round(total_memory_bytes() / 1e9, 1), "system": platform.platform()},
         "export": json.loads((export_dir / "build.json").read_text()) if (export_dir / "build.json").exists() else None,
-        "prepared": {c: json.loads((cache.root / "prepared" / key / "build.json").read_text())
+        "prepared": {c: json.loads((qdq_cache.root / "prepared" / key / "build.json").read_text())
                      for c, key in result.keys["prepared"].items()},
         "calibration": json.loads((result.calibration_dir / "build.json").read_text()),
         "quantize": {c: json.loads((result.qdq.models[c].parent / "build.json").read_text()) for c in COMPONENTS},
@@ -96,7 +96,7 @@ def _calls(stage: dict, calls: int) -> float:
     return stage["load_s"] + stage["first_run_s"] + rest * (calls - stage["first_run_calls"])
 
 
-def test_real_size_build_is_memory_bounded(benchmark, cache, tmp_path: Path) -> None:
+def test_real_size_build_is_memory_bounded(benchmark, qdq_cache, tmp_path: Path) -> None:
     recipe = json.loads(DEFAULT_RECIPE.read_text())
     recipe["calibration"]["steps"] = [1]  # 3 prompts x 1 step = 3 samples per component
     recipe_path = tmp_path / "recipe.json"
@@ -105,11 +105,11 @@ def test_real_size_build_is_memory_bounded(benchmark, cache, tmp_path: Path) -> 
 
     started = time.perf_counter()
     result = benchmark.pedantic(
-        lambda: build("sdxl-turbo:random", recipe=recipe_path, cache=cache, calibration_prompts=prompts,
+        lambda: build("sdxl-turbo:random", recipe=recipe_path, cache=qdq_cache, calibration_prompts=prompts,
                       quantizer="lean", progress=lambda m: print(m, flush=True)),
         rounds=1, iterations=1)
 
-    stats = _stats(result, cache, wall=time.perf_counter() - started)
+    stats = _stats(result, qdq_cache, wall=time.perf_counter() - started)
     benchmark.extra_info.update(stats)
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(json.dumps(stats, indent=1))

@@ -28,8 +28,8 @@ def test_rehearsal_runs_every_command_of_the_nightly(size: str, tmp_path: Path) 
     assert [pair for pair in rehearsed if pair[0] != "judge"] == expected
     judge = steps[-1]
     assert judge.job == "judge"
-    if size == "tiny":  # the judge's own command: pytest -m quality --from-device
-        assert judge.argv[1:4] == ["-m", "pytest", "-q"] and "--from-device" in judge.argv and "quality" in judge.argv
+    if size == "tiny":  # the judge's own command: pytest -m quality --qdq-from-device
+        assert judge.argv[1:4] == ["-m", "pytest", "-q"] and "--qdq-from-device" in judge.argv and "quality" in judge.argv
         assert judge.ok_codes == (0, 1)  # stand-in weights against the study's baseline fail its checks
 
 

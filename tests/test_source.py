@@ -35,9 +35,9 @@ def test_tokenizer_truncates_long_prompts_to_77() -> None:
 
 
 @pytest.mark.parametrize("component", sorted(STRUCTURE["configs"]))
-def test_tiny_config_keeps_real_structure(artifacts, component: str) -> None:
+def test_tiny_config_keeps_real_structure(qdq_artifacts, component: str) -> None:
     """Every width-independent config value of stabilityai/sdxl-turbo is the same in tiny."""
-    config = json.loads((artifacts.pipeline_dir / component / "config.json").read_text())
+    config = json.loads((qdq_artifacts.pipeline_dir / component / "config.json").read_text())
     expected = STRUCTURE["configs"][component]
     differing = {k: (config.get(k), v) for k, v in expected.items() if _norm(config.get(k)) != _norm(v)}
     assert not differing, f"tiny {component} differs from sdxl-turbo on (tiny, real): {differing}"
@@ -48,10 +48,10 @@ def _norm(value):
 
 
 @pytest.mark.parametrize("component", sorted(STRUCTURE["op_types"]))
-def test_tiny_export_has_every_real_op_type(artifacts, component: str) -> None:
+def test_tiny_export_has_every_real_op_type(qdq_artifacts, component: str) -> None:
     import onnx
 
-    graph = onnx.load(str(artifacts.float.models[component]), load_external_data=False).graph
+    graph = onnx.load(str(qdq_artifacts.float.models[component]), load_external_data=False).graph
     missing = set(STRUCTURE["op_types"][component]) - {n.op_type for n in graph.node}
     assert not missing, f"tiny {component} export lacks op types of the real one: {sorted(missing)}"
 
@@ -97,7 +97,7 @@ def test_real_model_offline_raises_model_not_available(tmp_path: Path, monkeypat
         resolve_source(REAL_MODEL_ID, allow_download=False)
 
 
-def test_a_moved_cache_is_a_hit_for_the_same_snapshot(artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_moved_cache_is_a_hit_for_the_same_snapshot(qdq_artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys name repo id, revision and file digests, never paths or mtimes: a build from a hub snapshot, with the
     artifact cache and the Hugging Face cache moved elsewhere (as a judge on another machine has them, its files
     written anew), is a warm build that rebuilds nothing."""
@@ -105,7 +105,7 @@ def test_a_moved_cache_is_a_hit_for_the_same_snapshot(artifacts, tmp_path: Path,
     from sdxl_qdq.cache import ArtifactCache
     from sdxl_qdq.models.standin import write_hub_snapshot
 
-    write_hub_snapshot(artifacts.pipeline_dir, repo_id=REAL_MODEL_ID, hub_cache=tmp_path / "a" / "hub")
+    write_hub_snapshot(qdq_artifacts.pipeline_dir, repo_id=REAL_MODEL_ID, hub_cache=tmp_path / "a" / "hub")
     _use_hub(monkeypatch, tmp_path / "a" / "hub")
     first = build(REAL_MODEL_ID, cache=ArtifactCache(tmp_path / "a" / "cache"))
     assert first.source.fingerprint["revision"] and "path" not in first.source.fingerprint

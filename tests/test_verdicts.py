@@ -160,8 +160,8 @@ def test_quality_tests_record_their_numbers_in_junit_xml(tmp_path: Path) -> None
     """`judge` puts metric, measured, baseline, limit, harm and status on each test (record_property)."""
     (tmp_path / "test_probe.py").write_text(
         "from sdxl_qdq.judge.gate import Check\n"
-        "def test_changed(judge):\n    judge(Check('MSE x', 2.5, 1.0, 2.0, 'max', harm=3.0))\n"
-        "def test_failed(judge):\n    judge(Check('MSE y', 3.5, 1.0, 2.0, 'max', harm=3.0))\n")
+        "def test_changed(qdq_judge):\n    qdq_judge(Check('MSE x', 2.5, 1.0, 2.0, 'max', harm=3.0))\n"
+        "def test_failed(qdq_judge):\n    qdq_judge(Check('MSE y', 3.5, 1.0, 2.0, 'max', harm=3.0))\n")
     xml = tmp_path / "junit.xml"
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
                            "test_probe.py"], cwd=tmp_path, capture_output=True, text=True)
@@ -170,7 +170,7 @@ def test_quality_tests_record_their_numbers_in_junit_xml(tmp_path: Path) -> None
     text = xml.read_text()
     assert '<property name="status" value="changed"' in text and '<property name="status" value="failed"' in text
     assert '<property name="harm" value="3.0"' in text
-    strict = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--strict-gate", "test_probe.py"],
+    strict = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--qdq-strict-gate", "test_probe.py"],
                             cwd=tmp_path, capture_output=True, text=True)
     assert "2 failed" in strict.stdout, strict.stdout[-2000:]
 
@@ -200,7 +200,7 @@ def _variant(tmp: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def canary_gate(cache, tmp_path_factory):  # noqa: ANN201
+def canary_gate(qdq_cache, tmp_path_factory):  # noqa: ANN201
     """The canary gated with a recipe variant (built once per variant and module)."""
     from sdxl_qdq.convert.stages import build
     from sdxl_qdq.flows import prepare_gate
@@ -210,7 +210,7 @@ def canary_gate(cache, tmp_path_factory):  # noqa: ANN201
     def gate(name: str):  # noqa: ANN202
         if name not in built:
             recipe = DEFAULT_RECIPE if name == "seed" else _variant(tmp, name)
-            built[name] = prepare_gate(build("canary", recipe=recipe, cache=cache), cache=cache)
+            built[name] = prepare_gate(build("canary", recipe=recipe, cache=qdq_cache), cache=qdq_cache)
         return built[name]
 
     return gate
@@ -241,7 +241,7 @@ def test_a_harmless_recipe_change_is_changed_not_failed(canary_gate) -> None:
     assert verdict(checks, strict=False) == "changed" and verdict(checks, strict=True) == "failed"
 
 
-def test_compare_ranks_a_better_recipe_over_a_worse_one_and_a_recipe_level_with_itself(canary_gate, cache) -> None:
+def test_compare_ranks_a_better_recipe_over_a_worse_one_and_a_recipe_level_with_itself(canary_gate, qdq_cache) -> None:
     from sdxl_qdq.judge.compare import compare
 
     seed, worse = canary_gate("seed"), canary_gate("uint8-activations")
@@ -249,7 +249,7 @@ def test_compare_ranks_a_better_recipe_over_a_worse_one_and_a_recipe_level_with_
     from sdxl_qdq.convert.stages import build
     from sdxl_qdq.flows import reference_set
 
-    images, _ = reference_set(build("canary", cache=cache), seed.evaluation.prompts, cache=cache, coco_dir=None,
+    images, _ = reference_set(build("canary", cache=qdq_cache), seed.evaluation.prompts, cache=qdq_cache, coco_dir=None,
                               progress=lambda _: None)
     rows = {r.metric: r for r in compare(worse.evaluation, reference, images)}  # B = seed vs A = uint8 activations
     for metric, row in rows.items():

@@ -1,6 +1,6 @@
 """The device's night: from a verified bundle, check where every node runs, measure QNN-vs-CPU parity, draw the
 bundle's prompts on the NPU, and leave a results folder (images, final latents, figures, manifest) that the
-host judges (``pytest -m quality --ep qnn --from-device RESULTS``)."""
+host judges (``pytest -m quality --qdq-ep qnn --qdq-from-device RESULTS``)."""
 
 from __future__ import annotations
 
@@ -183,7 +183,7 @@ def device_test_command(bundle: Path, out: Path, *, soc: str, storage: Path, tes
         bench = ["--benchmark-save=first-night", "--benchmark-storage", str(Path(out) / "benchmarks")]
         notice = (f"::notice::first night on {machine}: its benchmark run is recorded in {Path(out) / 'benchmarks'}; "
                   f"review it and commit it under {Path(storage) / machine}")
-    command = [sys.executable, "-m", "pytest", str(tests), "--bundle", str(bundle), "--qnn-soc", soc,
-               "--device-out", str(out), "--junitxml", str(Path(out) / "junit.xml"),
+    command = [sys.executable, "-m", "pytest", str(tests), "--qdq-bundle", str(bundle), "--qdq-qnn-soc", soc,
+               "--qdq-device-out", str(out), "--junitxml", str(Path(out) / "junit.xml"),
                "--benchmark-json", str(Path(out) / "benchmarks.json"), *bench, *extra]
     return command, notice

@@ -90,7 +90,7 @@ def _missing(path: Path, model: str, backbones: Backbones, ep: str, reference: s
         hint = f"baselines exist for other EPs, backbones or FID references only ({', '.join(others)}), which never gate this one; "
     return (f"no baseline for model {baseline_model_name(model)!r} on the {ep} EP with backbones clip={backbones.clip}, "
             f"fid={backbones.fid}, FID reference {reference!r} (looked for {path}); {hint}create it with "
-            f"`pytest -m quality{'' if ep == 'cpu' else f' --ep {ep}'} --update-baselines`")
+            f"`pytest -m quality{'' if ep == 'cpu' else f' --qdq-ep {ep}'} --qdq-update-baselines`")
 
 
 def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
         "recipe": ev.recipe,
         "ep": ev.ep,
         "versions": package_versions(),
-        "source": "measured with `pytest -m quality --update-baselines`",
+        "source": "measured with `pytest -m quality --qdq-update-baselines`",
         "derivation": {
             "text": (
                 f"Tolerances come from the float model's seed-to-seed noise (seed bases 0 vs {NOISE_SEEDS}). "

@@ -1,5 +1,5 @@
 """The NPU runner's checks, from a bundle, with the device profile only (no torch, diffusers, transformers,
-datasets or Olive): ``pytest tests/device --bundle DIR [--qnn-soc 60] [--device-out DIR]``. On x86_64 they run
+datasets or Olive): ``pytest tests/device --qdq-bundle DIR [--qdq-qnn-soc 60] [--qdq-device-out DIR]``. On x86_64 they run
 on the HTP simulator (the night's rehearsal)."""
 
 from __future__ import annotations
@@ -40,32 +40,32 @@ def test_this_python_can_run_the_night() -> None:
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_component_runs_entirely_on_qnn(bundle: Bundle, qnn_options, component: str) -> None:
-    session = create_session(bundle.model(component), ep="qnn", qnn=qnn_options)
+def test_component_runs_entirely_on_qnn(bundle: Bundle, qdq_qnn_options, component: str) -> None:
+    session = create_session(bundle.model(component), ep="qnn", qnn=qdq_qnn_options)
     assignment = assert_assignment(session, "qnn")
     assert set(assignment) == {QNN_EP} and sum(assignment[QNN_EP].values()) > 0
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_context_binary_draws_what_the_model_draws(bundle: Bundle, qnn_options, component: str) -> None:
+def test_context_binary_draws_what_the_model_draws(bundle: Bundle, qdq_qnn_options, component: str) -> None:
     """The EP-context binary the host compiled for this chip gives the uncompiled model's outputs here."""
     context = bundle.context(component)
     if context is None:
         pytest.skip("the bundle has no EP-context binaries: the host had no QNN backend or ran `sdxl-qdq bundle --no-context`")
     feeds = bundle.parity(component)[0]["in"]
-    plain = create_session(bundle.model(component), ep="qnn", qnn=qnn_options).run(None, feeds)
-    compiled = create_session(context, ep="qnn", qnn=qnn_options)
+    plain = create_session(bundle.model(component), ep="qnn", qnn=qdq_qnn_options).run(None, feeds)
+    compiled = create_session(context, ep="qnn", qnn=qdq_qnn_options)
     assert_assignment(compiled, "qnn")
     for a, b in zip(plain, compiled.run(None, feeds)):
         np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_parity_qnn_vs_cpu_above_bound(bundle: Bundle, qnn_options, device_out: Path, component: str) -> None:
+def test_parity_qnn_vs_cpu_above_bound(bundle: Bundle, qdq_qnn_options, device_out: Path, component: str) -> None:
     """QNN vs this machine's CPU EP on the bundle's recorded inputs, against baselines/<model>/parity.json. A model
     with no bound yet (a new runner's first night) records what it measured in the device output and says so."""
     calls = bundle.parity(component)
-    npu, cpu = create_session(bundle.model(component), ep="qnn", qnn=qnn_options), create_session(bundle.model(component))
+    npu, cpu = create_session(bundle.model(component), ep="qnn", qnn=qdq_qnn_options), create_session(bundle.model(component))
     names = [o.name for o in cpu.get_outputs()]
     runs = [(cpu.run(None, c["in"]), npu.run(None, c["in"])) for c in calls]
     measured = {n: sqnr_db(np.stack([r[0][i] for r in runs]), np.stack([r[1][i] for r in runs])) for i, n in enumerate(names)}
@@ -84,9 +84,9 @@ def test_parity_qnn_vs_cpu_above_bound(bundle: Bundle, qnn_options, device_out: 
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_latency_on_qnn(benchmark, bundle: Bundle, qnn_options, component: str) -> None:
+def test_latency_on_qnn(benchmark, bundle: Bundle, qdq_qnn_options, component: str) -> None:
     """One call of each component on QNN HTP (the compiled binary where the bundle has one)."""
-    session = create_session(bundle.context(component) or bundle.model(component), ep="qnn", qnn=qnn_options)
+    session = create_session(bundle.context(component) or bundle.model(component), ep="qnn", qnn=qdq_qnn_options)
     assert_assignment(session, "qnn")
     feeds = bundle.parity(component)[0]["in"]
     benchmark.extra_info.update(component=component, ep="qnn", soc=bundle.soc, compiled=bundle.context(component) is not None,
