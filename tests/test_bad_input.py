@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
+from sdxl_qdq.plugin import plugin_flags
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SDXL_QDQ = Path(sys.executable).with_name("sdxl-qdq")
@@ -114,11 +115,16 @@ def test_cli_bad_input_is_exit_2_and_one_line(tmp_path: Path, case: str, make, m
      r"--coco-dir .*coco: 100 of the 100 COCO images of the prompts are missing \(first: \d+\.jpg\); `sdxl-qdq coco-images"),
 ], ids=[c[0] for c in SHARED] + ["coco-dir-missing", "coco-dir-incomplete"])
 def test_pytest_bad_input_is_a_usage_error_and_one_line(tmp_path: Path, case: str, make, message: str) -> None:
+    """The same inputs through the plugin (its flags are the command line's with --qdq-, and so are its messages)."""
     done = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality",
-                 "--cache-dir", str(tmp_path / "cache"), *make(tmp_path),
+                 *_plugin(["--cache-dir", str(tmp_path / "cache"), *make(tmp_path)]),
                  str(REPO_ROOT / "tests" / "test_quality.py"), "-k", "fid_within_tolerance"], tmp_path)
-    _one_clear_line(done, message, (2, pytest.ExitCode.USAGE_ERROR))
+    _one_clear_line(done, plugin_flags(message), (2, pytest.ExitCode.USAGE_ERROR))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx")), "it built something"
+
+
+def _plugin(argv: list[str]) -> list[str]:
+    return [plugin_flags(a) if a.startswith("--") else a for a in argv]
 
 
 @pytest.mark.parametrize("door", ["cli", "pytest"])
@@ -126,8 +132,9 @@ def test_qnn_without_onnxruntime_qnn_is_one_line_before_any_build(tmp_path: Path
     cache = ["--cache-dir", str(tmp_path / "cache")]
     argv = ([str(SDXL_QDQ), "sqnr", "--ep", "qnn", *cache] if door == "cli" else
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality", "--qdq-ep", "qnn",
-             *cache, str(REPO_ROOT / "tests" / "test_quality.py")])
+             *_plugin(cache), str(REPO_ROOT / "tests" / "test_quality.py")])
     done = _run(argv, tmp_path, _without_qnn(tmp_path))
-    _one_clear_line(done, r"the QNN EP needs the onnxruntime-qnn package; install it .* or run with --ep cpu",
+    message = r"the QNN EP needs the onnxruntime-qnn package; install it .* or run with --ep cpu"
+    _one_clear_line(done, message if door == "cli" else plugin_flags(message),
                     (2,) if door == "cli" else (pytest.ExitCode.USAGE_ERROR,))
     assert not (tmp_path / "cache").exists(), "it started building"

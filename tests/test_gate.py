@@ -30,7 +30,7 @@ def test_baseline_of_another_backbone_never_gates(tmp_path: Path) -> None:
     path = baseline_path("tiny", real, tmp_path, reference="float1-seed1")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"backbones": {"clip": real.clip, "fid": real.fid}}))
-    with pytest.raises(ConfigError, match="other EPs, backbones or FID references only.*never gate this one.*--update-baselines"):
+    with pytest.raises(ConfigError, match="other EPs, backbones or FID references only.*never gate this one.*--qdq-update-baselines"):
         load_baseline("tiny", proxy, tmp_path, reference="float1-seed1")
 
 
@@ -48,7 +48,7 @@ def test_baseline_of_another_ep_never_gates(tmp_path: Path) -> None:
     cpu = baseline_path("tiny", proxy, tmp_path, ep="cpu", reference="float1-seed1")
     _write(cpu)
     assert load_baseline("tiny", proxy, tmp_path, ep="cpu", reference="float1-seed1")["ep"] == "cpu"
-    with pytest.raises(ConfigError, match=r"on the qnn EP.*other EPs, backbones or FID references only \(cpu/.*--ep qnn --update-baselines"):
+    with pytest.raises(ConfigError, match=r"on the qnn EP.*other EPs, backbones or FID references only \(cpu/.*--qdq-ep qnn --qdq-update-baselines"):
         load_baseline("tiny", proxy, tmp_path, ep="qnn", reference="float1-seed1")
     moved = baseline_path("tiny", proxy, tmp_path, ep="qnn", reference="float1-seed1")
     moved.parent.mkdir(parents=True)
