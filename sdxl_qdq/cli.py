@@ -194,6 +194,7 @@ def _parser() -> argparse.ArgumentParser:
     le.add_argument("--ranges", type=Path, default=None)
     le.add_argument("--optimized-calibration", action="store_true")
     sub.add_parser("_qnn-cut").add_argument("work", type=Path)
+    sub.add_parser("_olive-pass-options")  # rewrites sdxl_qdq/data/olive_pass_options.json from the installed Olive
     return parser
 
 
@@ -480,6 +481,13 @@ def _cmd_qnn_cut_child(args: argparse.Namespace) -> int:
     return run_cut_child(args.work)
 
 
+def _cmd_olive_pass_options(args: argparse.Namespace) -> int:
+    from sdxl_qdq.convert.recipe_passes import write_olive_schema
+
+    print(write_olive_schema())
+    return 0
+
+
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
     "diverge": _cmd_diverge, "compare": _cmd_compare, "propose": _cmd_propose, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
@@ -487,4 +495,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "rehearse": _cmd_rehearse, "_judge-subset": _cmd_judge_subset, "coco-images": _cmd_coco_images,
     "verify": _cmd_verify,
     "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
+    "_olive-pass-options": _cmd_olive_pass_options,
 }

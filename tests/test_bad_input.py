@@ -43,6 +43,12 @@ def _unknown_pass(tmp: Path) -> list[str]:
         extra={"type": "OnnxStaticQuantisation"}))]
 
 
+def _pass_option(option: str, value: object):  # noqa: ANN202 - an argv maker
+    """The UNet's quantization pass with ``option`` set to ``value`` (typos Olive would ignore or fail on late)."""
+    return lambda tmp: ["--recipe", _recipe(tmp, lambda r: r["workflows"]["unet"]["passes"]["quantization"].update(
+        {option: value}))]
+
+
 def _no_model_emitted(tmp: Path) -> list[str]:
     return ["--recipe", _recipe(tmp, lambda r: r["workflows"]["vae_decoder"].update(output_dir=str(tmp / "elsewhere")))]
 
@@ -71,6 +77,16 @@ SHARED = [
     ("missing-recipe", _missing_recipe, r"nope\.json.* does not exist; pass a JSON recipe such as .*qnn_w8a16\.json"),
     ("invalid-recipe", _invalid_recipe, r"broken\.json is not valid JSON"),
     ("unknown-pass-type", _unknown_pass, r"type 'OnnxStaticQuantisation', which Olive does not know \(did you mean"),
+    ("misspelled-option", _pass_option("per_chanel", True),
+     r"workflow 'unet': pass 'quantization' \(OnnxStaticQuantization\): unknown option 'per_chanel' "
+     r"\(did you mean 'per_channel'\?\); Olive would ignore it silently"),
+    ("option-case-typo", _pass_option("calibrate_method", "Minmax"),
+     r"pass 'quantization' \(OnnxStaticQuantization\): option 'calibrate_method' is 'Minmax'; allowed: MinMax, "
+     r"Entropy, Percentile, Distribution \(did you mean 'MinMax'\?\)"),
+    ("bad-enum-value", _pass_option("activation_type", "uint61"),
+     r"option 'activation_type' is 'uint61'; allowed: int4, .*uint16.* \(did you mean one of \['uint16'"),
+    ("wrong-option-type", _pass_option("per_channel", "true"),
+     r"option 'per_channel' is 'true' \(str\); Olive expects true or false"),
     ("no-model-emitted", _no_model_emitted, r"output_dir '.*elsewhere'; it must be \"\$\{output_dir\}\""),
     ("not-diffusers", _not_diffusers, r"model' is a folder without model_index\.json; pass a diffusers SDXL folder"),
     ("bin-only", _bin_only, r"unet/ holds only pickled weights \(diffusion_pytorch_model\.bin\); this project loads safetensors only"),

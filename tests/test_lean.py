@@ -42,6 +42,26 @@ def test_lean_quantizer_gives_the_olive_model(qdq_artifacts, tmp_path: Path, com
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lean-")], "work folder left behind"
 
 
+def test_lean_quantizer_takes_tensor_quant_overrides_as_olive_does(qdq_artifacts, tmp_path: Path) -> None:
+    """A recipe `sdxl-qdq propose` writes (``extra_options.TensorQuantOverrides``: activations narrowed to 8 bits)
+    builds memory-bounded: the UNet equals what Olive's workflow makes of the same recipe, overrides included."""
+    from sdxl_qdq.convert.recipe import quantize_component
+    from sdxl_qdq.diagnose.propose import _activation_params, with_overrides
+
+    unet = qdq_artifacts.float.models["unet"]
+    acts = [a for a in _activation_params(qdq_artifacts.qdq.models["unet"]) if "/up_blocks.0/" in a][:6]
+    assert len(acts) == 6
+    recipe = with_overrides(RECIPE, "unet", acts, "QUInt8")
+    assert plan(recipe["workflows"]["unet"])  # accepted
+    lean_quantize(recipe["workflows"]["unet"], unet, qdq_artifacts.calibration_dir, tmp_path / "lean", segments=2)
+    quantize_component(recipe, "unet", model=unet, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "olive")
+    lean, stock = (onnx.load(str(tmp_path / d / "model.onnx")) for d in ("lean", "olive"))
+    for field in ("node", "initializer", "input", "output", "value_info"):
+        assert getattr(lean.graph, field) == getattr(stock.graph, field), f"graph.{field} differs"
+    seed = onnx.load(str(qdq_artifacts.qdq.models["unet"]), load_external_data=False)
+    assert lean.graph.node != seed.graph.node or lean.graph.initializer != seed.graph.initializer, "overrides ignored"
+
+
 def test_preprocessing_never_loads_the_weights(qdq_artifacts, tmp_path: Path, monkeypatch) -> None:
     """QNNPreprocess and quant_preprocess work on the graph; onnxruntime alone reads the weights (once)."""
     import onnx.external_data_helper as helper
@@ -63,8 +83,12 @@ def test_preprocessing_never_loads_the_weights(qdq_artifacts, tmp_path: Path, mo
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda w: w["passes"].update(extra={"type": "OnnxDynamicQuantization"}), "'OnnxDynamicQuantization' is not supported"),
-        (lambda w: w["passes"]["quantization"].update(calibrate_method="Entropy"), "QDQ MinMax with prepare_qdq_config only"),
+        (lambda w: w["passes"].update(extra={"type": "OnnxDynamicQuantization"}),
+         "type 'OnnxDynamicQuantization' is not implemented by the memory-bounded quantizer"),
+        (lambda w: w["passes"]["quantization"].update(calibrate_method="Entropy"),
+         r"implements .*'calibrate_method': 'MinMax'.* only; got \{'calibrate_method': 'Entropy'\}"),
+        (lambda w: w["passes"]["quantization"].update(extra_options={"WeightSymmetric": True}),
+         r"extra_options \['WeightSymmetric'\]; the memory-bounded quantizer implements TensorQuantOverrides only"),
         (lambda w: w["passes"]["qnn_preprocess"].update(inputs_to_make_channel_last=["sample"]), "inputs_to_make_channel_last"),
         (lambda w: w["passes"].pop("quantization"), "one OnnxStaticQuantization"),
         (lambda w: w["passes"].update(again={"type": "QNNPreprocess"}), r"followed by GraphSurgeries passes only"),

@@ -96,3 +96,25 @@ def test_a_workflow_that_emits_no_single_model_is_a_build_error(tmp_path: Path, 
         quantize_component(load_recipe(), "unet", model=tmp_path / "model.onnx", calibration_dir=tmp_path / "calibration",
                            out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_shipped_olive_pass_options_are_the_installed_olives() -> None:
+    """The validator reads Olive's pass configs from sdxl_qdq/data/olive_pass_options.json (no Olive import on a
+    warm build); it must be what the installed Olive says (regenerate: python -m sdxl_qdq _olive-pass-options)."""
+    from sdxl_qdq.convert.recipe_passes import SCHEMA_PATH, olive_version, read_olive_schema
+
+    shipped = json.loads(SCHEMA_PATH.read_text())
+    assert shipped["olive"] == olive_version()
+    assert read_olive_schema() == shipped
+    static = shipped["passes"]["onnxstaticquantization"]["options"]
+    assert static["calibrate_method"]["values"] == ["MinMax", "Entropy", "Percentile", "Distribution"]
+    assert "uint16" in static["activation_type"]["values"] and static["per_channel"]["kind"] == "bool"
+
+
+def test_every_lean_option_is_an_olive_option() -> None:
+    """The memory-bounded quantizer's table names only options Olive's passes have (a rename in Olive shows here)."""
+    from sdxl_qdq.convert.recipe_passes import LEAN, olive_schema
+
+    schema = olive_schema()
+    for kind, options in LEAN.items():
+        assert set(options) <= set(schema["passes"][kind.lower()]["options"]), kind

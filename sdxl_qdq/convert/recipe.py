@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import importlib.util
 import json
 import logging
 import re
@@ -25,10 +23,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.calibration import write_distinct
 from sdxl_qdq.convert.files import save_with_external_data
 from sdxl_qdq.convert.ort_patches import linear_quantizer, patched
-from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.recipe_passes import check_workflow_passes
 from sdxl_qdq.errors import BuildError, ConfigError
 from sdxl_qdq.paths import RECIPES_DIR
 from sdxl_qdq.runtime import register_qnn
@@ -60,17 +59,10 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
     steps = recipe.get("calibration", {}).get("steps", [1])
     if not (isinstance(steps, list) and steps and all(isinstance(k, int) and k >= 1 for k in steps)):
         raise ConfigError(f"recipe file {path}: calibration.steps must be a non-empty list of step counts >= 1, got {steps!r}")
-    known = olive_pass_types()
     for component, workflow in workflows.items():
         if not isinstance(workflow, dict) or not isinstance(workflow.get("passes"), dict) or not workflow["passes"]:
             raise ConfigError(f"recipe file {path}: workflow {component!r} needs a non-empty 'passes' object")
-        for name, spec in workflow["passes"].items():
-            kind = spec.get("type") if isinstance(spec, dict) else None
-            if known and str(kind).lower() not in known:
-                close = sorted(k for k in known if str(kind).lower()[:6] in k)[:3]
-                raise ConfigError(f"recipe file {path}: pass {name!r} of workflow {component!r} has type {kind!r}, which "
-                                  f"Olive does not know{f' (did you mean {close}?)' if close else ''}; see "
-                                  "https://microsoft.github.io/Olive/reference/pass.html")
+        check_workflow_passes(path, component, workflow)  # every option against Olive's own pass config
         for name in set(_PLACEHOLDER.findall(json.dumps(workflow))) - set(PLACEHOLDERS):
             raise ConfigError(
                 f"recipe file {path}: workflow {component!r} uses unknown placeholder ${{{name}}}; "
@@ -80,17 +72,6 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
             raise ConfigError(f"recipe file {path}: workflow {component!r} has output_dir {workflow.get('output_dir')!r}; "
                               "it must be \"${output_dir}\", where the build looks for the model its last pass emits")
     return recipe
-
-
-@functools.lru_cache(maxsize=1)
-def olive_pass_types() -> frozenset[str]:
-    """Olive's pass types (lowercase), read from its package configuration without importing Olive (a warm build
-    must not); empty where Olive is not installed (the NPU runner)."""
-    spec = importlib.util.find_spec("olive")
-    if spec is None or not spec.submodule_search_locations:
-        return frozenset()
-    config = Path(next(iter(spec.submodule_search_locations))) / "olive_config.json"
-    return frozenset(k.lower() for k in json.loads(config.read_text())["passes"]) if config.is_file() else frozenset()
 
 
 def calibration_steps(recipe: dict[str, Any]) -> tuple[int, ...]:

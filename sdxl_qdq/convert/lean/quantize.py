@@ -30,6 +30,7 @@ does so); each step reports its time and peak resident memory.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import os
@@ -46,12 +47,12 @@ from sdxl_qdq.convert.lean.graph import Graph
 from sdxl_qdq.convert.ort_patches import graph_only_quantizer, linear_quantizer, patched
 from sdxl_qdq.convert.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
 from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
-from sdxl_qdq.convert.recipe import load_recipe
+from sdxl_qdq.convert.recipe import load_recipe, with_quant_types
+from sdxl_qdq.convert.recipe_passes import lean_problem
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.procs import Progress, StepMeter, report_peak_at_exit
 from sdxl_qdq.runtime import register_qnn
 
-SUPPORTED_PASSES = ("QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization")
 DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
 
 
@@ -59,52 +60,40 @@ DEFAULT_SEGMENT_BYTES = 1 << 30  # weights per calibration segment
 @dataclass(frozen=True)
 class QuantSettings:
     """The OnnxStaticQuantization options this path reads, defaulting as Olive's pass does (checked against
-    Olive's own defaults by a test); ``plan`` refuses every other option."""
+    Olive's own defaults by a test); ``plan`` refuses every other option (``recipe_passes.LEAN``).
+    ``overrides``: ``extra_options.TensorQuantOverrides`` with onnxruntime's quant types, which Olive hands to
+    ``get_qnn_qdq_config`` as ``init_overrides``."""
 
     activation_type: str = "int8"
     weight_type: str = "int8"  # Olive calls it "precision"
     quant_preprocess: bool = True
     per_channel: bool = False
+    overrides: dict[str, Any] | None = None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> QuantSettings:
         default = cls()
+        overrides = (options.get("extra_options") or {}).get("TensorQuantOverrides")
+        if overrides:
+            converted = with_quant_types({"passes": {"quantization": {"extra_options": {"TensorQuantOverrides": overrides}}}})
+            overrides = converted["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]
         return cls(activation_type=str(options.get("activation_type", default.activation_type)),
                    weight_type=str(options.get("precision", default.weight_type)),
                    quant_preprocess=bool(options.get("quant_preprocess", default.quant_preprocess)),
-                   per_channel=bool(options.get("per_channel", default.per_channel)))
+                   per_channel=bool(options.get("per_channel", default.per_channel)),
+                   overrides=overrides or None)
 
 
 def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The workflow's passes as (type, options), checked against what this path implements."""
+    """The workflow's passes as (type, options), checked against what this path implements
+    (``sdxl_qdq.convert.recipe_passes.LEAN``)."""
     steps = []
     for name, spec in workflow["passes"].items():
         kind = spec.get("type")
         options = {k: v for k, v in spec.items() if k != "type"}
-        if kind not in SUPPORTED_PASSES:
-            raise ConfigError(
-                f"pass {name!r} of type {kind!r} is not supported by the memory-bounded quantizer (it runs "
-                f"{', '.join(SUPPORTED_PASSES)}); use --quantizer olive for this recipe"
-            )
-        if kind == "QNNPreprocess":
-            unknown = set(options) - {"fuse_layernorm"}
-        elif kind == "GraphSurgeries":
-            unknown = set(options) - {"surgeries", "remove_duplicate_initializers"}
-        else:
-            expected = {"data_config": None, "quant_format": "QDQ", "calibrate_method": "MinMax", "prepare_qdq_config": True,
-                        "activation_type": None, "precision": None, "quant_preprocess": None, "per_channel": None}
-            unknown = set(options) - set(expected)
-            wrong = {k: options[k] for k, v in expected.items() if v is not None and options.get(k, v) != v}
-            if wrong:
-                raise ConfigError(
-                    f"pass {name!r}: the memory-bounded quantizer implements QDQ MinMax with prepare_qdq_config only; "
-                    f"got {wrong}; use --quantizer olive for this recipe"
-                )
-        if unknown:
-            raise ConfigError(
-                f"pass {name!r} ({kind}) sets {sorted(unknown)}, which the memory-bounded quantizer does not implement; "
-                "use --quantizer olive for this recipe"
-            )
+        problem = lean_problem(kind, options)
+        if problem:
+            raise ConfigError(f"pass {name!r} {problem}; use --quantizer olive for this recipe")
         steps.append((kind, options))
     kinds = [kind for kind, _ in steps]
     if kinds.count("OnnxStaticQuantization") != 1 or any(k != "GraphSurgeries" for k in kinds[kinds.index("OnnxStaticQuantization") + 1:]):
@@ -223,7 +212,8 @@ def qdq_config(proto: Any, settings: QuantSettings) -> Any:
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
     return get_qnn_qdq_config(proto, None, activation_type=quant_type_from_precision(settings.activation_type),
-                              weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel)
+                              weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel,
+                              init_overrides=copy.deepcopy(settings.overrides))
 
 
 def _place(pre: Graph, ready: Graph, work: Path, out: Path) -> None:
