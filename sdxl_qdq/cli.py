@@ -18,17 +18,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from sdxl_qdq.cache import ArtifactCache
+from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.calibration import iter_calibration
 from sdxl_qdq.convert.export import export_component
 from sdxl_qdq.convert.files import model_size_mb
 from sdxl_qdq.convert.lean.quantize import DEFAULT_SEGMENT_BYTES, quantize_child
 from sdxl_qdq.convert.stages import build
-from sdxl_qdq.cache import ArtifactCache
-from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.diagnose.coverage import qdq_coverage
 from sdxl_qdq.diagnose.diverge import DEFAULT_THRESHOLD_DB, distinct_samples, localize, run_cut_child
 from sdxl_qdq.diagnose.localize import localize_build
-from sdxl_qdq.diagnose.sqnr import PARITY_MARGIN_DB, PARITY_SIMULATOR_PROMPTS, component_sqnr, parity_baseline, qnn_parity
+from sdxl_qdq.diagnose.sqnr import (
+    PARITY_MARGIN_DB,
+    PARITY_SIMULATOR_PROMPTS,
+    component_sqnr,
+    parity_baseline,
+    qnn_parity,
+)
 from sdxl_qdq.errors import QuantError
 from sdxl_qdq.judge.backbones import REAL_CLIP, REAL_FID, Backbones
 from sdxl_qdq.judge.baseline import baseline_model_name, baseline_path, write_baseline
@@ -45,34 +51,62 @@ from sdxl_qdq.runtime import DEFAULT_QNN_SOC, QNN_SOCS, QnnOptions, qnn_is_simul
 
 
 def _build_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", metavar="NAME",
-                   help="model source: 'tiny' (embedded, offline), 'canary', 'sdxl-turbo:random' (the real "
-                        "architecture with random weights, for sizing), a Hugging Face id such as stabilityai/sdxl-turbo, "
-                        "or a local diffusers folder (default: %(default)s)")
+    p.add_argument(
+        "--model",
+        default="tiny",
+        metavar="NAME",
+        help="model source: 'tiny' (embedded, offline), 'canary', 'sdxl-turbo:random' (the real "
+        "architecture with random weights, for sizing), a Hugging Face id such as stabilityai/sdxl-turbo, "
+        "or a local diffusers folder (default: %(default)s)",
+    )
     p.add_argument("--recipe", default=None, metavar="FILE", help="recipe JSON (default: recipes/qnn_w8a16.json)")
-    p.add_argument("--cache-dir", default=None, metavar="DIR",
-                   help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
-    p.add_argument("--quantizer", choices=("auto", "olive", "lean"), default="auto",
-                   help="'olive': the recipe's Olive workflows; 'lean': the same passes memory-bounded, one component "
-                        "per process; 'auto': lean where the Olive path may not fit a 16 GiB host (decided by the "
-                        "model, never by this machine) (default: %(default)s)")
-    p.add_argument("--allow-download", action="store_true",
-                   help="let a Hugging Face model be downloaded when it is not cached (default: off)")
-    p.add_argument("--prompts-from-hub", action="store_true",
-                   help="calibrate on rows 0-49 of phiyodr/coco2017 streamed from the hub instead of the bundled "
-                        "fixture (needs network; default: off)")
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)",
+    )
+    p.add_argument(
+        "--quantizer",
+        choices=("auto", "olive", "lean"),
+        default="auto",
+        help="'olive': the recipe's Olive workflows; 'lean': the same passes memory-bounded, one component "
+        "per process; 'auto': lean where the Olive path may not fit a 16 GiB host (decided by the "
+        "model, never by this machine) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let a Hugging Face model be downloaded when it is not cached (default: off)",
+    )
+    p.add_argument(
+        "--prompts-from-hub",
+        action="store_true",
+        help="calibrate on rows 0-49 of phiyodr/coco2017 streamed from the hub instead of the bundled "
+        "fixture (needs network; default: off)",
+    )
 
 
 def _qnn_soc(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
-                   help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})")
+    p.add_argument(
+        "--qnn-soc",
+        choices=sorted(QNN_SOCS),
+        default=DEFAULT_QNN_SOC,
+        metavar="ID",
+        help=f"QNN soc_model (default: %(default)s, {QNN_SOCS[DEFAULT_QNN_SOC]})",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdxl-qdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True,
-                                metavar="{build,sqnr,parity,coverage,layers,diverge,compare,propose,bundle,verify,coco-images,"
-                                        "study-baseline,canary-train,device-check,device-run}")
+    parser = argparse.ArgumentParser(
+        prog="sdxl-qdq", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="{build,sqnr,parity,coverage,layers,diverge,compare,propose,bundle,verify,coco-images,"
+        "study-baseline,canary-train,device-check,device-run}",
+    )
     _build_options(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
     _build_options(sq)
@@ -80,103 +114,213 @@ def _parser() -> argparse.ArgumentParser:
     par = sub.add_parser("parity", help="QNN-vs-CPU SQNR of each QDQ component on the model's test prompts")
     _build_options(par)
     _qnn_soc(par)
-    par.add_argument("--prompts", type=int, default=None, metavar="N",
-                     help="test prompts to run (default: 5 on the HTP simulator, all 50 on a chip)")
-    par.add_argument("--write", action="store_true",
-                     help="write baselines/<model>/parity.json (bounds 3 dB below each value); review, then commit")
+    par.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="test prompts to run (default: 5 on the HTP simulator, all 50 on a chip)",
+    )
+    par.add_argument(
+        "--write",
+        action="store_true",
+        help="write baselines/<model>/parity.json (bounds 3 dB below each value); review, then commit",
+    )
     _build_options(sub.add_parser("coverage", help="QDQ coverage and float islands of each component"))
     lay = sub.add_parser("layers", help="layers with the largest quantization error (float vs QDQ SQNR), worst first")
     _build_options(lay)
     lay.add_argument("--top", type=int, default=3, metavar="N", help="layers per component (default: %(default)s)")
-    dv = sub.add_parser("diverge", help="where the QNN EP computes a QDQ component differently from the CPU EP "
-                                        "(single-output graph cuts), worst block first, reduced to the smallest failing subgraph")
+    dv = sub.add_parser(
+        "diverge",
+        help="where the QNN EP computes a QDQ component differently from the CPU EP "
+        "(single-output graph cuts), worst block first, reduced to the smallest failing subgraph",
+    )
     _build_options(dv)
     _qnn_soc(dv)
     dv.add_argument("--component", choices=(*COMPONENTS, "all"), default="all", help="component (default: %(default)s)")
-    dv.add_argument("--samples", type=int, default=2, metavar="N",
-                    help="distinct recorded calibration inputs to run (default: %(default)s)")
-    dv.add_argument("--depth", type=int, default=None, metavar="D",
-                    help="module depth of a block (default: the shallowest giving 6 blocks or more)")
-    dv.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD_DB, metavar="DB",
-                    help="SQNR below which a cut counts as diverging (default: %(default)s)")
+    dv.add_argument(
+        "--samples",
+        type=int,
+        default=2,
+        metavar="N",
+        help="distinct recorded calibration inputs to run (default: %(default)s)",
+    )
+    dv.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        metavar="D",
+        help="module depth of a block (default: the shallowest giving 6 blocks or more)",
+    )
+    dv.add_argument(
+        "--threshold",
+        type=float,
+        default=DEFAULT_THRESHOLD_DB,
+        metavar="DB",
+        help="SQNR below which a cut counts as diverging (default: %(default)s)",
+    )
     dv.add_argument("--no-reduce", action="store_true", help="stop at the first diverging activation (default: reduce)")
     dv.add_argument("--json", default=None, metavar="FILE", help="also write the findings as JSON")
-    bu = sub.add_parser("bundle", help="everything the NPU runner needs for a night: QDQ models (+ EP-context binaries "
-                                       "for the soc), the host's token ids, latents, noise and scheduler, parity inputs")
+    bu = sub.add_parser(
+        "bundle",
+        help="everything the NPU runner needs for a night: QDQ models (+ EP-context binaries "
+        "for the soc), the host's token ids, latents, noise and scheduler, parity inputs",
+    )
     _build_options(bu)
     _qnn_soc(bu)
     bu.add_argument("out", type=Path, metavar="OUT", help="bundle folder (replaced if it exists)")
-    bu.add_argument("--prompts", type=int, default=None, metavar="N", help="first N of the model's prompts (default: all)")
-    bu.add_argument("--no-context", action="store_true", help="skip compiling EP-context binaries (default: compile "
-                                                             "when onnxruntime-qnn is installed)")
-    dc = sub.add_parser("device-check", help="on the NPU runner: a native ARM64 Python, onnxruntime-qnn, the HTP backend")
+    bu.add_argument(
+        "--prompts", type=int, default=None, metavar="N", help="first N of the model's prompts (default: all)"
+    )
+    bu.add_argument(
+        "--no-context",
+        action="store_true",
+        help="skip compiling EP-context binaries (default: compile when onnxruntime-qnn is installed)",
+    )
+    dc = sub.add_parser(
+        "device-check", help="on the NPU runner: a native ARM64 Python, onnxruntime-qnn, the HTP backend"
+    )
     dc.add_argument("--allow-emulation", action="store_true", help="accept an emulated or simulated setup (rehearsals)")
-    dt = sub.add_parser("device-test", help="on the NPU runner: the device tests (placement, parity, latency against "
-                        "this runner's stored benchmark run; a first night records its run instead) on a bundle")
+    dt = sub.add_parser(
+        "device-test",
+        help="on the NPU runner: the device tests (placement, parity, latency against "
+        "this runner's stored benchmark run; a first night records its run instead) on a bundle",
+    )
     dt.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="the bundle made by `sdxl-qdq bundle`")
-    dt.add_argument("--qnn-soc", choices=sorted(QNN_SOCS), default=DEFAULT_QNN_SOC, metavar="ID",
-                    help="QNN soc_model of this runner's chip (default: %(default)s)")
+    dt.add_argument(
+        "--qnn-soc",
+        choices=sorted(QNN_SOCS),
+        default=DEFAULT_QNN_SOC,
+        metavar="ID",
+        help="QNN soc_model of this runner's chip (default: %(default)s)",
+    )
     dt.add_argument("--out", type=Path, required=True, metavar="DIR", help="results of the tests (junit, benchmarks)")
-    dt.add_argument("--benchmark-storage", type=Path, default=None, metavar="DIR",
-                    help="stored benchmark runs, one folder per machine (default: baselines/benchmarks)")
+    dt.add_argument(
+        "--benchmark-storage",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="stored benchmark runs, one folder per machine (default: baselines/benchmarks)",
+    )
     dt.add_argument("pytest_args", nargs="*", metavar="ARG", help="more pytest arguments, after --")
-    dr = sub.add_parser("device-run", help="on the NPU runner: verify a bundle, check placement and parity, draw its "
-                                           "prompts on the NPU, write the results the host judges")
+    dr = sub.add_parser(
+        "device-run",
+        help="on the NPU runner: verify a bundle, check placement and parity, draw its "
+        "prompts on the NPU, write the results the host judges",
+    )
     _qnn_soc(dr)
     dr.add_argument("--bundle", type=Path, required=True, metavar="DIR", help="the bundle made by `sdxl-qdq bundle`")
     dr.add_argument("--out", type=Path, required=True, metavar="DIR", help="results folder (replaced if it exists)")
-    dr.add_argument("--ep", choices=("qnn", "cpu"), default="qnn", help="EP of the quantized components (default: %(default)s)")
-    dr.add_argument("--prompts", type=int, default=None, metavar="N", help="first N of the bundle's prompts (default: all)")
+    dr.add_argument(
+        "--ep", choices=("qnn", "cpu"), default="qnn", help="EP of the quantized components (default: %(default)s)"
+    )
+    dr.add_argument(
+        "--prompts", type=int, default=None, metavar="N", help="first N of the bundle's prompts (default: all)"
+    )
     dr.add_argument("--no-context", action="store_true", help="load the QDQ models, not the EP-context binaries")
-    cp = sub.add_parser("compare", help="recipe A/B: both recipes on the same prompts, paired differences with bootstrap "
-                                         "intervals, a verdict per metric, a side-by-side report")
+    cp = sub.add_parser(
+        "compare",
+        help="recipe A/B: both recipes on the same prompts, paired differences with bootstrap "
+        "intervals, a verdict per metric, a side-by-side report",
+    )
     cp.add_argument("recipe_a", metavar="A.json")
     cp.add_argument("recipe_b", metavar="B.json")
     cp.add_argument("--model", default="canary", metavar="NAME", help="model source (default: %(default)s)")
     cp.add_argument("--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)")
     _qnn_soc(cp)
-    cp.add_argument("--cache-dir", default=None, metavar="DIR",
-                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
+    cp.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)",
+    )
     cp.add_argument("--quantizer", choices=("auto", "olive", "lean"), default="auto", help="(default: %(default)s)")
     cp.add_argument("--coco-dir", default=None, metavar="DIR", help="COCO images, the real model's FID reference")
-    cp.add_argument("--out", type=Path, default=Path("reports/compare"), metavar="DIR",
-                    help="report folder (index.html, comparison.json; default: %(default)s)")
-    pr = sub.add_parser("propose", help="a fix for the worst layers: the activations that lose the most to their own "
-                                         "quantization at 16 bits (TensorQuantOverrides), written as a recipe, gated "
-                                         "against the original with --evaluate")
+    cp.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/compare"),
+        metavar="DIR",
+        help="report folder (index.html, comparison.json; default: %(default)s)",
+    )
+    pr = sub.add_parser(
+        "propose",
+        help="a fix for the worst layers: the activations that lose the most to their own "
+        "quantization at 16 bits (TensorQuantOverrides), written as a recipe, gated "
+        "against the original with --evaluate",
+    )
     _build_options(pr)
     pr.set_defaults(model="canary")
     pr.add_argument("--top", type=int, default=20, metavar="K", help="activations to raise (default: %(default)s)")
-    pr.add_argument("--out", type=Path, default=Path("reports/proposed_recipe.json"), metavar="FILE",
-                    help="where the proposed recipe goes (default: %(default)s)")
-    pr.add_argument("--evaluate", action="store_true",
-                    help="build the proposal and compare it with the original recipe on the same prompts (report in "
-                         "reports/compare)")
-    ve = sub.add_parser("verify", help="hash every file of every cached artifact against its manifest; move bad ones "
-                                       "aside (the next build rebuilds them)")
-    ve.add_argument("--cache-dir", default=None, metavar="DIR",
-                    help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)")
-    ve.add_argument("--stage", action="append", default=None, metavar="NAME",
-                    help="only this stage (source, export, calibration, qdq, images); repeatable (default: all)")
-    co = sub.add_parser("coco-images", help="download the 100 COCO 2017 images of the prompts (the real model's FID "
-                                            "reference, for --coco-dir; needs network)")
+    pr.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/proposed_recipe.json"),
+        metavar="FILE",
+        help="where the proposed recipe goes (default: %(default)s)",
+    )
+    pr.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="build the proposal and compare it with the original recipe on the same prompts (report in "
+        "reports/compare)",
+    )
+    ve = sub.add_parser(
+        "verify",
+        help="hash every file of every cached artifact against its manifest; move bad ones "
+        "aside (the next build rebuilds them)",
+    )
+    ve.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)",
+    )
+    ve.add_argument(
+        "--stage",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="only this stage (source, export, calibration, qdq, images); repeatable (default: all)",
+    )
+    co = sub.add_parser(
+        "coco-images",
+        help="download the 100 COCO 2017 images of the prompts (the real model's FID "
+        "reference, for --coco-dir; needs network)",
+    )
     co.add_argument("out", type=Path, metavar="DIR", help="folder for the images (completed if it exists)")
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
-    ct = sub.add_parser("canary-train", help="train the canary and its scorer (about 14 min on 2 cores), write fp16 "
-                                             "safetensors")
-    ct.add_argument("--out", type=Path, default=None, metavar="DIR", help="output folder (default: sdxl_qdq/data/canary)")
+    ct = sub.add_parser(
+        "canary-train", help="train the canary and its scorer (about 14 min on 2 cores), write fp16 safetensors"
+    )
+    ct.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="output folder (default: sdxl_qdq/data/canary)"
+    )
     # child processes (not listed)
-    rh = sub.add_parser("rehearse", help="the nightly's three jobs offline on stand-ins of the real model and backbones "
-                        "(random weights laid out where the real loaders look), each step timed with its peak memory")
-    rh.add_argument("--size", choices=("tiny", "real"), default="tiny",
-                    help="stand-in width: tiny (minutes; the device steps on the HTP simulator) or real (about 1.5 h on "
-                         "2 cores, 14 GB, 60 GB of disk; the device job's code on the CPU EP) (default: %(default)s)")
+    rh = sub.add_parser(
+        "rehearse",
+        help="the nightly's three jobs offline on stand-ins of the real model and backbones "
+        "(random weights laid out where the real loaders look), each step timed with its peak memory",
+    )
+    rh.add_argument(
+        "--size",
+        choices=("tiny", "real"),
+        default="tiny",
+        help="stand-in width: tiny (minutes; the device steps on the HTP simulator) or real (about 1.5 h on "
+        "2 cores, 14 GB, 60 GB of disk; the device job's code on the CPU EP) (default: %(default)s)",
+    )
     rh.add_argument("--work", type=Path, required=True, metavar="DIR", help="stand-ins, bundle, results and the record")
-    rh.add_argument("--prompts", type=int, default=None, metavar="K",
-                    help="the first K prompts for the bundle and the device (default: all 100; real: 3)")
+    rh.add_argument(
+        "--prompts",
+        type=int,
+        default=None,
+        metavar="K",
+        help="the first K prompts for the bundle and the device (default: all 100; real: 3)",
+    )
     rh.add_argument("--no-context", action="store_true", help="skip compiling EP-context binaries")
-    rh.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                    help="artifact cache (default: DIR/cache under --work)")
+    rh.add_argument(
+        "--cache-dir", type=Path, default=None, metavar="DIR", help="artifact cache (default: DIR/cache under --work)"
+    )
     js = sub.add_parser("_judge-subset")
     js.add_argument("--results", type=Path, required=True)
     js.add_argument("--coco-dir", type=Path, default=None)
@@ -220,21 +364,29 @@ def _needs_qnn(args: argparse.Namespace) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- verbs
-def _build(args: argparse.Namespace):  # noqa: ANN202 - a sdxl_qdq.convert.stages.Build (imported lazily: heavy)
+def _build(args: argparse.Namespace):
 
     calibration = None
     if args.prompts_from_hub:
         calibration = load_prompts("train", stream_from_hub=True)
-    return build(args.model, recipe=args.recipe, cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
-                 calibration_prompts=calibration, allow_download=args.allow_download, quantizer=args.quantizer,
-                 progress=lambda m: print(m, flush=True))
+    return build(
+        args.model,
+        recipe=args.recipe,
+        cache=ArtifactCache(Path(args.cache_dir) if args.cache_dir else None),
+        calibration_prompts=calibration,
+        allow_download=args.allow_download,
+        quantizer=args.quantizer,
+        progress=lambda m: print(m, flush=True),
+    )
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = _build(args)
     for c, path in result.qdq.models.items():
-        print(f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}")
+        print(
+            f"{c:15s} float {model_size_mb(result.float.models[c]):8.2f} MB  qdq {model_size_mb(path):8.2f} MB  {path}"
+        )
     print(f"build took {time.perf_counter() - start:.1f}s")
     return 0
 
@@ -264,8 +416,11 @@ def _cmd_parity(args: argparse.Namespace) -> int:
         for c, outputs in baseline["outputs"].items():
             for name, entry in outputs.items():
                 if entry["bound_db"] > entry["measured_db"] - PARITY_MARGIN_DB + 1e-9:
-                    print(f"{c}.{name}: kept the previous bound {entry['bound_db']} dB (measured {entry['measured_db']} dB); "
-                          "lower it by hand in the file, with the reason")
+                    print(
+                        f"{c}.{name}: kept the previous bound {entry['bound_db']} dB "
+                        f"(measured {entry['measured_db']} dB); "
+                        "lower it by hand in the file, with the reason"
+                    )
         write_baseline(baseline, path)
         print(f"wrote {path}")
     return 0
@@ -281,9 +436,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         check_coco_dir(Path(args.coco_dir))
     cache = ArtifactCache(Path(args.cache_dir) if args.cache_dir else None)
     say = lambda m: print(m, flush=True)  # noqa: E731
-    a, b = (build(args.model, recipe=r, cache=cache, quantizer=args.quantizer, progress=say) for r in (args.recipe_a, args.recipe_b))
-    ev_a, ev_b, rows = compare_builds(a, b, cache=cache, ep=args.ep, qnn=QnnOptions(soc_model=args.qnn_soc),
-                                      coco_dir=args.coco_dir, progress=say)
+    a, b = (
+        build(args.model, recipe=r, cache=cache, quantizer=args.quantizer, progress=say)
+        for r in (args.recipe_a, args.recipe_b)
+    )
+    ev_a, ev_b, rows = compare_builds(
+        a, b, cache=cache, ep=args.ep, qnn=QnnOptions(soc_model=args.qnn_soc), coco_dir=args.coco_dir, progress=say
+    )
     names = (Path(args.recipe_a).stem, Path(args.recipe_b).stem)
     if names[0] == names[1]:
         names = ("A", "B")
@@ -314,7 +473,9 @@ def _cmd_propose(args: argparse.Namespace) -> int:
     print(f"proposed recipe: {args.out}")
     if args.evaluate:
         args.recipe = str(args.out)
-        ev_a, ev_b, rows = compare_builds(result, _build(args), cache=result_cache(args), progress=lambda m: print(m, flush=True))
+        ev_a, ev_b, rows = compare_builds(
+            result, _build(args), cache=result_cache(args), progress=lambda m: print(m, flush=True)
+        )
         for row in rows:
             print(row.line("original", "proposed"))
         print(f"report: {write_comparison(ev_a, ev_b, rows, Path('reports/compare'), names=('original', 'proposed'))}")
@@ -328,8 +489,10 @@ def result_cache(args: argparse.Namespace) -> ArtifactCache:
 def _cmd_coverage(args: argparse.Namespace) -> int:
     for c, path in _build(args).qdq.models.items():
         cov = qdq_coverage(path)
-        print(f"{c:15s} compute {cov.compute:5d}  covered {cov.covered:5d}  coverage {cov.ratio:7.2%}  "
-              f"float islands {[list(i.op_types) for i in cov.islands]}")
+        print(
+            f"{c:15s} compute {cov.compute:5d}  covered {cov.covered:5d}  coverage {cov.ratio:7.2%}  "
+            f"float islands {[list(i.op_types) for i in cov.islands]}"
+        )
     return 0
 
 
@@ -346,9 +509,15 @@ def _cmd_diverge(args: argparse.Namespace) -> int:
     findings, diverged = {}, False
     for c in COMPONENTS if args.component == "all" else (args.component,):
         print(f"== {c}", flush=True)
-        found = localize(result.qdq.models[c], distinct_samples(iter_calibration(result.calibration_dir, c), args.samples),
-                         qnn=QnnOptions(soc_model=args.qnn_soc), depth=args.depth, threshold_db=args.threshold,
-                         reduce=not args.no_reduce, progress=lambda m: print(f"  {m}", flush=True))
+        found = localize(
+            result.qdq.models[c],
+            distinct_samples(iter_calibration(result.calibration_dir, c), args.samples),
+            qnn=QnnOptions(soc_model=args.qnn_soc),
+            depth=args.depth,
+            threshold_db=args.threshold,
+            reduce=not args.no_reduce,
+            progress=lambda m: print(f"  {m}", flush=True),
+        )
         print("\n".join(found.lines()), flush=True)
         findings[c] = found.to_json()
         diverged |= found.worst is not None and found.worst.local_db < args.threshold
@@ -364,8 +533,14 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
     result = _build(args)
     prompts = load_prompts("all", path=result.source.prompts)
-    write_bundle(result, args.out, qnn=QnnOptions(soc_model=args.qnn_soc), prompts=prompts[: args.prompts or len(prompts)],
-                 context=False if args.no_context else None, progress=lambda m: print(m, flush=True))
+    write_bundle(
+        result,
+        args.out,
+        qnn=QnnOptions(soc_model=args.qnn_soc),
+        prompts=prompts[: args.prompts or len(prompts)],
+        context=False if args.no_context else None,
+        progress=lambda m: print(m, flush=True),
+    )
     return 0
 
 
@@ -380,9 +555,13 @@ def _cmd_device_check(args: argparse.Namespace) -> int:
 def _cmd_device_test(args: argparse.Namespace) -> int:
     from sdxl_qdq.device.night import device_test_command
 
-    command, notice = device_test_command(args.bundle, args.out, soc=args.qnn_soc,
-                                          storage=args.benchmark_storage or BASELINES_DIR / "benchmarks",
-                                          extra=tuple(args.pytest_args))
+    command, notice = device_test_command(
+        args.bundle,
+        args.out,
+        soc=args.qnn_soc,
+        storage=args.benchmark_storage or BASELINES_DIR / "benchmarks",
+        extra=tuple(args.pytest_args),
+    )
     if notice:
         print(notice, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -393,10 +572,18 @@ def _cmd_rehearse(args: argparse.Namespace) -> int:
     from sdxl_qdq.rehearsal import rehearse
 
     prompts = args.prompts if args.prompts is not None else (3 if args.size == "real" else None)
-    record = rehearse(args.work, args.size, prompts=prompts, context=not args.no_context, cache_dir=args.cache_dir,
-                      progress=lambda m: print(m, flush=True))
+    record = rehearse(
+        args.work,
+        args.size,
+        prompts=prompts,
+        context=not args.no_context,
+        cache_dir=args.cache_dir,
+        progress=lambda m: print(m, flush=True),
+    )
     for step in record["steps"]:
-        print(f"{step['job']:7s} {step['name']:36s} {step['seconds']:8.1f} s  peak {step.get('peak_rss_gb') or 0:5.1f} GB")
+        print(
+            f"{step['job']:7s} {step['name']:36s} {step['seconds']:8.1f} s  peak {step.get('peak_rss_gb') or 0:5.1f} GB"
+        )
     print(f"judge: {record.get('judge', {}).get('verdict')}; record: {args.work / 'rehearsal.json'}")
     return 0
 
@@ -405,8 +592,9 @@ def _cmd_judge_subset(args: argparse.Namespace) -> int:
     from sdxl_qdq.flows import judge_subset
 
     result = build(args.model, cache=ArtifactCache(), progress=lambda m: print(m, flush=True))
-    record = judge_subset(result, args.results, cache=ArtifactCache(), coco_dir=args.coco_dir,
-                          progress=lambda m: print(m, flush=True))
+    record = judge_subset(
+        result, args.results, cache=ArtifactCache(), coco_dir=args.coco_dir, progress=lambda m: print(m, flush=True)
+    )
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     tmp.write_text(json.dumps(record, indent=1))
     tmp.replace(args.out)
@@ -418,8 +606,15 @@ def _cmd_device_run(args: argparse.Namespace) -> int:
     from sdxl_qdq.device.night import run_night
 
     bundle = Bundle.load(args.bundle, soc=args.qnn_soc)
-    out = run_night(bundle, args.out, qnn=QnnOptions(soc_model=args.qnn_soc), ep=args.ep, context=not args.no_context,
-                    prompt_count=args.prompts, progress=lambda m: print(m, flush=True))
+    out = run_night(
+        bundle,
+        args.out,
+        qnn=QnnOptions(soc_model=args.qnn_soc),
+        ep=args.ep,
+        context=not args.no_context,
+        prompt_count=args.prompts,
+        progress=lambda m: print(m, flush=True),
+    )
     print(f"device results written to {out}")
     return 0
 
@@ -433,8 +628,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for folder, problem in bad:
         cache.quarantine(folder, problem)
     seconds = time.perf_counter() - start
-    print(f"{len(found)} artifacts, {size / 1e9:.2f} GB hashed in {seconds:.1f}s ({size / 1e9 / max(seconds, 1e-9):.2f} GB/s); "
-          f"{len(bad)} bad")
+    print(
+        f"{len(found)} artifacts, {size / 1e9:.2f} GB hashed in {seconds:.1f}s "
+        f"({size / 1e9 / max(seconds, 1e-9):.2f} GB/s); "
+        f"{len(bad)} bad"
+    )
     return 1 if bad else 0
 
 
@@ -469,11 +667,22 @@ def _cmd_lean_child(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         # third-party output goes to the log of the parent's artifact folder; run by hand, to a temp file that goes
         # (the child's own errors still reach stderr: they are printed after the log is closed)
-        folder = out if out.is_dir() else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdxl-qdq-lean-")))
+        folder = (
+            out if out.is_dir() else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdxl-qdq-lean-")))
+        )
         stack.enter_context(stage_log(folder / "build.log"))
-        quantize_child(Path(args.recipe), args.component, Path(args.model), Path(args.calibration_dir), out,
-                       args.segment_bytes or DEFAULT_SEGMENT_BYTES, prepare=args.prepare, prepared=args.prepared,
-                       ranges=args.ranges, optimized=args.optimized_calibration)
+        quantize_child(
+            Path(args.recipe),
+            args.component,
+            Path(args.model),
+            Path(args.calibration_dir),
+            out,
+            args.segment_bytes or DEFAULT_SEGMENT_BYTES,
+            prepare=args.prepare,
+            prepared=args.prepared,
+            ranges=args.ranges,
+            optimized=args.optimized_calibration,
+        )
     return 0
 
 
@@ -489,11 +698,26 @@ def _cmd_olive_pass_options(args: argparse.Namespace) -> int:
 
 
 VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "build": _cmd_build, "sqnr": _cmd_sqnr, "parity": _cmd_parity, "coverage": _cmd_coverage, "layers": _cmd_layers,
-    "diverge": _cmd_diverge, "compare": _cmd_compare, "propose": _cmd_propose, "bundle": _cmd_bundle, "study-baseline": _cmd_study_baseline, "canary-train": _cmd_canary_train,
-    "device-check": _cmd_device_check, "device-test": _cmd_device_test, "device-run": _cmd_device_run,
-    "rehearse": _cmd_rehearse, "_judge-subset": _cmd_judge_subset, "coco-images": _cmd_coco_images,
+    "build": _cmd_build,
+    "sqnr": _cmd_sqnr,
+    "parity": _cmd_parity,
+    "coverage": _cmd_coverage,
+    "layers": _cmd_layers,
+    "diverge": _cmd_diverge,
+    "compare": _cmd_compare,
+    "propose": _cmd_propose,
+    "bundle": _cmd_bundle,
+    "study-baseline": _cmd_study_baseline,
+    "canary-train": _cmd_canary_train,
+    "device-check": _cmd_device_check,
+    "device-test": _cmd_device_test,
+    "device-run": _cmd_device_run,
+    "rehearse": _cmd_rehearse,
+    "_judge-subset": _cmd_judge_subset,
+    "coco-images": _cmd_coco_images,
     "verify": _cmd_verify,
-    "_export": _cmd_export_child, "_lean": _cmd_lean_child, "_qnn-cut": _cmd_qnn_cut_child,
+    "_export": _cmd_export_child,
+    "_lean": _cmd_lean_child,
+    "_qnn-cut": _cmd_qnn_cut_child,
     "_olive-pass-options": _cmd_olive_pass_options,
 }

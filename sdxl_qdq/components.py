@@ -39,7 +39,9 @@ def component_io(component: str, dims: dict[str, int]) -> ComponentIO:
     latent, image = dims["latent"], dims["latent"] * dims["vae_scale_factor"]
     ids = TensorSpec("input_ids", (1, TOKEN_LENGTH), "int64")
     if component == "text_encoder":
-        return ComponentIO((ids,), (TensorSpec("penultimate_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"]), "float32"),))
+        return ComponentIO(
+            (ids,), (TensorSpec("penultimate_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"]), "float32"),)
+        )
     if component == "text_encoder_2":
         return ComponentIO(
             (ids,),
@@ -53,7 +55,9 @@ def component_io(component: str, dims: dict[str, int]) -> ComponentIO:
             (
                 TensorSpec("sample", (1, 4, latent, latent), "float32"),
                 TensorSpec("timestep", (1,), "float32"),
-                TensorSpec("encoder_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"] + dims["te2_hidden"]), "float32"),
+                TensorSpec(
+                    "encoder_hidden_states", (1, TOKEN_LENGTH, dims["te1_hidden"] + dims["te2_hidden"]), "float32"
+                ),
                 TensorSpec("text_embeds", (1, dims["te2_projection"]), "float32"),
                 TensorSpec("time_ids", (1, 6), "float32"),
             ),
@@ -69,4 +73,3 @@ def component_io(component: str, dims: dict[str, int]) -> ComponentIO:
 
 def read_io(component_dir: Path) -> ComponentIO:
     return ComponentIO.from_json(json.loads((component_dir / "io.json").read_text()))
-

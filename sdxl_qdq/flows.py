@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sdxl_qdq.convert.stages import Build, recalibrated
 from sdxl_qdq.cache import ArtifactCache
+from sdxl_qdq.convert.stages import Build, recalibrated
 from sdxl_qdq.device.night import DeviceResults
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.judge.backbones import resolve_backbones
@@ -37,15 +37,36 @@ from sdxl_qdq.run.generate import Variant, generate, generate_together
 from sdxl_qdq.runtime import QnnOptions, ep_description
 
 
-def draw(build: Build, variant: Variant, prompts: list[Prompt], *, cache: ArtifactCache, qnn: QnnOptions | None = None,
-         progress: Progress | None = None) -> Path:
+def draw(
+    build: Build,
+    variant: Variant,
+    prompts: list[Prompt],
+    *,
+    cache: ArtifactCache,
+    qnn: QnnOptions | None = None,
+    progress: Progress | None = None,
+) -> Path:
     """The folder of ``variant``'s images of ``build`` (drawn once, then cached)."""
-    return generate(build.components(variant.model), variant, prompts, key=build.image_key(variant.model), cache=cache,
-                    qnn=qnn, progress=progress)
+    return generate(
+        build.components(variant.model),
+        variant,
+        prompts,
+        key=build.image_key(variant.model),
+        cache=cache,
+        qnn=qnn,
+        progress=progress,
+    )
 
 
-def draw_together(build: Build, variants: list[Variant], prompts: list[Prompt], *, cache: ArtifactCache,
-                  qnn: QnnOptions | None = None, progress: Progress | None = None) -> dict[str, Path]:
+def draw_together(
+    build: Build,
+    variants: list[Variant],
+    prompts: list[Prompt],
+    *,
+    cache: ArtifactCache,
+    qnn: QnnOptions | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Path]:
     """Image folders of ``variants`` by label (without the EP), each group of the same components, seed base and EP
     drawn in one pass (every distinct model call once per prompt; ``sdxl_qdq.run.generate.generate_together``)."""
     groups: dict[tuple, list[Variant]] = {}
@@ -53,8 +74,17 @@ def draw_together(build: Build, variants: list[Variant], prompts: list[Prompt], 
         groups.setdefault((v.model, v.seed_base, v.ep), []).append(v)
     folders: dict[Variant, Path] = {}
     for (model, _, _), group in groups.items():
-        folders.update(generate_together(build.components(model), group, prompts, key=build.image_key(model),
-                                         cache=cache, qnn=qnn, progress=progress))
+        folders.update(
+            generate_together(
+                build.components(model),
+                group,
+                prompts,
+                key=build.image_key(model),
+                cache=cache,
+                qnn=qnn,
+                progress=progress,
+            )
+        )
     return {v.label.split("[")[0]: folders[v] for v in variants}
 
 
@@ -65,8 +95,9 @@ def reference_id(build: Build, coco_dir: str | Path | None) -> str:
     return "world-render" if build.source.reference is not None else f"float1-seed{REFERENCE_SEED}"
 
 
-def reference_set(build: Build, prompts: list[Prompt], *, cache: ArtifactCache, coco_dir: str | Path | None,
-                  progress: Progress) -> tuple[list, str]:
+def reference_set(
+    build: Build, prompts: list[Prompt], *, cache: ArtifactCache, coco_dir: str | Path | None, progress: Progress
+) -> tuple[list, str]:
     """The FID reference images and their description: the COCO images (``coco_dir``), the model's own
     rendering of each caption (offline models that have one), else float@1 drawn from other noise."""
     if coco_dir:
@@ -77,17 +108,23 @@ def reference_set(build: Build, prompts: list[Prompt], *, cache: ArtifactCache, 
     return load_images(folder, prompts), f"float@1 images of the same prompts drawn with seed base {REFERENCE_SEED}"
 
 
-def device_results(path: str | Path, build: Build, *, ep: str, qnn: QnnOptions | None, prompts: list[Prompt]) -> DeviceResults:
+def device_results(
+    path: str | Path, build: Build, *, ep: str, qnn: QnnOptions | None, prompts: list[Prompt]
+) -> DeviceResults:
     """The device's results for ``build``, verified (manifest digests) and matched to this build, chip and prompts."""
     results = DeviceResults.load(path)
     if results.manifest["ep"] != ep:
-        raise ConfigError(f"device results {path} were drawn on the {results.manifest['ep']} EP; judge them with "
-                          f"--ep {results.manifest['ep']} (against the baseline made on that EP), not --ep {ep}")
+        raise ConfigError(
+            f"device results {path} were drawn on the {results.manifest['ep']} EP; judge them with "
+            f"--ep {results.manifest['ep']} (against the baseline made on that EP), not --ep {ep}"
+        )
     results.check_matches(build.keys, model=build.source.name, soc=(qnn or QnnOptions()).soc_model)
     missing = [p.id for p in prompts if p.id not in results.manifest["prompts"]]
     if missing:
-        raise ConfigError(f"device results {path} hold {len(results.manifest['prompts'])} prompts; the gate needs all "
-                          f"{len(prompts)} (missing {missing[:3]}…): run `sdxl-qdq device-run` without --prompts")
+        raise ConfigError(
+            f"device results {path} hold {len(results.manifest['prompts'])} prompts; the gate needs all "
+            f"{len(prompts)} (missing {missing[:3]}…): run `sdxl-qdq device-run` without --prompts"
+        )
     return results
 
 
@@ -118,15 +155,20 @@ def prepare_gate(
         progress(line)
     prompts = load_prompts("all", path=build.source.prompts)
     if update and from_device is not None:
-        raise ConfigError("--update-baselines derives tolerances from images this host draws (the re-calibrated model "
-                          "too); it cannot take them --from-device: make the baseline here with --ep qnn")
+        raise ConfigError(
+            "--update-baselines derives tolerances from images this host draws (the re-calibrated model "
+            "too); it cannot take them --from-device: make the baseline here with --ep qnn"
+        )
     if update and baseline_ep not in (None, ep):
-        raise ConfigError(f"--update-baselines writes the baseline of the EP that drew the images ({ep}); drop "
-                          f"--baseline-ep {baseline_ep}")
+        raise ConfigError(
+            f"--update-baselines writes the baseline of the EP that drew the images ({ep}); drop "
+            f"--baseline-ep {baseline_ep}"
+        )
     ref_id = reference_id(build, coco_dir)
     if not update:  # fail before drawing anything
-        baseline = load_baseline(build.source.name, backbones, baselines_root, ep=baseline_ep or ep, reference=ref_id,
-                                 prompts=prompts)
+        baseline = load_baseline(
+            build.source.name, backbones, baselines_root, ep=baseline_ep or ep, reference=ref_id, prompts=prompts
+        )
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2)]
     detail = ep_description(ep, qnn)
@@ -139,18 +181,43 @@ def prepare_gate(
         detail = results.describe()
     if baseline_ep not in (None, ep):
         detail += f"; gated by the {baseline_ep}-EP baseline by explicit request (--baseline-ep {baseline_ep})"
-    ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts, backbones=backbones,
-                  image_dirs=dirs, reference_images=reference, reference_name=described, reference_id=ref_id, ep=ep,
-                  ep_detail=detail,
-                  progress=progress)
+    ev = evaluate(
+        model=baseline_model_name(build.source.name),
+        recipe=build.recipe_name,
+        prompts=prompts,
+        backbones=backbones,
+        image_dirs=dirs,
+        reference_images=reference,
+        reference_name=described,
+        reference_id=ref_id,
+        ep=ep,
+        ep_detail=detail,
+        progress=progress,
+    )
     if update:
         recal = recalibrated(build, cache=cache)
-        noise = draw_together(build, [*(Variant("float", 1, s) for s in NOISE_SEEDS), Variant("float", 2, NOISE_SEEDS[0])],
-                              prompts, cache=cache, progress=progress)
+        noise = draw_together(
+            build,
+            [*(Variant("float", 1, s) for s in NOISE_SEEDS), Variant("float", 2, NOISE_SEEDS[0])],
+            prompts,
+            cache=cache,
+            progress=progress,
+        )
         ev.noise = seed_noise(
             ev,
-            recalibrated={k: folder for k, folder in zip(STEPS, draw_together(
-                recal, [Variant("qdq", k, ep=ep) for k in STEPS], prompts, cache=cache, qnn=qnn, progress=progress).values())},
+            recalibrated=dict(
+                zip(
+                    STEPS,
+                    draw_together(
+                        recal,
+                        [Variant("qdq", k, ep=ep) for k in STEPS],
+                        prompts,
+                        cache=cache,
+                        qnn=qnn,
+                        progress=progress,
+                    ).values(),
+                )
+            ),
             float1_seeds={s: noise[f"float@1~s{s}"] for s in NOISE_SEEDS},
             float2_other_seed=noise[f"float@2~s{NOISE_SEEDS[0]}"],
             reference_images=reference,
@@ -160,9 +227,17 @@ def prepare_gate(
     return Gate(ev, baseline)
 
 
-def evaluate_build(build: Build, *, cache: ArtifactCache, ep: str = "cpu", qnn: QnnOptions | None = None,
-                   clip_backbone: str = "auto", fid_backbone: str = "auto", coco_dir: str | Path | None = None,
-                   progress: Progress = lambda _: None) -> tuple[Evaluation, list]:
+def evaluate_build(
+    build: Build,
+    *,
+    cache: ArtifactCache,
+    ep: str = "cpu",
+    qnn: QnnOptions | None = None,
+    clip_backbone: str = "auto",
+    fid_backbone: str = "auto",
+    coco_dir: str | Path | None = None,
+    progress: Progress = lambda _: None,
+) -> tuple[Evaluation, list]:
     """``build``'s four variants drawn on its 100 prompts (quantized ones on ``ep``) and judged, with no baseline;
     and the FID reference images."""
     backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
@@ -170,27 +245,61 @@ def evaluate_build(build: Build, *, cache: ArtifactCache, ep: str = "cpu", qnn: 
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2), Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
     dirs = draw_together(build, variants, prompts, cache=cache, qnn=qnn, progress=progress)
-    ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts, backbones=backbones,
-                  image_dirs=dirs, reference_images=reference, reference_name=described,
-                  reference_id=reference_id(build, coco_dir), ep=ep, ep_detail=ep_description(ep, qnn), progress=progress)
+    ev = evaluate(
+        model=baseline_model_name(build.source.name),
+        recipe=build.recipe_name,
+        prompts=prompts,
+        backbones=backbones,
+        image_dirs=dirs,
+        reference_images=reference,
+        reference_name=described,
+        reference_id=reference_id(build, coco_dir),
+        ep=ep,
+        ep_detail=ep_description(ep, qnn),
+        progress=progress,
+    )
     return ev, reference
 
 
-def compare_builds(a: Build, b: Build, *, cache: ArtifactCache, ep: str = "cpu", qnn: QnnOptions | None = None,
-                   clip_backbone: str = "auto", fid_backbone: str = "auto", coco_dir: str | Path | None = None,
-                   progress: Progress = lambda _: None) -> tuple[Evaluation, Evaluation, list[Difference]]:
+def compare_builds(
+    a: Build,
+    b: Build,
+    *,
+    cache: ArtifactCache,
+    ep: str = "cpu",
+    qnn: QnnOptions | None = None,
+    clip_backbone: str = "auto",
+    fid_backbone: str = "auto",
+    coco_dir: str | Path | None = None,
+    progress: Progress = lambda _: None,
+) -> tuple[Evaluation, Evaluation, list[Difference]]:
     """Two builds of one model (two recipes) on the same prompts, noise and backbones: B against A per metric."""
     if a.source.name != b.source.name:
         raise ConfigError(f"compare needs two recipes of one model, got {a.source.name!r} and {b.source.name!r}")
-    options = dict(cache=cache, ep=ep, qnn=qnn, clip_backbone=clip_backbone, fid_backbone=fid_backbone, coco_dir=coco_dir,
-                   progress=progress)
+    options = dict(
+        cache=cache,
+        ep=ep,
+        qnn=qnn,
+        clip_backbone=clip_backbone,
+        fid_backbone=fid_backbone,
+        coco_dir=coco_dir,
+        progress=progress,
+    )
     ev_a, reference = evaluate_build(a, **options)
     ev_b, _ = evaluate_build(b, **options)
     return ev_a, ev_b, compare(ev_a, ev_b, reference)
 
 
-def judge_subset(build: Build, from_device: str | Path, *, cache: ArtifactCache, coco_dir: str | Path | None = None,
-                 clip_backbone: str = "auto", fid_backbone: str = "auto", progress: Progress = lambda _: None) -> dict:
+def judge_subset(
+    build: Build,
+    from_device: str | Path,
+    *,
+    cache: ArtifactCache,
+    coco_dir: str | Path | None = None,
+    clip_backbone: str = "auto",
+    fid_backbone: str = "auto",
+    progress: Progress = lambda _: None,
+) -> dict:
     """The judge's own work on the prompts a device drew (fewer than a baseline's 100: no verdict): the host's float
     images of those prompts, then MSE, CLIP and FID of the device's images; each part timed (seconds)."""
     import time
@@ -206,20 +315,48 @@ def judge_subset(build: Build, from_device: str | Path, *, cache: ArtifactCache,
     seconds = {}
     t = time.perf_counter()
     timing: dict = {}
-    dirs = {f"float@{k}": folder for k, folder in zip(STEPS, generate_together(
-        build.float, [Variant("float", k) for k in STEPS], prompts, key=build.image_key("float"), cache=cache,
-        progress=progress, timing=timing).values())}
+    dirs = {
+        f"float@{k}": folder
+        for k, folder in zip(
+            STEPS,
+            generate_together(
+                build.float,
+                [Variant("float", k) for k in STEPS],
+                prompts,
+                key=build.image_key("float"),
+                cache=cache,
+                progress=progress,
+                timing=timing,
+            ).values(),
+        )
+    }
     seconds["float_images"] = time.perf_counter() - t
     dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
     t = time.perf_counter()
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
-    ev = evaluate(model=baseline_model_name(build.source.name), recipe=build.recipe_name, prompts=prompts,
-                  backbones=backbones, image_dirs=dirs, reference_images=reference, reference_name=described,
-                  reference_id=reference_id(build, coco_dir), ep=ep, ep_detail=results.describe(), progress=progress)
+    ev = evaluate(
+        model=baseline_model_name(build.source.name),
+        recipe=build.recipe_name,
+        prompts=prompts,
+        backbones=backbones,
+        image_dirs=dirs,
+        reference_images=reference,
+        reference_name=described,
+        reference_id=reference_id(build, coco_dir),
+        ep=ep,
+        ep_detail=results.describe(),
+        progress=progress,
+    )
     seconds["metrics"] = time.perf_counter() - t
-    return {"prompts": len(prompts), "verdict": f"not gated: {len(prompts)} prompts (a baseline holds 100)",
-            "backbones": backbones.record(), "why": list(backbones.why), "ep": ep,
-            "mse": {k: [float(x) for x in v] for k, v in ev.mse.items()},
-            "clip_mean": {k: float(sum(v) / len(v)) for k, v in ev.clip.items()},
-            "fid": {k: float(v) for k, v in ev.fid.items()},
-            "seconds": {k: round(v, 1) for k, v in seconds.items()}, "float_timing": timing}
+    return {
+        "prompts": len(prompts),
+        "verdict": f"not gated: {len(prompts)} prompts (a baseline holds 100)",
+        "backbones": backbones.record(),
+        "why": list(backbones.why),
+        "ep": ep,
+        "mse": {k: [float(x) for x in v] for k, v in ev.mse.items()},
+        "clip_mean": {k: float(sum(v) / len(v)) for k, v in ev.clip.items()},
+        "fid": {k: float(v) for k, v in ev.fid.items()},
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+        "float_timing": timing,
+    }

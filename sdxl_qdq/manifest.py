@@ -31,8 +31,11 @@ def sha256(path: Path) -> str:
 
 def file_entries(folder: Path) -> dict[str, dict[str, Any]]:
     """Size and sha256 of every file below ``folder`` (POSIX relative paths, sorted), the manifest excepted."""
-    return {p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST}
+    return {
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.relative_to(folder).as_posix() != MANIFEST
+    }
 
 
 def write_manifest(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -52,30 +55,46 @@ def read_manifest(folder: Path, *, digests: bool = True, what: str = "folder", e
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise IntegrityError(f"{what} {folder} has no {MANIFEST} (incomplete, or made by an older version); make it again")
+        raise IntegrityError(
+            f"{what} {folder} has no {MANIFEST} (incomplete, or made by an older version); make it again"
+        )
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise IntegrityError(f"{what} manifest {path} is not valid JSON ({e}); make the {what} again") from e
     if manifest.get("format") != FORMAT:
-        raise IntegrityError(f"{what} manifest {path} has format {manifest.get('format')!r}, this code reads {FORMAT}; "
-                             f"make the {what} with this version")
+        raise IntegrityError(
+            f"{what} manifest {path} has format {manifest.get('format')!r}, this code reads {FORMAT}; "
+            f"make the {what} with this version"
+        )
     for rel, entry in manifest["files"].items():
         file = folder / rel
         if not file.is_file():
             raise IntegrityError(f"{what} {folder}: {rel} is missing; copy the whole {what} again")
         if file.stat().st_size != entry["size"]:
-            raise IntegrityError(f"{what} {folder}: {rel} is {file.stat().st_size} bytes, the manifest says {entry['size']}; "
-                                 f"it was truncated or changed: copy the whole {what} again")
+            raise IntegrityError(
+                f"{what} {folder}: {rel} is {file.stat().st_size} bytes, the manifest says {entry['size']}; "
+                f"it was truncated or changed: copy the whole {what} again"
+            )
         if digests and sha256(file) != entry["sha256"]:
-            raise IntegrityError(f"{what} {folder}: {rel} does not match its sha256 in the manifest; it was changed: "
-                                 f"copy the whole {what} again")
-    added = [] if not extra else sorted(
-        p.relative_to(folder).as_posix() for p in folder.rglob("*")
-        if p.is_file() and p.relative_to(folder).as_posix() not in manifest["files"] and p.name != MANIFEST)
+            raise IntegrityError(
+                f"{what} {folder}: {rel} does not match its sha256 in the manifest; it was changed: "
+                f"copy the whole {what} again"
+            )
+    added = (
+        []
+        if not extra
+        else sorted(
+            p.relative_to(folder).as_posix()
+            for p in folder.rglob("*")
+            if p.is_file() and p.relative_to(folder).as_posix() not in manifest["files"] and p.name != MANIFEST
+        )
+    )
     if added:
-        raise IntegrityError(f"{what} {folder} holds files its manifest does not list ({added[:3]}); it was changed: "
-                             f"copy the whole {what} again")
+        raise IntegrityError(
+            f"{what} {folder} holds files its manifest does not list ({added[:3]}); it was changed: "
+            f"copy the whole {what} again"
+        )
     return manifest
 
 

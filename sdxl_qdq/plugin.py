@@ -36,58 +36,112 @@ PREFIX = "--qdq-"  # every option of the plugin; its dest is the flag's name wit
 
 
 OPTIONS: dict[str, dict] = {  # name: argparse keywords; the flag is PREFIX + name, the dest qdq_<name>
-    "model": dict(default=None, metavar="NAME",
+    "model": dict(
+        default=None,
+        metavar="NAME",
         help="model source: tiny, canary, stabilityai/sdxl-turbo or a local diffusers folder (default: "
-             "canary for the quality gate, tiny for every other test)"),
-    "recipe": dict(default=None, metavar="FILE",
-        help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)"),
-    "quantizer": dict(default="auto", choices=("auto", "olive", "lean"),
+        "canary for the quality gate, tiny for every other test)",
+    ),
+    "recipe": dict(
+        default=None, metavar="FILE", help="recipe JSON of Olive workflows (default: recipes/qnn_w8a16.json)"
+    ),
+    "quantizer": dict(
+        default="auto",
+        choices=("auto", "olive", "lean"),
         help="how the recipe runs: olive (its workflows), lean (memory-bounded, one component per process), "
-             "auto (lean only where olive may not fit a 16 GiB host, decided by the model; default)"),
-    "ep": dict(default="cpu", choices=EPS, metavar="EP",
-        help="EP that runs the quantized variants: cpu or qnn (default: cpu)"),
-    "qnn-soc": dict(default=DEFAULT_QNN_SOC, choices=sorted(QNN_SOCS), metavar="ID",
-        help=f"QNN soc_model of the (simulated) chip (default: {DEFAULT_QNN_SOC}, {QNN_SOCS[DEFAULT_QNN_SOC]})"),
-    "cache-dir": dict(default=None, metavar="DIR",
-        help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)"),
-    "verify-cache": dict(action="store_true", default=False,
+        "auto (lean only where olive may not fit a 16 GiB host, decided by the model; default)",
+    ),
+    "ep": dict(
+        default="cpu", choices=EPS, metavar="EP", help="EP that runs the quantized variants: cpu or qnn (default: cpu)"
+    ),
+    "qnn-soc": dict(
+        default=DEFAULT_QNN_SOC,
+        choices=sorted(QNN_SOCS),
+        metavar="ID",
+        help=f"QNN soc_model of the (simulated) chip (default: {DEFAULT_QNN_SOC}, {QNN_SOCS[DEFAULT_QNN_SOC]})",
+    ),
+    "cache-dir": dict(
+        default=None, metavar="DIR", help="artifact cache (default: $SDXL_QDQ_CACHE_DIR or ~/.cache/sdxl-qdq-gate)"
+    ),
+    "verify-cache": dict(
+        action="store_true",
+        default=False,
         help="hash every file of every cached artifact used (default: the files changed since their last "
-             "verification; sizes always)"),
-    "allow-download": dict(action="store_true", default=False,
+        "verification; sizes always)",
+    ),
+    "allow-download": dict(
+        action="store_true",
+        default=False,
         help="allow Hugging Face downloads of a model or backbone that is not cached (default: off; the gate's "
-             "fixtures set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 while they work, then restore them)"),
-    "clip-backbone": dict(default="auto", choices=CLIP_CHOICES, metavar="NAME",
-        help="CLIP backbone: auto (real ViT-B/16 when cached, else proxy), or a name (default: auto)"),
-    "fid-backbone": dict(default="auto", choices=FID_CHOICES, metavar="NAME",
-        help="FID backbone: auto (real Inception-v3 when installed and cached, else proxy) (default: auto)"),
-    "coco-dir": dict(default=None, metavar="DIR",
+        "fixtures set HF_HUB_OFFLINE=1 and HF_DATASETS_OFFLINE=1 while they work, then restore them)",
+    ),
+    "clip-backbone": dict(
+        default="auto",
+        choices=CLIP_CHOICES,
+        metavar="NAME",
+        help="CLIP backbone: auto (real ViT-B/16 when cached, else proxy), or a name (default: auto)",
+    ),
+    "fid-backbone": dict(
+        default="auto",
+        choices=FID_CHOICES,
+        metavar="NAME",
+        help="FID backbone: auto (real Inception-v3 when installed and cached, else proxy) (default: auto)",
+    ),
+    "coco-dir": dict(
+        default=None,
+        metavar="DIR",
         help="folder of the COCO 2017 train images of the prompts, the FID reference of a real model "
-             "(default: none; offline models use their own documented reference set)"),
-    "update-baselines": dict(action="store_true", default=False,
-        help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)"),
-    "strict-gate": dict(action="store_true", default=False,
+        "(default: none; offline models use their own documented reference set)",
+    ),
+    "update-baselines": dict(
+        action="store_true",
+        default=False,
+        help="write baselines/<model>/<backbones>.json from this run, with derived tolerances (default: off)",
+    ),
+    "strict-gate": dict(
+        action="store_true",
+        default=False,
         help="fail checks that changed (outside their noise window) even when inside their harm floor "
-             "(default: a change is a warning and a line of the report; only harm fails)"),
-    "report": dict(default=None, metavar="DIR",
-        help="write the quality report (index.html + images) to DIR at the end of the run (default: none)"),
-    "from-device": dict(default=None, metavar="DIR",
+        "(default: a change is a warning and a line of the report; only harm fails)",
+    ),
+    "report": dict(
+        default=None,
+        metavar="DIR",
+        help="write the quality report (index.html + images) to DIR at the end of the run (default: none)",
+    ),
+    "from-device": dict(
+        default=None,
+        metavar="DIR",
         help="judge the qdq@1/qdq@2 images of a device results folder (`sdxl-qdq device-run`) instead of "
-             "drawing them here (default: draw here)"),
-    "baseline-ep": dict(default=None, choices=EPS, metavar="EP",
+        "drawing them here (default: draw here)",
+    ),
+    "baseline-ep": dict(
+        default=None,
+        choices=EPS,
+        metavar="EP",
         help="gate by the baseline made on this EP instead of --qdq-ep's own (an explicit cross-EP rule, stated "
-             "in the report; default: --qdq-ep's own baseline)"),
-    "bundle": dict(default=None, metavar="DIR",
+        "in the report; default: --qdq-ep's own baseline)",
+    ),
+    "bundle": dict(
+        default=None,
+        metavar="DIR",
         help="device tests (-m device): the bundle to run, made by `sdxl-qdq bundle` (default: none; the "
-             "device tests skip without one)"),
-    "device-out": dict(default=None, metavar="DIR",
-        help="device tests: where measured figures go (default: a temporary folder)"),
+        "device tests skip without one)",
+    ),
+    "device-out": dict(
+        default=None, metavar="DIR", help="device tests: where measured figures go (default: a temporary folder)"
+    ),
 }
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addini("qdq_suite", type="bool", default=False,
-                  help="this project's own suite: its markers, the slow/device skips, the failure localization and the "
-                       "benchmark machine info apply (set in its pyproject.toml; off in every other project)")
+    parser.addini(
+        "qdq_suite",
+        type="bool",
+        default=False,
+        help="this project's own suite: its markers, the slow/device skips, the failure localization and the "
+        "benchmark machine info apply (set in its pyproject.toml; off in every other project)",
+    )
     group = parser.getgroup("sdxl-qdq", f"SDXL-turbo QDQ quality gate (every option starts with {PREFIX})")
     for name, keywords in OPTIONS.items():
         group.addoption(PREFIX + name, dest="qdq_" + name.replace("-", "_"), **keywords)
@@ -132,26 +186,30 @@ def _offline(config: pytest.Config) -> Iterator[None]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Real-size runs take 9 to 13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not start one by surprise.
+    # Real-size runs take 9 to 13 min, 14 GB and 40 GB of disk; `pytest` or `pytest --benchmark-only` must not
+    # start one by surprise.
     if not _suite(config):
         return
     markexpr = config.getoption("markexpr") or ""
     if not config.getoption("qdq_bundle"):
-        no_bundle = pytest.mark.skip(reason="a device test runs from a bundle: pass --bundle DIR (make one with "
-                                            "`sdxl-qdq bundle --model M DIR`)")
+        no_bundle = pytest.mark.skip(
+            reason="a device test runs from a bundle: pass --bundle DIR (make one with `sdxl-qdq bundle --model M DIR`)"
+        )
         for item in items:
             if "device" in item.keywords:
                 item.add_marker(no_bundle)
     if "slow" in markexpr and "not slow" not in markexpr:
         return
-    skip = pytest.mark.skip(reason="slow (the real-size run: 9 to 13 min on 2 cores, 14 GB of memory, 40 GB of disk; "
-                                   "more canary recipe variants; a second cold build): select it with -m slow")
+    skip = pytest.mark.skip(
+        reason="slow (the real-size run: 9 to 13 min on 2 cores, 14 GB of memory, 40 GB of disk; "
+        "more canary recipe variants; a second cold build): select it with -m slow"
+    )
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
 
 
-def say(config: pytest.Config):  # noqa: ANN201 - a Progress
+def say(config: pytest.Config):
     """A progress writer that reaches the terminal through pytest's own writer, output capture or not (a line,
     not a page: third-party output of a stage goes to its log, see ``sdxl_qdq.procs.stage_log``)."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
@@ -179,8 +237,11 @@ def _as_usage_errors() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def qdq_cache(pytestconfig: pytest.Config) -> ArtifactCache:
     root = pytestconfig.getoption("qdq_cache_dir")
-    return ArtifactCache(Path(root) if root else None, verify="full" if pytestconfig.getoption("qdq_verify_cache") else "auto",
-                         notice=say(pytestconfig))
+    return ArtifactCache(
+        Path(root) if root else None,
+        verify="full" if pytestconfig.getoption("qdq_verify_cache") else "auto",
+        notice=say(pytestconfig),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -224,26 +285,34 @@ def qdq_test_prompt_feeds(qdq_artifacts: Build) -> dict:
 
 
 @pytest.fixture(scope="session")
-def qdq_gate(pytestconfig: pytest.Config, qdq_quality_artifacts: Build, qdq_cache: ArtifactCache,
-             qdq_qnn_options: QnnOptions):
+def qdq_gate(
+    pytestconfig: pytest.Config, qdq_quality_artifacts: Build, qdq_cache: ArtifactCache, qdq_qnn_options: QnnOptions
+):
     """The evaluated gate of --qdq-model (default canary) against its baseline (written first with
     --qdq-update-baselines)."""
     from sdxl_qdq.flows import prepare_gate
 
     with _as_usage_errors(), _offline(pytestconfig):
         result = prepare_gate(
-            qdq_quality_artifacts, cache=qdq_cache, ep=pytestconfig.getoption("qdq_ep"), qnn=qdq_qnn_options,
-            clip_backbone=pytestconfig.getoption("qdq_clip_backbone"), fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
-            coco_dir=pytestconfig.getoption("qdq_coco_dir"), update=pytestconfig.getoption("qdq_update_baselines"),
-            from_device=pytestconfig.getoption("qdq_from_device"), baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
-            allow_download=pytestconfig.getoption("qdq_allow_download"), progress=say(pytestconfig),
+            qdq_quality_artifacts,
+            cache=qdq_cache,
+            ep=pytestconfig.getoption("qdq_ep"),
+            qnn=qdq_qnn_options,
+            clip_backbone=pytestconfig.getoption("qdq_clip_backbone"),
+            fid_backbone=pytestconfig.getoption("qdq_fid_backbone"),
+            coco_dir=pytestconfig.getoption("qdq_coco_dir"),
+            update=pytestconfig.getoption("qdq_update_baselines"),
+            from_device=pytestconfig.getoption("qdq_from_device"),
+            baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
+            allow_download=pytestconfig.getoption("qdq_allow_download"),
+            progress=say(pytestconfig),
         )
     pytestconfig.stash[GATE_KEY] = result
     return result
 
 
 @pytest.fixture
-def qdq_judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a Callable[[Check], None]
+def qdq_judge(pytestconfig: pytest.Config, record_property):
     """Assert a gate check: harm fails always, a change (outside the noise window) only under --qdq-strict-gate, else it
     is a ``QualityChanged`` warning. Its numbers become JUnit properties (``--junitxml``)."""
     import warnings
@@ -252,7 +321,7 @@ def qdq_judge(pytestconfig: pytest.Config, record_property):  # noqa: ANN201 - a
 
     strict = pytestconfig.getoption("qdq_strict_gate")
 
-    def check(c) -> None:  # noqa: ANN001 - a sdxl_qdq.judge.gate.Check
+    def check(c) -> None:
         for name in ("metric", "measured", "baseline", "limit", "harm", "status"):
             record_property(name, getattr(c, name))
         message = c.verdict(strict=strict)
@@ -292,8 +361,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter is not None:
             reporter.write_line(f"quality report: {path}")
     summary_json = Path(report_dir) / "summary.json" if report_dir else None
-    if (not hasattr(session.config, "workerinput") and summary_json is not None and summary_json.is_file()
-            and summary_json.stat().st_mtime >= session.config.stash[START_KEY]):
+    if (
+        not hasattr(session.config, "workerinput")
+        and summary_json is not None
+        and summary_json.is_file()
+        and summary_json.stat().st_mtime >= session.config.stash[START_KEY]
+    ):
         from sdxl_qdq.judge.summary import append_step_summary
 
         append_step_summary(summary_json)
@@ -325,7 +398,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if on_qnn:
         from sdxl_qdq.diagnose.diverge import divergence_summary
 
-        terminalreporter.section("where QNN departs from the CPU EP (single-output graph cuts; `sdxl-qdq diverge` for more)")
+        terminalreporter.section(
+            "where QNN departs from the CPU EP (single-output graph cuts; `sdxl-qdq diverge` for more)"
+        )
         for line in divergence_summary(built, on_qnn, qnn=QnnOptions(soc_model=config.getoption("qdq_qnn_soc"))):
             terminalreporter.write_line(line)
 
@@ -336,9 +411,12 @@ def _controller_build(config: pytest.Config, failed: list) -> Build | None:
     root = config.getoption("qdq_cache_dir")
     try:
         with _offline(config):
-            return build(config.getoption("qdq_model") or ("canary" if quality else "tiny"),
-                         recipe=config.getoption("qdq_recipe"), cache=ArtifactCache(Path(root) if root else None),
-                         quantizer=config.getoption("qdq_quantizer"))
+            return build(
+                config.getoption("qdq_model") or ("canary" if quality else "tiny"),
+                recipe=config.getoption("qdq_recipe"),
+                cache=ArtifactCache(Path(root) if root else None),
+                quantizer=config.getoption("qdq_quantizer"),
+            )
     except Exception as e:  # the summary must not hide the failures it explains
         config.pluginmanager.get_plugin("terminalreporter").write_line(f"(no localization: {e})")
         return None

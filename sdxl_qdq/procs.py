@@ -21,8 +21,14 @@ from sdxl_qdq.errors import BuildError
 Progress = Callable[[str], None]
 
 
-def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = None, ok_codes: tuple[int, ...] = (0,),
-                 tree: bool = False, cwd: Path | None = None) -> dict[str, float | int | None]:
+def run_measured(
+    argv: list[str],
+    *,
+    progress: Callable[[str], None] | None = None,
+    ok_codes: tuple[int, ...] = (0,),
+    tree: bool = False,
+    cwd: Path | None = None,
+) -> dict[str, float | int | None]:
     """Run ``argv``; forward its output lines to ``progress``; return its wall time, exit code and peak RSS (GB;
     None where the OS does not report a child's peak). ``tree``: the peak of the whole process tree (the OS's figure,
     which counts the child's own children; from a small parent) instead of the child's own report.
@@ -36,8 +42,8 @@ def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = No
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd)
     tail: deque[str] = deque(maxlen=30)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        line = line.rstrip()
+    for raw in proc.stdout:
+        line = raw.rstrip()
         tail.append(line)
         if progress and line and "[W:onnxruntime" not in line:
             progress(line)
@@ -51,7 +57,7 @@ def run_measured(argv: list[str], *, progress: Callable[[str], None] | None = No
     reported = peak_file.read_text().strip() if peak_file.exists() else ""
     peak_file.unlink(missing_ok=True)
     if reported and not (tree and peak is not None):  # the child's own figure: the OS's counts the parent's peak
-        peak = round(int(reported) / 1e9, 3)                # inherited at fork
+        peak = round(int(reported) / 1e9, 3)  # inherited at fork
     if proc.returncode not in ok_codes:
         cmd = " ".join(argv[1:] if argv[0] == sys.executable else argv)
         raise BuildError(f"`{cmd}` failed with exit code {proc.returncode}; its last output:\n" + "\n".join(tail))
@@ -64,10 +70,17 @@ def total_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
     class MemoryStatus(ctypes.Structure):
-        _fields_ = [("length", ctypes.c_ulong), ("load", ctypes.c_ulong), ("total", ctypes.c_ulonglong),
-                    ("avail", ctypes.c_ulonglong), ("page_total", ctypes.c_ulonglong), ("page_avail", ctypes.c_ulonglong),
-                    ("virtual_total", ctypes.c_ulonglong), ("virtual_avail", ctypes.c_ulonglong),
-                    ("extended", ctypes.c_ulonglong)]
+        _fields_ = [
+            ("length", ctypes.c_ulong),
+            ("load", ctypes.c_ulong),
+            ("total", ctypes.c_ulonglong),
+            ("avail", ctypes.c_ulonglong),
+            ("page_total", ctypes.c_ulonglong),
+            ("page_avail", ctypes.c_ulonglong),
+            ("virtual_total", ctypes.c_ulonglong),
+            ("virtual_avail", ctypes.c_ulonglong),
+            ("extended", ctypes.c_ulonglong),
+        ]
 
     status = MemoryStatus(length=ctypes.sizeof(MemoryStatus))
     ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(status))  # type: ignore[attr-defined]
@@ -87,15 +100,30 @@ def peak_rss_bytes() -> int:
     except OSError:
         pass
     if sys.platform == "win32":
+
         class Counters(ctypes.Structure):
-            _fields_ = [("cb", wintypes.DWORD), ("PageFaultCount", wintypes.DWORD),
-                        *[(n, ctypes.c_size_t) for n in ("PeakWorkingSetSize", "WorkingSetSize", "QuotaPeakPagedPoolUsage",
-                                                         "QuotaPagedPoolUsage", "QuotaPeakNonPagedPoolUsage",
-                                                         "QuotaNonPagedPoolUsage", "PagefileUsage", "PeakPagefileUsage")]]
+            _fields_ = [
+                ("cb", wintypes.DWORD),
+                ("PageFaultCount", wintypes.DWORD),
+                *[
+                    (n, ctypes.c_size_t)
+                    for n in (
+                        "PeakWorkingSetSize",
+                        "WorkingSetSize",
+                        "QuotaPeakPagedPoolUsage",
+                        "QuotaPagedPoolUsage",
+                        "QuotaPeakNonPagedPoolUsage",
+                        "QuotaNonPagedPoolUsage",
+                        "PagefileUsage",
+                        "PeakPagefileUsage",
+                    )
+                ],
+            ]
 
         counters = Counters(cb=ctypes.sizeof(Counters))
-        ctypes.windll.psapi.GetProcessMemoryInfo(ctypes.windll.kernel32.GetCurrentProcess(), ctypes.byref(counters),
-                                                 counters.cb)
+        ctypes.windll.psapi.GetProcessMemoryInfo(
+            ctypes.windll.kernel32.GetCurrentProcess(), ctypes.byref(counters), counters.cb
+        )
         return int(counters.PeakWorkingSetSize)
 
     import resource  # POSIX only: imported where used, so that Windows can import this module
@@ -150,8 +178,14 @@ class StepMeter:
         before, t = current_rss_bytes(), time.perf_counter()
         yield
         seconds, peak = time.perf_counter() - t, peak_rss_bytes()
-        self.steps.append({"step": name, "seconds": round(seconds, 2), "peak_rss_gb": round(peak / 1e9, 3),
-                           "rss_before_gb": round(before / 1e9, 3)})
+        self.steps.append(
+            {
+                "step": name,
+                "seconds": round(seconds, 2),
+                "peak_rss_gb": round(peak / 1e9, 3),
+                "rss_before_gb": round(before / 1e9, 3),
+            }
+        )
         self.progress(f"{name}: {seconds:.1f}s, peak RSS {peak / 1e9:.2f} GB (RSS at start {before / 1e9:.2f} GB)")
 
 
@@ -182,19 +216,31 @@ def stage_log(path: Path) -> Iterator[None]:
         saved = {fd: os.dup(fd) for fd in (1, 2)}
         streams = sys.stdout, sys.stderr
 
-        def rebound(stream, fd: int):  # noqa: ANN001, ANN202
+        def rebound(stream, fd: int):
             try:
                 same = stream.fileno() == fd
             except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
                 same = False
-            return os.fdopen(os.dup(saved[fd]), "w", buffering=1, encoding=getattr(stream, "encoding", None) or "utf-8",
-                             errors="backslashreplace") if same else stream
+            return (
+                os.fdopen(
+                    os.dup(saved[fd]),
+                    "w",
+                    buffering=1,
+                    encoding=getattr(stream, "encoding", None) or "utf-8",
+                    errors="backslashreplace",
+                )
+                if same
+                else stream
+            )
 
         text = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
         handler = logging.StreamHandler(text)
         handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
-        loggers = [logging.getLogger()] + [logging.getLogger(n) for n, lg in logging.Logger.manager.loggerDict.items()
-                                          if isinstance(lg, logging.Logger) and lg.handlers]
+        loggers = [logging.getLogger()] + [
+            logging.getLogger(n)
+            for n, lg in logging.Logger.manager.loggerDict.items()
+            if isinstance(lg, logging.Logger) and lg.handlers
+        ]
         handlers = {lg: lg.handlers[:] for lg in loggers}
         try:
             os.dup2(log.fileno(), 1)
@@ -206,7 +252,8 @@ def stage_log(path: Path) -> Iterator[None]:
                 lg.handlers = [handler]
             with warnings.catch_warnings():
                 warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: text.write(
-                    warnings.formatwarning(message, category, filename, lineno, line))
+                    warnings.formatwarning(message, category, filename, lineno, line)
+                )
                 yield
         finally:
             # the terminal first: whatever fails below must be seen
@@ -218,8 +265,9 @@ def stage_log(path: Path) -> Iterator[None]:
             sys.stdout, sys.stderr = streams
             for lg, old in handlers.items():
                 lg.handlers = old
-            for lg in [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
-                                               if isinstance(lg, logging.Logger)]:
+            for lg in [logging.getLogger()] + [
+                lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+            ]:
                 for h in lg.handlers:  # a handler made during the stage (an import) writes to stderr from now on
                     if type(h) is logging.StreamHandler and h.stream is text:
                         h.setStream(streams[1])
@@ -239,8 +287,9 @@ class Meter:
     then at most every ``seconds`` or every ``every`` items, whichever comes first, and at the end. A fast loop
     says two lines; a slow one says where it is at least every ``seconds``."""
 
-    def __init__(self, label: str, total: int, progress: Progress | None, *, every: int | None = None,
-                 seconds: float = 10.0) -> None:
+    def __init__(
+        self, label: str, total: int, progress: Progress | None, *, every: int | None = None, seconds: float = 10.0
+    ) -> None:
         self.label, self.total, self.progress, self.every, self.seconds = label, total, progress, every, seconds
         self.done, self.start = 0, time.perf_counter()
         self.said = self.start
@@ -248,8 +297,12 @@ class Meter:
     def step(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
-        due = (self.done == n or self.done == self.total or now - self.said >= self.seconds
-               or (self.every is not None and self.done % self.every == 0))
+        due = (
+            self.done == n
+            or self.done == self.total
+            or now - self.said >= self.seconds
+            or (self.every is not None and self.done % self.every == 0)
+        )
         if self.progress and due:
             self.said = now
             self.progress(f"{self.label}: {self.line()}")

@@ -49,8 +49,13 @@ class Step:
 
 def environment(work: Path, cache_dir: Path | None = None) -> dict[str, str]:
     """Where the stand-ins are (the real loaders' own variables) and where the artifacts go; offline."""
-    return {"HF_HUB_CACHE": str(work / "hf" / "hub"), "TORCH_HOME": str(work / "torch"), "HF_HUB_OFFLINE": "1",
-            "HF_DATASETS_OFFLINE": "1", "SDXL_QDQ_CACHE_DIR": str(cache_dir or work / "cache")}
+    return {
+        "HF_HUB_CACHE": str(work / "hf" / "hub"),
+        "TORCH_HOME": str(work / "torch"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "SDXL_QDQ_CACHE_DIR": str(cache_dir or work / "cache"),
+    }
 
 
 def stage_standins(work: Path, size: str, *, progress: Progress = print) -> dict[str, Any]:
@@ -65,12 +70,24 @@ def stage_standins(work: Path, size: str, *, progress: Progress = print) -> dict
     hub = work / "hf" / "hub"
     hub.mkdir(parents=True, exist_ok=True)
     if not (hub / repo_folder_name(REAL_MODEL) / "refs" / "main").is_file():
-        configs = ({"text_encoder": sdxl.TINY_TEXT_ENCODER, "text_encoder_2": sdxl.TINY_TEXT_ENCODER_2,
-                    "unet": sdxl.TINY_UNET, "vae": sdxl.TINY_VAE} if size == "tiny" else
-                   {"text_encoder": sdxl.REAL_TEXT_ENCODER, "text_encoder_2": sdxl.REAL_TEXT_ENCODER_2,
-                    "unet": sdxl.REAL_UNET, "vae": sdxl.REAL_VAE})
-        folder = write_random_pipeline(work / "pipeline", configs, seed=sdxl.REAL_RANDOM_SEED,
-                                       fp16_variants=size == "tiny", progress=progress)
+        configs = (
+            {
+                "text_encoder": sdxl.TINY_TEXT_ENCODER,
+                "text_encoder_2": sdxl.TINY_TEXT_ENCODER_2,
+                "unet": sdxl.TINY_UNET,
+                "vae": sdxl.TINY_VAE,
+            }
+            if size == "tiny"
+            else {
+                "text_encoder": sdxl.REAL_TEXT_ENCODER,
+                "text_encoder_2": sdxl.REAL_TEXT_ENCODER_2,
+                "unet": sdxl.REAL_UNET,
+                "vae": sdxl.REAL_VAE,
+            }
+        )
+        folder = write_random_pipeline(
+            work / "pipeline", configs, seed=sdxl.REAL_RANDOM_SEED, fp16_variants=size == "tiny", progress=progress
+        )
         write_hub_snapshot(folder, repo_id=REAL_MODEL, hub_cache=hub, move=True)
         shutil.rmtree(work / "pipeline", ignore_errors=True)
     if not (hub / repo_folder_name("openai/clip-vit-base-patch16") / "refs" / "main").is_file():
@@ -95,13 +112,17 @@ def _write_coco_like(folder: Path, rows: list[dict[str, Any]]) -> None:
         rng = np.random.default_rng(i)
         w, h = (640, 480) if i % 3 else (480, 640)
         yy, xx = np.mgrid[0:h, 0:w]
-        base = rng.uniform(0, 255, 3) * 0.6 + 0.4 * np.stack([255 * xx / w, 255 * yy / h, 255 * (xx + yy) / (w + h)], -1)
+        base = rng.uniform(0, 255, 3) * 0.6 + 0.4 * np.stack(
+            [255 * xx / w, 255 * yy / h, 255 * (xx + yy) / (w + h)], -1
+        )
         im = Image.fromarray(base.astype(np.uint8))
         draw = ImageDraw.Draw(im)
         for _ in range(4):
             x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
-            draw.ellipse((x0, y0, x0 + int(rng.integers(30, 200)), y0 + int(rng.integers(30, 200))),
-                         fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+            draw.ellipse(
+                (x0, y0, x0 + int(rng.integers(30, 200)), y0 + int(rng.integers(30, 200))),
+                fill=tuple(int(c) for c in rng.integers(0, 256, 3)),
+            )
         tmp = folder / f".{row['file_name']}.part"
         im.save(tmp, format="JPEG", quality=90)
         tmp.replace(folder / row["file_name"])
@@ -112,43 +133,149 @@ def night_steps(work: Path, size: str, *, prompts: int | None, context: bool) ->
     cli = [sys.executable, "-m", "sdxl_qdq"]
     bundle, out = work / "bundle", work / "out"
     some = ["--prompts", str(prompts)] if prompts else []
-    steps = [Step("build", "sdxl-qdq bundle", [*cli, "bundle", "--model", REAL_MODEL, "--qnn-soc", SOC, *some,
-                                                *([] if context else ["--no-context"]), str(bundle)])]
+    steps = [
+        Step(
+            "build",
+            "sdxl-qdq bundle",
+            [
+                *cli,
+                "bundle",
+                "--model",
+                REAL_MODEL,
+                "--qnn-soc",
+                SOC,
+                *some,
+                *([] if context else ["--no-context"]),
+                str(bundle),
+            ],
+        )
+    ]
     steps.append(Step("device", "sdxl-qdq device-check", [*cli, "device-check", "--allow-emulation"]))
     if size == "tiny":
-        steps.append(Step("device", "sdxl-qdq device-test", [
-            *cli, "device-test", "--bundle", str(bundle), "--qnn-soc", SOC, "--out", str(out / "device"),
-            "--benchmark-storage", str(work / "benchmarks"), "--", "-q", "-p", "no:randomly",
-            "--benchmark-min-rounds=1", "--benchmark-max-time=0.1", "--benchmark-warmup=off"]))
+        steps.append(
+            Step(
+                "device",
+                "sdxl-qdq device-test",
+                [
+                    *cli,
+                    "device-test",
+                    "--bundle",
+                    str(bundle),
+                    "--qnn-soc",
+                    SOC,
+                    "--out",
+                    str(out / "device"),
+                    "--benchmark-storage",
+                    str(work / "benchmarks"),
+                    "--",
+                    "-q",
+                    "-p",
+                    "no:randomly",
+                    "--benchmark-min-rounds=1",
+                    "--benchmark-max-time=0.1",
+                    "--benchmark-warmup=off",
+                ],
+            )
+        )
     # the prompts drawn on the CPU EP: the simulator takes 24 s a prompt even at tiny width (its 512×512 decoder)
-    steps.append(Step("device", "sdxl-qdq device-run", [
-        *cli, "device-run", "--bundle", str(bundle), "--qnn-soc", SOC, "--out", str(out / "results"), *some,
-        "--ep", "cpu", "--no-context"]))
+    steps.append(
+        Step(
+            "device",
+            "sdxl-qdq device-run",
+            [
+                *cli,
+                "device-run",
+                "--bundle",
+                str(bundle),
+                "--qnn-soc",
+                SOC,
+                "--out",
+                str(out / "results"),
+                *some,
+                "--ep",
+                "cpu",
+                "--no-context",
+            ],
+        )
+    )
     if size == "tiny":
         # stand-in weights against the study's baseline: failed checks (exit 1) are the expected verdict
-        steps.append(Step("judge", "pytest -m quality --qdq-from-device", [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-m", "quality", "--qdq-model", REAL_MODEL,
-            "--qdq-ep", "cpu", "--qdq-qnn-soc", SOC, "--qdq-from-device", str(out / "results"),
-            "--qdq-coco-dir", str(work / "coco"), "--qdq-report", str(work / "report")], ok_codes=(0, 1)))
+        steps.append(
+            Step(
+                "judge",
+                "pytest -m quality --qdq-from-device",
+                [
+                    sys.executable,
+                    "-m",
+                    "pytest",
+                    "-q",
+                    "-p",
+                    "no:randomly",
+                    "-m",
+                    "quality",
+                    "--qdq-model",
+                    REAL_MODEL,
+                    "--qdq-ep",
+                    "cpu",
+                    "--qdq-qnn-soc",
+                    SOC,
+                    "--qdq-from-device",
+                    str(out / "results"),
+                    "--qdq-coco-dir",
+                    str(work / "coco"),
+                    "--qdq-report",
+                    str(work / "report"),
+                ],
+                ok_codes=(0, 1),
+            )
+        )
     else:
-        steps.append(Step("judge", "judge on the device's K prompts", [
-            *cli, "_judge-subset", "--results", str(out / "results"), "--coco-dir", str(work / "coco"),
-            "--out", str(work / "judge.json")]))
+        steps.append(
+            Step(
+                "judge",
+                "judge on the device's K prompts",
+                [
+                    *cli,
+                    "_judge-subset",
+                    "--results",
+                    str(out / "results"),
+                    "--coco-dir",
+                    str(work / "coco"),
+                    "--out",
+                    str(work / "judge.json"),
+                ],
+            )
+        )
     return steps
 
 
-def rehearse(work: Path, size: str, *, prompts: int | None = None, context: bool = True, cache_dir: Path | None = None,
-             progress: Progress = print) -> dict[str, Any]:
+def rehearse(
+    work: Path,
+    size: str,
+    *,
+    prompts: int | None = None,
+    context: bool = True,
+    cache_dir: Path | None = None,
+    progress: Progress = print,
+) -> dict[str, Any]:
     """Stand-ins, then every step of the night; writes and returns ``<work>/rehearsal.json``."""
     if not IN_CHECKOUT:
-        raise ConfigError("sdxl-qdq rehearse runs the repository's device and quality tests (tests/): run it from a "
-                          "checkout of the repository, installed with `make setup`")
+        raise ConfigError(
+            "sdxl-qdq rehearse runs the repository's device and quality tests (tests/): run it from a "
+            "checkout of the repository, installed with `make setup`"
+        )
     work = Path(work).resolve()
     env = environment(work, cache_dir)
     from sdxl_qdq.cache import package_versions
 
-    record: dict[str, Any] = {"size": size, "prompts": prompts, "commit": commit(), "versions": package_versions(),
-                              "machine": machine(), "steps": []}
+    record: dict[str, Any] = {
+        "size": size,
+        "prompts": prompts,
+        "commit": commit(),
+        "versions": package_versions(),
+        "machine": machine(),
+        "steps": [],
+    }
     started = time.perf_counter()
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # this process's children only: restored below
@@ -188,8 +315,9 @@ def _per_prompt(timing: dict[str, Any]) -> float:
     return statistics.median(times)
 
 
-def extrapolate(device: dict[str, Any], judge: dict[str, Any], steps: list[dict[str, Any]],
-                counts: tuple[int, ...] = (100, 5000)) -> dict[str, Any]:
+def extrapolate(
+    device: dict[str, Any], judge: dict[str, Any], steps: list[dict[str, Any]], counts: tuple[int, ...] = (100, 5000)
+) -> dict[str, Any]:
     """Hours for N prompts from the per-prompt costs measured on K: the QDQ model's images (the device job's code on
     the CPU EP: text encoders once, two UNet calls, two decodes a prompt), the float images the judge draws (the
     same calls of the float model) and the judge's metrics; and what `make real-baseline` draws on top (the
@@ -199,14 +327,18 @@ def extrapolate(device: dict[str, Any], judge: dict[str, Any], steps: list[dict[
     metrics = judge["seconds"]["metrics"] / k
     fixed = device["sessions_s"] + judge["float_timing"]["sessions_s"]
     bundle = next(s["seconds"] for s in steps if s["name"] == "sdxl-qdq bundle")
-    out: dict[str, Any] = {"per_prompt_s": {"qdq_images": round(qdq, 1), "float_images": round(flt, 1),
-                                            "metrics": round(metrics, 1)}}
+    out: dict[str, Any] = {
+        "per_prompt_s": {"qdq_images": round(qdq, 1), "float_images": round(flt, 1), "metrics": round(metrics, 1)}
+    }
     for n in counts:
         gate = (fixed + n * (qdq + flt + metrics)) / 3600
         # baseline: + recalibrated qdq@1+@2, float@1+@2 at seed 2, float@1 at seeds 3 and 4 (about half a float@1+@2)
         baseline = gate + n * (qdq + flt + flt) / 3600
-        out[str(n)] = {"gate_images_and_judge_h": round(gate, 2), "real_baseline_draws_h": round(baseline, 2),
-                       "bundle_h": round(bundle / 3600, 2)}
+        out[str(n)] = {
+            "gate_images_and_judge_h": round(gate, 2),
+            "real_baseline_draws_h": round(baseline, 2),
+            "bundle_h": round(bundle / 3600, 2),
+        }
     return out
 
 
@@ -224,8 +356,13 @@ def commit() -> str | None:
 
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_DIR, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_DIR,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
     except (OSError, subprocess.CalledProcessError):
         return None
     return head.stdout.strip() + ("+" if dirty.stdout.strip() else "")

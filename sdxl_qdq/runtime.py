@@ -24,8 +24,12 @@ QNN_EP = "QNNExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
 EPS = ("cpu", "qnn")
 # Simulated or real Snapdragon chips by QNN soc_model id (QNN SDK's SocModel list).
-QNN_SOCS: dict[str, str] = {"60": "Snapdragon X Elite (SC8380XP)", "43": "Snapdragon 8 Gen 2 (SM8550)",
-                            "57": "Snapdragon 8 Gen 3 (SM8650)", "69": "Snapdragon 8 Elite (SM8750)"}
+QNN_SOCS: dict[str, str] = {
+    "60": "Snapdragon X Elite (SC8380XP)",
+    "43": "Snapdragon 8 Gen 2 (SM8550)",
+    "57": "Snapdragon 8 Gen 3 (SM8650)",
+    "69": "Snapdragon 8 Elite (SM8750)",
+}
 DEFAULT_QNN_SOC = "60"
 
 _registered = threading.Lock()
@@ -34,6 +38,8 @@ _registered = threading.Lock()
 def qnn_is_simulated() -> bool:
     """On x86_64 the QNN HTP backend is a simulator (slow, ~4 s per GMAC); on Snapdragon it is the NPU."""
     return platform.machine().lower() in {"x86_64", "amd64"}
+
+
 _qnn_library: str | None = None
 
 
@@ -66,8 +72,10 @@ class QnnOptions:
         return opts
 
 
-QNN_MISSING = ("the QNN EP needs the onnxruntime-qnn package; install it (on a host: `make setup`, which pins it in "
-               "constraints.txt; on the NPU runner: `pip install -r requirements/device.txt`) or run with --ep cpu")
+QNN_MISSING = (
+    "the QNN EP needs the onnxruntime-qnn package; install it (on a host: `make setup`, which pins it in "
+    "constraints.txt; on the NPU runner: `pip install -r requirements/device.txt`) or run with --ep cpu"
+)
 
 
 def require_qnn_package() -> None:
@@ -195,11 +203,20 @@ def compile_ep_context(model: str | Path, out: Path, *, qnn: QnnOptions | None =
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
-        create_session(model, ep="qnn", qnn=qnn, extra_config={
-            "ep.context_enable": "1", "ep.context_file_path": str(work / out.name), "ep.context_embed_mode": "0",
-        })
+        create_session(
+            model,
+            ep="qnn",
+            qnn=qnn,
+            extra_config={
+                "ep.context_enable": "1",
+                "ep.context_file_path": str(work / out.name),
+                "ep.context_embed_mode": "0",
+            },
+        )
         if not (work / out.name).is_file():
-            raise ExecutionProviderError(f"QNN EP did not write an EP-context model for {model} (expected {work / out.name})")
+            raise ExecutionProviderError(
+                f"QNN EP did not write an EP-context model for {model} (expected {work / out.name})"
+            )
         for binary in context_binaries(work / out.name):
             (work / binary).replace(out.parent / binary)
         (work / out.name).replace(out)
@@ -220,8 +237,10 @@ def context_binaries(model: str | Path) -> list[str]:
         if node.op_type == "EPContext" and attrs.get("embed_mode", 1) == 0:
             name = attrs["ep_cache_context"].decode()
             if not (model.parent / name).is_file():
-                raise ExecutionProviderError(f"EP-context model {model} names the context binary {name!r}, which is not "
-                                             f"beside it; compile it again (sdxl-qdq bundle)")
+                raise ExecutionProviderError(
+                    f"EP-context model {model} names the context binary {name!r}, which is not "
+                    f"beside it; compile it again (sdxl-qdq bundle)"
+                )
             names.append(name)
     return sorted(set(names))
 
@@ -231,4 +250,5 @@ def ep_description(ep: str, qnn: QnnOptions | None = None) -> str:
     if ep != "qnn":
         return f"CPU EP ({platform.machine()})"
     soc = (qnn or QnnOptions()).soc_model or DEFAULT_QNN_SOC
-    return f"QNN EP, HTP {'simulator on ' + platform.machine() if qnn_is_simulated() else 'NPU'}, soc {soc} ({QNN_SOCS.get(soc, '?')})"
+    backend = f"simulator on {platform.machine()}" if qnn_is_simulated() else "NPU"
+    return f"QNN EP, HTP {backend}, soc {soc} ({QNN_SOCS.get(soc, '?')})"

@@ -55,8 +55,11 @@ def test_pytorch_fid_name_is_not_what_torchmetrics_reads(hubs: Path) -> None:
     _inception_at("pt_inception-2015-12-05-6726825d.pth", hubs)
     pair = resolve_backbones("auto", "auto", model="tiny")
     assert pair.fid == PROXY_FID and "weights-inception-2015-12-05-6726825d.pth" in pair.why[1]
-    with pytest.raises(ModelNotAvailableError, match=r"--fid-backbone inception-v3-2048: .*checkpoints.*weights-inception.*"
-                                                     r"downloads are off.*--fid-backbone proxy-conv64-s0-v2"):
+    with pytest.raises(
+        ModelNotAvailableError,
+        match=r"--fid-backbone inception-v3-2048: .*checkpoints.*weights-inception.*"
+        r"downloads are off.*--fid-backbone proxy-conv64-s0-v2",
+    ):
         resolve_backbones("auto", REAL_FID, model="tiny")
 
 
@@ -66,7 +69,9 @@ def test_allow_download_fetches_what_auto_needs(hubs: Path, monkeypatch: pytest.
     pair = resolve_backbones("auto", "auto", model="tiny", allow_download=True)
     assert (pair.clip, pair.fid) == (PROXY_CLIP, PROXY_FID)
     assert all("fetching them failed" in why for why in pair.why), pair.why
-    with pytest.raises(ModelNotAvailableError, match=r"--clip-backbone openai/clip-vit-base-patch16: .*fetching them failed"):
+    with pytest.raises(
+        ModelNotAvailableError, match=r"--clip-backbone openai/clip-vit-base-patch16: .*fetching them failed"
+    ):
         resolve_backbones(REAL_CLIP, "auto", model="tiny", allow_download=True)
 
 
@@ -74,8 +79,10 @@ def test_allow_download_uses_what_it_fetched(hubs: Path, monkeypatch: pytest.Mon
     """A fetch that delivers (here: the stand-ins written where the downloads land) gives the real pair."""
     from sdxl_qdq.models.standin import write_clip_snapshot
 
-    fetched = {REAL_CLIP: lambda: write_clip_snapshot(hubs / "hf", width="small"),
-               REAL_FID: lambda: _inception_at("weights-inception-2015-12-05-6726825d.pth", hubs)}
+    fetched = {
+        REAL_CLIP: lambda: write_clip_snapshot(hubs / "hf", width="small"),
+        REAL_FID: lambda: _inception_at("weights-inception-2015-12-05-6726825d.pth", hubs),
+    }
     for name, fetch in fetched.items():
         proxy, available, _, where, how = bb._REAL[name]
         monkeypatch.setitem(bb._REAL, name, (proxy, available, fetch, where, how))
@@ -106,8 +113,11 @@ def test_baseline_without_the_clip_preprocessing_never_gates(tmp_path: Path) -> 
     pair = Backbones(REAL_CLIP, REAL_FID)
     path = baseline_path("sdxl-turbo", pair, tmp_path, reference="coco2017-crop256")
     path.parent.mkdir(parents=True)
-    base = {k: {} for k in REQUIRED} | {"backbones": {"clip": REAL_CLIP, "fid": REAL_FID}, "ep": "cpu",
-                                         "fid_reference_id": "coco2017-crop256"}
+    base = {k: {} for k in REQUIRED} | {
+        "backbones": {"clip": REAL_CLIP, "fid": REAL_FID},
+        "ep": "cpu",
+        "fid_reference_id": "coco2017-crop256",
+    }
     path.write_text(json.dumps(base))
     with pytest.raises(ConfigError, match=r"records backbones .*this run's is .*CLIPImageProcessorPil"):
         load_baseline("sdxl-turbo", pair, tmp_path, reference="coco2017-crop256")
@@ -120,8 +130,10 @@ def test_fid_of_several_sets_is_each_sets_fid(backbone: str) -> None:
     """The reference's features extracted once serve every set: the numbers of ``fid`` called set by set."""
     rng = np.random.default_rng(1)
     reference = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
-    sets = {name: [np.clip(r.astype(int) + shift, 0, 255).astype(np.uint8) for r in reference]
-            for name, shift in (("a", 5), ("b", 40), ("c", -30))}
+    sets = {
+        name: [np.clip(r.astype(int) + shift, 0, 255).astype(np.uint8) for r in reference]
+        for name, shift in (("a", 5), ("b", 40), ("c", -30))
+    }
     together = bb.fids(sets, reference, backbone)
     assert together == {name: bb.fid(images, reference, backbone) for name, images in sets.items()}
     assert len(set(together.values())) == 3

@@ -39,14 +39,18 @@ def _invalid_recipe(tmp: Path) -> list[str]:
 
 
 def _unknown_pass(tmp: Path) -> list[str]:
-    return ["--recipe", _recipe(tmp, lambda r: r["workflows"]["unet"]["passes"].update(
-        extra={"type": "OnnxStaticQuantisation"}))]
+    return [
+        "--recipe",
+        _recipe(tmp, lambda r: r["workflows"]["unet"]["passes"].update(extra={"type": "OnnxStaticQuantisation"})),
+    ]
 
 
-def _pass_option(option: str, value: object):  # noqa: ANN202 - an argv maker
+def _pass_option(option: str, value: object):
     """The UNet's quantization pass with ``option`` set to ``value`` (typos Olive would ignore or fail on late)."""
-    return lambda tmp: ["--recipe", _recipe(tmp, lambda r: r["workflows"]["unet"]["passes"]["quantization"].update(
-        {option: value}))]
+    return lambda tmp: [
+        "--recipe",
+        _recipe(tmp, lambda r: r["workflows"]["unet"]["passes"]["quantization"].update({option: value})),
+    ]
 
 
 def _no_model_emitted(tmp: Path) -> list[str]:
@@ -62,7 +66,9 @@ def _not_diffusers(tmp: Path) -> list[str]:
 def _bin_only(tmp: Path) -> list[str]:
     folder = tmp / "pickled"
     (folder / "unet").mkdir(parents=True)
-    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]}))
+    (folder / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusionXLPipeline", "unet": ["diffusers", "UNet2DConditionModel"]})
+    )
     (folder / "unet" / "config.json").write_text("{}")
     (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x02")
     return ["--model", str(folder)]
@@ -77,19 +83,35 @@ SHARED = [
     ("missing-recipe", _missing_recipe, r"nope\.json.* does not exist; pass a JSON recipe such as .*qnn_w8a16\.json"),
     ("invalid-recipe", _invalid_recipe, r"broken\.json is not valid JSON"),
     ("unknown-pass-type", _unknown_pass, r"type 'OnnxStaticQuantisation', which Olive does not know \(did you mean"),
-    ("misspelled-option", _pass_option("per_chanel", True),
-     r"workflow 'unet': pass 'quantization' \(OnnxStaticQuantization\): unknown option 'per_chanel' "
-     r"\(did you mean 'per_channel'\?\); Olive would ignore it silently"),
-    ("option-case-typo", _pass_option("calibrate_method", "Minmax"),
-     r"pass 'quantization' \(OnnxStaticQuantization\): option 'calibrate_method' is 'Minmax'; allowed: MinMax, "
-     r"Entropy, Percentile, Distribution \(did you mean 'MinMax'\?\)"),
-    ("bad-enum-value", _pass_option("activation_type", "uint61"),
-     r"option 'activation_type' is 'uint61'; allowed: int4, .*uint16.* \(did you mean one of \['uint16'"),
-    ("wrong-option-type", _pass_option("per_channel", "true"),
-     r"option 'per_channel' is 'true' \(str\); Olive expects true or false"),
+    (
+        "misspelled-option",
+        _pass_option("per_chanel", True),
+        r"workflow 'unet': pass 'quantization' \(OnnxStaticQuantization\): unknown option 'per_chanel' "
+        r"\(did you mean 'per_channel'\?\); Olive would ignore it silently",
+    ),
+    (
+        "option-case-typo",
+        _pass_option("calibrate_method", "Minmax"),
+        r"pass 'quantization' \(OnnxStaticQuantization\): option 'calibrate_method' is 'Minmax'; allowed: MinMax, "
+        r"Entropy, Percentile, Distribution \(did you mean 'MinMax'\?\)",
+    ),
+    (
+        "bad-enum-value",
+        _pass_option("activation_type", "uint61"),
+        r"option 'activation_type' is 'uint61'; allowed: int4, .*uint16.* \(did you mean one of \['uint16'",
+    ),
+    (
+        "wrong-option-type",
+        _pass_option("per_channel", "true"),
+        r"option 'per_channel' is 'true' \(str\); Olive expects true or false",
+    ),
     ("no-model-emitted", _no_model_emitted, r"output_dir '.*elsewhere'; it must be \"\$\{output_dir\}\""),
     ("not-diffusers", _not_diffusers, r"model' is a folder without model_index\.json; pass a diffusers SDXL folder"),
-    ("bin-only", _bin_only, r"unet/ holds only pickled weights \(diffusion_pytorch_model\.bin\); this project loads safetensors only"),
+    (
+        "bin-only",
+        _bin_only,
+        r"unet/ holds only pickled weights \(diffusion_pytorch_model\.bin\); this project loads safetensors only",
+    ),
     ("unknown-qnn-soc", _unknown_soc, r"--qnn-soc: invalid choice: '99' \(choose from"),
 ]
 
@@ -100,7 +122,9 @@ def _without_qnn(tmp: Path) -> dict[str, str]:
     site.mkdir()
     (site / "sitecustomize.py").write_text(
         "import importlib.util as u\n_find = u.find_spec\n"
-        "u.find_spec = lambda name, package=None: None if name.split('.')[0] == 'onnxruntime_qnn' else _find(name, package)\n")
+        "u.find_spec = lambda name, package=None: "
+        "None if name.split('.')[0] == 'onnxruntime_qnn' else _find(name, package)\n"
+    )
     return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
 
@@ -124,17 +148,45 @@ def test_cli_bad_input_is_exit_2_and_one_line(tmp_path: Path, case: str, make, m
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx")), "it built something"
 
 
-@pytest.mark.parametrize(("case", "make", "message"), [
-    *SHARED,
-    ("coco-dir-missing", lambda t: ["--coco-dir", str(t / "coco")], r"--coco-dir .*coco: no such folder; `sdxl-qdq coco-images"),
-    ("coco-dir-incomplete", lambda t: [(t / "coco").mkdir() or "--coco-dir", str(t / "coco")],
-     r"--coco-dir .*coco: 100 of the 100 COCO images of the prompts are missing \(first: \d+\.jpg\); `sdxl-qdq coco-images"),
-], ids=[c[0] for c in SHARED] + ["coco-dir-missing", "coco-dir-incomplete"])
+@pytest.mark.parametrize(
+    ("case", "make", "message"),
+    [
+        *SHARED,
+        (
+            "coco-dir-missing",
+            lambda t: ["--coco-dir", str(t / "coco")],
+            r"--coco-dir .*coco: no such folder; `sdxl-qdq coco-images",
+        ),
+        (
+            "coco-dir-incomplete",
+            lambda t: [(t / "coco").mkdir() or "--coco-dir", str(t / "coco")],
+            r"--coco-dir .*coco: 100 of the 100 COCO images of the prompts are missing \(first: \d+\.jpg\); "
+            r"`sdxl-qdq coco-images",
+        ),
+    ],
+    ids=[c[0] for c in SHARED] + ["coco-dir-missing", "coco-dir-incomplete"],
+)
 def test_pytest_bad_input_is_a_usage_error_and_one_line(tmp_path: Path, case: str, make, message: str) -> None:
     """The same inputs through the plugin (its flags are the command line's with --qdq-, and so are its messages)."""
-    done = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality",
-                 *_plugin(["--cache-dir", str(tmp_path / "cache"), *make(tmp_path)]),
-                 str(REPO_ROOT / "tests" / "test_quality.py"), "-k", "fid_within_tolerance"], tmp_path)
+    done = _run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-m",
+            "quality",
+            *_plugin(["--cache-dir", str(tmp_path / "cache"), *make(tmp_path)]),
+            str(REPO_ROOT / "tests" / "test_quality.py"),
+            "-k",
+            "fid_within_tolerance",
+        ],
+        tmp_path,
+    )
     _one_clear_line(done, plugin_flags(message), (2, pytest.ExitCode.USAGE_ERROR))
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.onnx")), "it built something"
 
@@ -146,11 +198,31 @@ def _plugin(argv: list[str]) -> list[str]:
 @pytest.mark.parametrize("door", ["cli", "pytest"])
 def test_qnn_without_onnxruntime_qnn_is_one_line_before_any_build(tmp_path: Path, door: str) -> None:
     cache = ["--cache-dir", str(tmp_path / "cache")]
-    argv = ([str(SDXL_QDQ), "sqnr", "--ep", "qnn", *cache] if door == "cli" else
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality", "--qdq-ep", "qnn",
-             *_plugin(cache), str(REPO_ROOT / "tests" / "test_quality.py")])
+    argv = (
+        [str(SDXL_QDQ), "sqnr", "--ep", "qnn", *cache]
+        if door == "cli"
+        else [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:xdist",
+            "-m",
+            "quality",
+            "--qdq-ep",
+            "qnn",
+            *_plugin(cache),
+            str(REPO_ROOT / "tests" / "test_quality.py"),
+        ]
+    )
     done = _run(argv, tmp_path, _without_qnn(tmp_path))
     message = r"the QNN EP needs the onnxruntime-qnn package; install it .* or run with --ep cpu"
-    _one_clear_line(done, message if door == "cli" else plugin_flags(message),
-                    (2,) if door == "cli" else (pytest.ExitCode.USAGE_ERROR,))
+    _one_clear_line(
+        done,
+        message if door == "cli" else plugin_flags(message),
+        (2,) if door == "cli" else (pytest.ExitCode.USAGE_ERROR,),
+    )
     assert not (tmp_path / "cache").exists(), "it started building"

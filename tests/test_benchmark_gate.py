@@ -24,7 +24,9 @@ def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:xdist", "--benchmark-storage=stored", *args)
+    return pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:xdist", "--benchmark-storage=stored", *args
+    )
 
 
 def _stored(pytester: pytest.Pytester) -> list[Path]:
@@ -98,15 +100,38 @@ def test_ci_perf_gate_fails_a_planted_10x_slowdown_of_the_warm_build(tmp_path: P
     def bench(delay_s: float, *args: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{repo}", "PLANTED_DELAY_S": str(delay_s)}
         env.pop("PYTEST_XDIST_WORKER", None)
-        return subprocess.run([sys.executable, "-m", "pytest", "-p", "planted", "-p", "no:xdist", "-p", "no:cacheprovider",
-                               "--benchmark-only", "-q", "tests/test_benchmarks.py::test_build_warm",
-                               f"--benchmark-storage=file://{storage}", "--benchmark-max-time=0.3", *args],
-                              check=False, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pytest",
+                "-p",
+                "planted",
+                "-p",
+                "no:xdist",
+                "-p",
+                "no:cacheprovider",
+                "--benchmark-only",
+                "-q",
+                "tests/test_benchmarks.py::test_build_warm",
+                f"--benchmark-storage=file://{storage}",
+                "--benchmark-max-time=0.3",
+                *args,
+            ],
+            check=False,
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
 
     reference = bench(0, "--benchmark-save=reference")
     assert reference.returncode == 0, (reference.stdout + reference.stderr)[-3000:]
     (saved,) = storage.glob("*/0001_reference.json")
-    median = next(b["stats"]["median"] for b in json.loads(saved.read_text())["benchmarks"] if b["name"] == "test_build_warm")
+    median = next(
+        b["stats"]["median"] for b in json.loads(saved.read_text())["benchmarks"] if b["name"] == "test_build_warm"
+    )
     done = bench((slowdown - 1) * median, "--benchmark-compare=0001", "--benchmark-compare-fail=median:200%")
     out = done.stdout + done.stderr
     if slowdown == 1:

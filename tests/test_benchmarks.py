@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_qdq.convert.stages import build
 from sdxl_qdq.cache import ArtifactCache, package_versions
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.stages import build
 
 VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
 
@@ -48,7 +48,9 @@ def test_build_cold(benchmark, qdq_artifacts, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("variant", "ep"), VARIANTS, ids=[f"{v}-{e}" for v, e in VARIANTS])
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_component_latency(benchmark, qdq_artifacts, qdq_qnn_options, tmp_path, component: str, variant: str, ep: str) -> None:
+def test_component_latency(
+    benchmark, qdq_artifacts, qdq_qnn_options, tmp_path, component: str, variant: str, ep: str
+) -> None:
     from sdxl_qdq.convert.calibration import load_calibration
     from sdxl_qdq.diagnose.qnn_profile import EXECUTE_EVENT, htp_execute_us
     from sdxl_qdq.runtime import QnnOptions, create_session, qnn_is_simulated
@@ -61,10 +63,20 @@ def test_component_latency(benchmark, qdq_artifacts, qdq_qnn_options, tmp_path, 
     session = create_session(model, ep=ep, qnn=options if ep == "qnn" else None)
     feed = load_calibration(qdq_artifacts.calibration_dir, component)[0]
     io = qdq_artifacts.float.io(component)
-    _info(benchmark, qdq_artifacts, component=component, variant=variant, ep=ep,
-          backend="htp" if ep == "qnn" else "cpu",
-          chip=(f"soc {qnn_options.soc_model} ({'simulated' if qnn_is_simulated() else 'device'})" if ep == "qnn" else None),
-          shapes={t.name: list(t.shape) for t in io.inputs})
+    _info(
+        benchmark,
+        qdq_artifacts,
+        component=component,
+        variant=variant,
+        ep=ep,
+        backend="htp" if ep == "qnn" else "cpu",
+        chip=(
+            f"soc {qdq_qnn_options.soc_model} ({'simulated' if qnn_is_simulated() else 'device'})"
+            if ep == "qnn"
+            else None
+        ),
+        shapes={t.name: list(t.shape) for t in io.inputs},
+    )
     rounds = 3 if (ep == "qnn" and qnn_is_simulated()) else 10
     outputs = benchmark.pedantic(session.run, args=(None, feed), rounds=rounds, warmup_rounds=1)
     assert [o.shape for o in outputs] == [t.shape for t in io.outputs]
@@ -81,8 +93,20 @@ def test_pipeline_latency(benchmark, qdq_artifacts, variant: str, steps: int) ->
     from sdxl_qdq.run.pipeline import OrtSDXLPipeline
 
     pipe = OrtSDXLPipeline(getattr(qdq_artifacts, variant))
-    _info(benchmark, qdq_artifacts, stage="pipeline", variant=variant, ep="cpu", steps=steps,
-          image=[qdq_artifacts.source.image_size] * 2)
-    image = benchmark.pedantic(pipe, args=("A young boy standing in front of a computer keyboard",),
-                               kwargs={"steps": steps}, rounds=5, warmup_rounds=1)
+    _info(
+        benchmark,
+        qdq_artifacts,
+        stage="pipeline",
+        variant=variant,
+        ep="cpu",
+        steps=steps,
+        image=[qdq_artifacts.source.image_size] * 2,
+    )
+    image = benchmark.pedantic(
+        pipe,
+        args=("A young boy standing in front of a computer keyboard",),
+        kwargs={"steps": steps},
+        rounds=5,
+        warmup_rounds=1,
+    )
     assert image.shape == (qdq_artifacts.source.image_size, qdq_artifacts.source.image_size, 3)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sdxl_qdq.convert.bundle import write_bundle
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.bundle import write_bundle
 from sdxl_qdq.device.bundle import Bundle
 from sdxl_qdq.device.check import native_python_error
 from sdxl_qdq.device.night import DeviceResults
@@ -29,8 +29,14 @@ PROMPTS = 4
 @pytest.fixture(scope="module")
 def bundle_dir(qdq_artifacts, tmp_path_factory) -> Path:
     prompts = load_prompts("all", path=qdq_artifacts.source.prompts)[:PROMPTS]
-    return write_bundle(qdq_artifacts, tmp_path_factory.mktemp("bundle") / "tiny", qnn=QnnOptions("60"), prompts=prompts,
-                        parity_prompts=2, context=False)
+    return write_bundle(
+        qdq_artifacts,
+        tmp_path_factory.mktemp("bundle") / "tiny",
+        qnn=QnnOptions("60"),
+        prompts=prompts,
+        parity_prompts=2,
+        context=False,
+    )
 
 
 def test_bundle_holds_what_the_device_needs(bundle_dir: Path, qdq_artifacts) -> None:
@@ -62,7 +68,9 @@ def test_a_changed_bundle_is_refused_naming_the_file(bundle_dir: Path, tmp_path:
         target.unlink()
     else:
         (copy / "models" / "unet" / "extra.onnx").write_bytes(b"x")
-    with pytest.raises(IntegrityError, match=r"unet/(model\.onnx\.data|extra\.onnx)|files its manifest does not list") as info:
+    with pytest.raises(
+        IntegrityError, match=r"unet/(model\.onnx\.data|extra\.onnx)|files its manifest does not list"
+    ) as info:
         Bundle.load(copy)
     assert "copy the whole bundle again" in str(info.value) and "\n" not in str(info.value)
 
@@ -91,7 +99,8 @@ def test_device_pipeline_draws_what_the_host_pipeline_draws(bundle_dir: Path, qd
 
 BLOCKER = """
 import importlib.abc, sys
-BLOCKED = {"torch", "diffusers", "transformers", "datasets", "olive", "torchmetrics", "safetensors", "resource", "fcntl"}
+BLOCKED = {"torch", "diffusers", "transformers", "datasets", "olive", "torchmetrics", "safetensors", "resource",
+           "fcntl"}
 class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name.split(".")[0] in BLOCKED:
@@ -107,8 +116,11 @@ def test_device_steps_need_no_torch(bundle_dir: Path, tmp_path: Path) -> None:
     """``sdxl-qdq device-run`` in a process where torch, diffusers, transformers, datasets, Olive and the POSIX-only
     modules cannot be imported (as on the Windows NPU runner): placement, parity and two prompts drawn on QNN."""
     out = tmp_path / "results"
-    done = subprocess.run([sys.executable, "-c", BLOCKER, "device-run", "--bundle", str(bundle_dir), "--out", str(out),
-                           "--prompts", "2"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCKER, "device-run", "--bundle", str(bundle_dir), "--out", str(out), "--prompts", "2"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     results = DeviceResults.load(out)
     assert results.manifest["images"] == 4 and results.manifest["ep"] == "qnn"
@@ -118,8 +130,9 @@ def test_device_steps_need_no_torch(bundle_dir: Path, tmp_path: Path) -> None:
     assert len(list(results.images(2).glob("*.png"))) == 2
 
 
-@pytest.mark.parametrize(("process", "native", "refused"), [("AMD64", "ARM64", True), ("ARM64", "ARM64", False),
-                                                             ("x86_64", "x86_64", False)])
+@pytest.mark.parametrize(
+    ("process", "native", "refused"), [("AMD64", "ARM64", True), ("ARM64", "ARM64", False), ("x86_64", "x86_64", False)]
+)
 def test_an_emulated_python_is_refused(process: str, native: str, refused: bool) -> None:
     why = native_python_error(process, native)
     assert (why is not None) == refused
@@ -127,14 +140,17 @@ def test_an_emulated_python_is_refused(process: str, native: str, refused: bool)
         assert "emulated" in why and "native ARM64 Python" in why and "\n" not in why
 
 
-def test_device_results_judged_on_the_host_give_the_host_verdict(qdq_quality_artifacts, qdq_cache, tmp_path: Path) -> None:
+def test_device_results_judged_on_the_host_give_the_host_verdict(
+    qdq_quality_artifacts, qdq_cache, tmp_path: Path
+) -> None:
     """Device results drawn on the CPU EP (bit-identical to the host's images) through `--from-device`: the same
     checks, measured values included, as drawing here; results of another build are refused."""
     from sdxl_qdq.device.night import run_night
     from sdxl_qdq.flows import prepare_gate
 
-    bundle = Bundle.load(write_bundle(qdq_quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1,
-                                      context=False))
+    bundle = Bundle.load(
+        write_bundle(qdq_quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1, context=False)
+    )
     results = run_night(bundle, tmp_path / "results", qnn=QnnOptions("60"), ep="cpu")
     here = prepare_gate(qdq_quality_artifacts, cache=qdq_cache)
     there = prepare_gate(qdq_quality_artifacts, cache=qdq_cache, from_device=results)
@@ -145,7 +161,8 @@ def test_device_results_judged_on_the_host_give_the_host_verdict(qdq_quality_art
     other = json.loads((results / "manifest.json").read_text())
     with pytest.raises(ConfigError, match="other QDQ models"):
         DeviceResults(results, {**other, "bundle": {**other["bundle"], "keys": {"qdq": {}}}}).check_matches(
-            qdq_quality_artifacts.keys, model=qdq_quality_artifacts.source.name, soc="60")
+            qdq_quality_artifacts.keys, model=qdq_quality_artifacts.source.name, soc="60"
+        )
 
 
 def test_a_device_venv_without_onnxruntime_qnn_is_one_line_with_the_fix(monkeypatch, capsys) -> None:
@@ -154,8 +171,13 @@ def test_a_device_venv_without_onnxruntime_qnn_is_one_line_with_the_fix(monkeypa
     from sdxl_qdq.cli import main
 
     real = metadata.version
-    monkeypatch.setattr(metadata, "version", lambda name: (_ for _ in ()).throw(metadata.PackageNotFoundError(name))
-                        if name == "onnxruntime-qnn" else real(name))
+    monkeypatch.setattr(
+        metadata,
+        "version",
+        lambda name: (
+            (_ for _ in ()).throw(metadata.PackageNotFoundError(name)) if name == "onnxruntime-qnn" else real(name)
+        ),
+    )
     assert main(["device-check"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: onnxruntime-qnn is not installed") and "pip install -r requirements/device.txt" in err

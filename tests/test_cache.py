@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_qdq.convert.stages import build
 from sdxl_qdq.cache import ArtifactCache, make_key
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.stages import build
 
 
 def test_key_changes_with_any_input() -> None:
@@ -32,7 +32,9 @@ def test_failed_build_leaves_nothing(tmp_path: Path) -> None:
     final = cache.path("stage", {"a": 1})
     assert not final.exists()
     # nothing of the artifact is left; only the failed stage's log, beside it, for its third-party output
-    assert [p.name for p in (tmp_path / "stage").iterdir() if not p.name.endswith(".lock")] == [f"{final.name}.failed.log"]
+    assert [p.name for p in (tmp_path / "stage").iterdir() if not p.name.endswith(".lock")] == [
+        f"{final.name}.failed.log"
+    ]
 
 
 def test_a_killed_build_is_cleaned_up_by_the_next(tmp_path: Path) -> None:
@@ -57,8 +59,10 @@ def test_parallel_requests_build_once(tmp_path: Path) -> None:
         (out / "artifact").write_text("done")
 
     results = []
-    threads = [threading.Thread(target=lambda: results.append(ArtifactCache(tmp_path).get_or_build("s", {"k": 1}, slow_build)))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(ArtifactCache(tmp_path).get_or_build("s", {"k": 1}, slow_build)))
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -68,8 +72,10 @@ def test_parallel_requests_build_once(tmp_path: Path) -> None:
 
 
 def _digests(models: dict[str, Path]) -> dict[str, str]:
-    return {c: hashlib.sha256(p.read_bytes() + (p.parent / "model.onnx.data").read_bytes()).hexdigest()
-            for c, p in models.items()}
+    return {
+        c: hashlib.sha256(p.read_bytes() + (p.parent / "model.onnx.data").read_bytes()).hexdigest()
+        for c, p in models.items()
+    }
 
 
 def test_second_build_is_a_cache_hit(qdq_artifacts, qdq_cache) -> None:
@@ -100,11 +106,13 @@ def test_a_warm_build_imports_no_heavy_package(qdq_artifacts, qdq_cache) -> None
     import subprocess
     import sys
 
-    code = ("import json, sys\nfrom sdxl_qdq.convert.stages import build\nfrom sdxl_qdq.cache import ArtifactCache\n"
-            f"cache = ArtifactCache({str(cache.root)!r})\nb = build({artifacts.source.name!r}, cache=cache)\n"
-            "heavy = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'datasets', 'diffusers', "
-            "'transformers', 'olive')} | {m for m in sys.modules if m.startswith('onnxruntime.tools')})\n"
-            "print(json.dumps({'heavy': heavy, 'misses': cache.misses, 'quantizer': b.keys['quantizer']}))\n")
+    code = (
+        "import json, sys\nfrom sdxl_qdq.convert.stages import build\nfrom sdxl_qdq.cache import ArtifactCache\n"
+        f"cache = ArtifactCache({str(qdq_cache.root)!r})\nb = build({qdq_artifacts.source.name!r}, cache=cache)\n"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'datasets', 'diffusers', "
+        "'transformers', 'olive')} | {m for m in sys.modules if m.startswith('onnxruntime.tools')})\n"
+        "print(json.dumps({'heavy': heavy, 'misses': cache.misses, 'quantizer': b.keys['quantizer']}))\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -72,7 +72,8 @@ def test_committed_weights_are_small_fp16_safetensors() -> None:
 
     for f in files:
         with safe_open(str(f), framework="pt") as st:
-            assert {str(st.get_slice(k).get_dtype()) for k in st.keys()} == {"F16"}, f.name
+            dtypes = {str(st.get_slice(k).get_dtype()) for k in st.keys()}  # noqa: SIM118 - safe_open is no dict
+            assert dtypes == {"F16"}, f.name
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +103,9 @@ def test_canary_draws_the_prompt(test_images, label: str) -> None:
     results = [world.check(img, p.text)["correct"] for img, p in zip(images[label], prompts)]
     rate = float(np.mean(results))
     held = [r for r, p in zip(results, prompts) if world.parse(p.text).held_out]
-    assert rate >= CORRECT_TARGET, f"{label}: {rate:.0%} of test images correct (held-out {np.mean(held):.0%}), target {CORRECT_TARGET:.0%}"
+    assert rate >= CORRECT_TARGET, (
+        f"{label}: {rate:.0%} of test images correct (held-out {np.mean(held):.0%}), target {CORRECT_TARGET:.0%}"
+    )
 
 
 def test_scorer_separates_captions() -> None:

@@ -17,10 +17,10 @@ from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges, split_nodes
 class _Reader:
     """A CalibrationDataReader over a list of feeds (onnxruntime's stock calibration path)."""
 
-    def __init__(self, feeds) -> None:  # noqa: ANN001
+    def __init__(self, feeds) -> None:
         self._it = iter(feeds)
 
-    def get_next(self):  # noqa: ANN201
+    def get_next(self):
         return next(self._it, None)
 
 
@@ -28,7 +28,9 @@ def _qnn_config(model: Path, feeds: list):
     from onnxruntime.quantization import QuantType
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    return get_qnn_qdq_config(str(model), _Reader(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8)
+    return get_qnn_qdq_config(
+        str(model), _Reader(feeds), activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8
+    )
 
 
 def _private_copy(model: Path, dest: Path) -> Path:
@@ -61,14 +63,18 @@ def stock(request, qdq_artifacts, tmp_path_factory):
     kwargs = {k: v for k, v in inspect.getmembers(config) if not k.startswith("_")}
     kwargs["calibration_data_reader"] = _Reader(feeds)
     (out / "model").mkdir()
-    quantize_static(str(model), str(out / "model" / "model.onnx"), calibration_cache_path=str(out / "ranges.json"), **kwargs)
+    quantize_static(
+        str(model), str(out / "model" / "model.onnx"), calibration_cache_path=str(out / "ranges.json"), **kwargs
+    )
     return model, feeds, config, load_tensors_data(out / "ranges.json"), _digest(out / "model")
 
 
 @pytest.mark.parametrize("segments", [1, 2, 4])
 def test_segmented_calibration_equals_the_stock_path(stock, tmp_path: Path, segments: int) -> None:
     model, feeds, config, ranges, digest = stock
-    chunked = segmented_minmax_ranges(model, lambda: feeds, segments=segments, op_types_to_calibrate=config.op_types_to_quantize)
+    chunked = segmented_minmax_ranges(
+        model, lambda: feeds, segments=segments, op_types_to_calibrate=config.op_types_to_quantize
+    )
     assert set(chunked.data) == set(ranges.data) and len(ranges.data) > 50
     for name, expected in ranges.data.items():
         for got, want in zip(chunked.data[name].range_value, expected.range_value):
@@ -82,8 +88,13 @@ def test_repeated_samples_are_run_once(stock) -> None:
     """A sample equal to an earlier one cannot move a min or a max: it is skipped, the ranges are the same."""
     model, feeds, config, ranges, _ = stock
     timings: dict = {}
-    twice = segmented_minmax_ranges(model, lambda: feeds + feeds[::-1], segments=2,
-                                    op_types_to_calibrate=config.op_types_to_quantize, timings=timings)
+    twice = segmented_minmax_ranges(
+        model,
+        lambda: feeds + feeds[::-1],
+        segments=2,
+        op_types_to_calibrate=config.op_types_to_quantize,
+        timings=timings,
+    )
     from sdxl_qdq.run.pipeline import feeds_digest
 
     distinct = len({feeds_digest(f) for f in feeds})  # the text encoders already see each prompt twice
@@ -115,7 +126,9 @@ def test_segments_are_balanced_by_weight_bytes(qdq_artifacts, component: str) ->
 
 
 @pytest.mark.parametrize("olive_patched", [False, True], ids=["as-is", "olive-patched"])
-def test_reductions_run_before_their_tensor_is_consumed(qdq_artifacts, tmp_path: Path, monkeypatch, olive_patched: bool) -> None:
+def test_reductions_run_before_their_tensor_is_consumed(
+    qdq_artifacts, tmp_path: Path, monkeypatch, olive_patched: bool
+) -> None:
     """What bounds a segment's memory: in the calibration session each tensor's ReduceMin/Max runs before the
     tensor's last reader, so calibrating keeps no activation alive longer than inference does (onnxruntime's
     default order runs them after everything else: 14.4 GB instead of 1.7 GB on the real VAE decoder). Also
@@ -139,15 +152,24 @@ def test_reductions_run_before_their_tensor_is_consumed(qdq_artifacts, tmp_path:
     model = _private_copy(qdq_artifacts.float.models["vae_decoder"], tmp_path / "float")
     feeds = load_calibration(qdq_artifacts.calibration_dir, "vae_decoder")[:1]
     selected = set(segmented_minmax_ranges(model, lambda: feeds, segments=1).data)
-    calibrator = _calibrator_class()(str(model), None, augmented_model_path=str(tmp_path / "augmented.onnx"),
-                                     use_external_data_format=True, subset=selected)
+    calibrator = _calibrator_class()(
+        str(model),
+        None,
+        augmented_model_path=str(tmp_path / "augmented.onnx"),
+        use_external_data_format=True,
+        subset=selected,
+    )
     calibrator.augment_graph()
     so = session_options()
     so.enable_profiling, so.profile_file_prefix = True, str(tmp_path / "profile")
     session = onnxruntime.InferenceSession(str(tmp_path / "augmented.onnx"), so, providers=["CPUExecutionProvider"])
     session.run(None, feeds[0])
     events = json.loads(Path(session.end_profiling()).read_text())
-    order = [e["name"].removesuffix("_kernel_time") for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    order = [
+        e["name"].removesuffix("_kernel_time")
+        for e in events
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")
+    ]
     position = {name: i for i, name in enumerate(order)}
     graph = onnx.load(str(tmp_path / "augmented.onnx"), load_external_data=False).graph
     readers: dict[str, list[str]] = {}

@@ -54,10 +54,15 @@ def test_worst_layers_are_named_worst_first(qdq_artifacts) -> None:
     from sdxl_qdq.diagnose.localize import worst_layers
 
     feeds = load_calibration(qdq_artifacts.calibration_dir, "text_encoder_2")[:2]
-    layers = worst_layers(qdq_artifacts.float.models["text_encoder_2"], qdq_artifacts.qdq.models["text_encoder_2"], feeds, top=5)
+    layers = worst_layers(
+        qdq_artifacts.float.models["text_encoder_2"], qdq_artifacts.qdq.models["text_encoder_2"], feeds, top=5
+    )
     assert len(layers) == 5 and all(layer.tensor.startswith("/") for layer in layers)
     values = [layer.sqnr_db for layer in layers]
     assert values == sorted(values) and np.isfinite(values).all()
     # the identical model has no quantization error anywhere: nothing finite to report
     vae_feeds = load_calibration(qdq_artifacts.calibration_dir, "vae_decoder")[:1]
-    assert worst_layers(qdq_artifacts.float.models["vae_decoder"], qdq_artifacts.float.models["vae_decoder"], vae_feeds) == []
+    assert (
+        worst_layers(qdq_artifacts.float.models["vae_decoder"], qdq_artifacts.float.models["vae_decoder"], vae_feeds)
+        == []
+    )

@@ -14,12 +14,17 @@ from sdxl_qdq.convert.calibration import load_calibration
 from sdxl_qdq.diagnose.diverge import CutGraph, cpu_reference, distinct_samples, localize
 from sdxl_qdq.runtime import create_session
 
-PLANTED = "/unet/down_blocks.1/resnets.0/conv1/Conv_output_0"  # the activation whose DequantizeLinear gets a wrong scale
+PLANTED = (
+    "/unet/down_blocks.1/resnets.0/conv1/Conv_output_0"  # the activation whose DequantizeLinear gets a wrong scale
+)
 
 
 def _run(proto, data_dir: Path, feeds) -> np.ndarray:
-    session = create_session(proto.SerializeToString(), optimize=False,
-                             extra_config={"session.model_external_initializers_file_folder_path": str(data_dir)})
+    session = create_session(
+        proto.SerializeToString(),
+        optimize=False,
+        extra_config={"session.model_external_initializers_file_folder_path": str(data_dir)},
+    )
     names = [i.name for i in session.get_inputs()]
     return np.stack([session.run(None, {k: f[k] for k in names})[0] for f in feeds])
 
@@ -44,11 +49,15 @@ def test_cuts_compute_what_the_model_computes(qdq_artifacts) -> None:
     np.testing.assert_array_equal(_run(cut, model.parent, fed), np.stack([r[target] for r in ref]))
 
 
-@pytest.mark.parametrize(("component", "expected"), [
-    ("unet", {"conv_in", "down_blocks.0", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.2", "conv_out"}),
-    ("text_encoder_2", {"layers.0", "layers.1", "layers.2"}),
-    ("vae_decoder", {"mid_block", "up_blocks.0", "up_blocks.3", "conv_out"}),
-], ids=["unet", "text_encoder_2", "vae_decoder"])
+@pytest.mark.parametrize(
+    ("component", "expected"),
+    [
+        ("unet", {"conv_in", "down_blocks.0", "down_blocks.2", "mid_block", "up_blocks.0", "up_blocks.2", "conv_out"}),
+        ("text_encoder_2", {"layers.0", "layers.1", "layers.2"}),
+        ("vae_decoder", {"mid_block", "up_blocks.0", "up_blocks.3", "conv_out"}),
+    ],
+    ids=["unet", "text_encoder_2", "vae_decoder"],
+)
 def test_blocks_are_the_modules_below_the_wrapper(qdq_artifacts, component: str, expected: set[str]) -> None:
     graph = CutGraph(qdq_artifacts.qdq.models[component])
     names = set(graph.block_names())
@@ -64,9 +73,15 @@ def _planted(qdq_artifacts, tmp_path: Path, *, factor: float) -> Path:
     cut = graph.extract(graph.block_output("down_blocks.2").dequantized)
     onnx.load_external_data_for_model(cut, str(model.parent))
     if factor != 1:
-        (dq,) = [n for n in cut.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == PLANTED + "_QuantizeLinear_Output"]
+        (dq,) = [
+            n
+            for n in cut.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] == PLANTED + "_QuantizeLinear_Output"
+        ]
         scale = next(t for t in cut.graph.initializer if t.name == dq.input[1])
-        cut.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(factor), "planted_scale"))
+        cut.graph.initializer.append(
+            numpy_helper.from_array(numpy_helper.to_array(scale) * np.float32(factor), "planted_scale")
+        )
         dq.input[1] = "planted_scale"
     path = tmp_path / ("planted.onnx" if factor != 1 else "control.onnx")
     onnx.save(cut, str(path))
@@ -74,7 +89,9 @@ def _planted(qdq_artifacts, tmp_path: Path, *, factor: float) -> Path:
 
 
 @pytest.mark.qnn
-def test_localizer_names_a_planted_defect_first_and_reduces_it_to_its_node(qdq_artifacts, qdq_qnn_options, tmp_path: Path) -> None:
+def test_localizer_names_a_planted_defect_first_and_reduces_it_to_its_node(
+    qdq_artifacts, qdq_qnn_options, tmp_path: Path
+) -> None:
     feeds = distinct_samples(load_calibration(qdq_artifacts.calibration_dir, "unet"), 2)
     control = localize(_planted(qdq_artifacts, tmp_path, factor=1), feeds, qnn=qdq_qnn_options)
     assert control.worst.local_db >= 40 and control.first_divergent is None and not control.reduced, control.lines()

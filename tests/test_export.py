@@ -44,8 +44,11 @@ def test_export_shapes_follow_the_model(qdq_artifacts) -> None:
     unet = {t.name: t.shape for t in io["unet"].inputs}
     assert io["text_encoder"].inputs[0].shape == (1, 77)
     assert unet == {
-        "sample": (1, 4, latent, latent), "timestep": (1,), "encoder_hidden_states": (1, 77, h1 + h2),
-        "text_embeds": (1, pooled), "time_ids": (1, 6),
+        "sample": (1, 4, latent, latent),
+        "timestep": (1,),
+        "encoder_hidden_states": (1, 77, h1 + h2),
+        "text_embeds": (1, pooled),
+        "time_ids": (1, 6),
     }
     assert io["vae_decoder"].outputs[0].shape == (1, 3, 8 * latent, 8 * latent)
 
@@ -69,8 +72,14 @@ def test_streamed_rewrite_writes_what_onnx_writes(qdq_artifacts, tmp_path, layou
     if layout == "inline":
         onnx.save_model(model, str(source))
     else:
-        onnx.save_model(model, str(source), save_as_external_data=True, all_tensors_to_one_file=False, size_threshold=0,
-                        convert_attribute=True)
+        onnx.save_model(
+            model,
+            str(source),
+            save_as_external_data=True,
+            all_tensors_to_one_file=False,
+            size_threshold=0,
+            convert_attribute=True,
+        )
         assert len(list(source.parent.iterdir())) > 100
     for name in ("loaded", "streamed"):
         (tmp_path / name).mkdir()
@@ -92,8 +101,15 @@ def test_ort_float_pipeline_matches_diffusers(qdq_artifacts, steps: int) -> None
     ours = OrtSDXLPipeline(qdq_artifacts.float)(prompt, steps=steps)
     pipe = load_torch_pipeline(qdq_artifacts.pipeline_dir)
     size = qdq_artifacts.source.image_size
-    theirs = pipe(prompt, num_inference_steps=steps, guidance_scale=0.0, height=size, width=size, output_type="np",
-                  generator=torch.Generator().manual_seed(prompt_seed(prompt))).images[0]
+    theirs = pipe(
+        prompt,
+        num_inference_steps=steps,
+        guidance_scale=0.0,
+        height=size,
+        width=size,
+        output_type="np",
+        generator=torch.Generator().manual_seed(prompt_seed(prompt)),
+    ).images[0]
     theirs = (theirs * 255).round().astype(np.uint8)
     assert ours.shape == theirs.shape == (size, size, 3)
     diff = np.abs(ours.astype(int) - theirs.astype(int))

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sdxl_qdq.convert.stages import build
 from sdxl_qdq.cache import ArtifactCache, CacheError
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.stages import build
 from sdxl_qdq.manifest import MANIFEST
 
 VARIABLE = {"build.log", "build.json"}  # what a stage writes about itself (times, third-party output)
@@ -30,11 +30,11 @@ def _digests(folder: Path) -> dict[str, str]:
     return {rel: e["sha256"] for rel, e in files.items() if Path(rel).name not in VARIABLE}
 
 
-def _source_key(qdq_artifacts) -> str:  # noqa: ANN001
+def _source_key(qdq_artifacts) -> str:
     return qdq_artifacts.pipeline_dir.parent.name
 
 
-def _seed(root: Path, session: Path, qdq_artifacts, stages: dict[str, list[str]]) -> None:  # noqa: ANN001
+def _seed(root: Path, session: Path, qdq_artifacts, stages: dict[str, list[str]]) -> None:
     """Copy the named artifacts of the session's tiny build into the cache at ``root`` (their keys are the same)."""
     for stage, keys in stages.items():
         for key in keys:
@@ -60,7 +60,9 @@ def _cli(*args: str) -> list[str]:
 
 
 @pytest.mark.parametrize("stage", ["export", "calibration", "qdq"])
-def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(qdq_artifacts, qdq_cache, tmp_path: Path, stage: str) -> None:
+def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(
+    qdq_artifacts, qdq_cache, tmp_path: Path, stage: str
+) -> None:
     root, keys = tmp_path / "cache", qdq_artifacts.keys
     seeded = {"source": [_source_key(qdq_artifacts)]}
     if stage in ("calibration", "qdq"):
@@ -69,16 +71,19 @@ def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(qdq_artifacts, qd
         seeded["calibration"] = [keys["calibration"]]
         seeded["qdq"] = [keys["qdq"][c] for c in COMPONENTS if c != "vae_decoder"]
     _seed(root, qdq_cache.root, qdq_artifacts, seeded)
-    proc = subprocess.Popen(_cli("build", "--model", "tiny", "--cache-dir", str(root)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _cli("build", "--model", "tiny", "--cache-dir", str(root)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _kill_when_started(proc, root / stage)
     assert any(p.name.startswith(".") for p in (root / stage).iterdir()), "the killed build's temporary folder"
     again = build("tiny", cache=ArtifactCache(root))
     # everything after the kill was built again: byte for byte what the unkilled build wrote (the export case is a
     # whole cold rebuild: every float and QDQ model)
-    rebuilt = {"export": {"export": [keys["export"]], "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())},
-               "calibration": {"calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())},
-               "qdq": {"qdq": [keys["qdq"]["vae_decoder"]]}}[stage]
+    rebuilt = {
+        "export": {"export": [keys["export"]], "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())},
+        "calibration": {"calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())},
+        "qdq": {"qdq": [keys["qdq"]["vae_decoder"]]},
+    }[stage]
     for folder, stage_keys in rebuilt.items():
         for key in stage_keys:
             assert _digests(root / folder / key) == _digests(qdq_cache.root / folder / key), f"{folder}/{key}"
@@ -93,15 +98,32 @@ def test_image_generation_killed_draws_the_same_images(qdq_artifacts, qdq_cache,
 
     root = tmp_path / "cache"
     keys = qdq_artifacts.keys
-    _seed(root, qdq_cache.root, qdq_artifacts, {"source": [_source_key(qdq_artifacts)], "export": [keys["export"]],
-                                        "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())})
-    script = ("import sys; from pathlib import Path; from sdxl_qdq.convert.stages import build; from sdxl_qdq.cache import ArtifactCache;"
-              "from sdxl_qdq.flows import draw; from sdxl_qdq.models.prompts import load_prompts; from sdxl_qdq.run.generate import Variant;"
-              "c = ArtifactCache(Path(sys.argv[1])); draw(build('tiny', cache=c), Variant('qdq', 2), load_prompts('all'), cache=c)")
-    proc = subprocess.Popen([sys.executable, "-c", script, str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _seed(
+        root,
+        qdq_cache.root,
+        qdq_artifacts,
+        {
+            "source": [_source_key(qdq_artifacts)],
+            "export": [keys["export"]],
+            "calibration": [keys["calibration"]],
+            "qdq": list(keys["qdq"].values()),
+        },
+    )
+    script = (
+        "import sys; from pathlib import Path; from sdxl_qdq.convert.stages import build;"
+        "from sdxl_qdq.cache import ArtifactCache; from sdxl_qdq.flows import draw;"
+        "from sdxl_qdq.models.prompts import load_prompts; from sdxl_qdq.run.generate import Variant;"
+        "c = ArtifactCache(Path(sys.argv[1]));"
+        "draw(build('tiny', cache=c), Variant('qdq', 2), load_prompts('all'), cache=c)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     _kill_when_started(proc, root / ".scratch", pattern="drawing.*")  # images are drawn there, then moved in
     assert list((root / ".scratch").glob("drawing.*")), "the killed run's drawings"
-    again = draw(build("tiny", cache=ArtifactCache(root)), Variant("qdq", 2), load_prompts("all"), cache=ArtifactCache(root))
+    again = draw(
+        build("tiny", cache=ArtifactCache(root)), Variant("qdq", 2), load_prompts("all"), cache=ArtifactCache(root)
+    )
     reference = draw(qdq_artifacts, Variant("qdq", 2), load_prompts("all"), cache=qdq_cache)
     assert _digests(again) == _digests(reference) and len(_digests(again)) == 101  # 100 images and key.json
     assert not list((root / ".scratch").iterdir()), "a killed run's drawings were kept"
@@ -114,10 +136,13 @@ def test_a_killed_baseline_write_leaves_the_previous_file(tmp_path: Path) -> Non
     write_baseline({"version": 1}, path)
     before = path.read_bytes()
     big = json.dumps({"values": list(range(4_000_000))})
-    script = ("import json, sys; from pathlib import Path; from sdxl_qdq.judge.baseline import write_baseline;"
-              f"write_baseline(json.loads(sys.stdin.read()), Path({str(path)!r}))")
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    script = (
+        "import json, sys; from pathlib import Path; from sdxl_qdq.judge.baseline import write_baseline;"
+        f"write_baseline(json.loads(sys.stdin.read()), Path({str(path)!r}))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     proc.stdin.write(big.encode())
     proc.stdin.close()
     deadline = time.monotonic() + 60
@@ -131,12 +156,17 @@ def test_a_killed_baseline_write_leaves_the_previous_file(tmp_path: Path) -> Non
 
 
 def test_two_processes_build_one_artifact(tmp_path: Path) -> None:
-    script = ("import sys, time, os; from pathlib import Path; from sdxl_qdq.cache import ArtifactCache\n"
-              "def make(out):\n"
-              "    open(Path(sys.argv[1]) / 'builds.log', 'a').write(f'{os.getpid()}\\n'); time.sleep(1.5)\n"
-              "    (out / 'x').write_text('x')\n"
-              "print(ArtifactCache(Path(sys.argv[1])).get_or_build('demo', {'k': 1}, make))")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    script = (
+        "import sys, time, os; from pathlib import Path; from sdxl_qdq.cache import ArtifactCache\n"
+        "def make(out):\n"
+        "    open(Path(sys.argv[1]) / 'builds.log', 'a').write(f'{os.getpid()}\\n'); time.sleep(1.5)\n"
+        "    (out / 'x').write_text('x')\n"
+        "print(ArtifactCache(Path(sys.argv[1])).get_or_build('demo', {'k': 1}, make))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert [p.returncode for p in procs] == [0, 0] and outs[0] == outs[1]
     assert len((tmp_path / "builds.log").read_text().splitlines()) == 1
@@ -145,8 +175,17 @@ def test_two_processes_build_one_artifact(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["truncate", "flip"])
 def test_a_damaged_artifact_is_moved_aside_and_rebuilt(qdq_artifacts, qdq_cache, tmp_path: Path, damage: str) -> None:
     root, keys = tmp_path / "cache", qdq_artifacts.keys
-    _seed(root, qdq_cache.root, qdq_artifacts, {"source": [_source_key(qdq_artifacts)], "export": [keys["export"]],
-                                        "calibration": [keys["calibration"]], "qdq": list(keys["qdq"].values())})
+    _seed(
+        root,
+        qdq_cache.root,
+        qdq_artifacts,
+        {
+            "source": [_source_key(qdq_artifacts)],
+            "export": [keys["export"]],
+            "calibration": [keys["calibration"]],
+            "qdq": list(keys["qdq"].values()),
+        },
+    )
     key = keys["qdq"]["vae_decoder"]
     data = root / "qdq" / key / "model.onnx.data"
     raw = bytearray(data.read_bytes())
@@ -163,7 +202,9 @@ def test_a_damaged_artifact_is_moved_aside_and_rebuilt(qdq_artifacts, qdq_cache,
     assert len(list((root / "qdq").glob(f"{key}.bad-*"))) == 1
 
 
-def test_a_change_that_keeps_size_and_mtime_is_found_by_full_verification(qdq_artifacts, qdq_cache, tmp_path: Path) -> None:
+def test_a_change_that_keeps_size_and_mtime_is_found_by_full_verification(
+    qdq_artifacts, qdq_cache, tmp_path: Path
+) -> None:
     """A hit re-hashes a file whose size, mtime or inode changed since it was verified; `--verify-cache` and
     `sdxl-qdq verify` hash everything, so even an edit that restores the mtime is found."""
     root = tmp_path / "cache"
@@ -188,7 +229,9 @@ def test_a_change_that_keeps_size_and_mtime_is_found_by_full_verification(qdq_ar
 
 def _mount_tmpfs(path: Path, options: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    return (
+        subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True).returncode == 0
+    )
 
 
 def test_an_unwritable_cache_is_one_clear_error(tmp_path: Path, capsys) -> None:

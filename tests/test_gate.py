@@ -17,8 +17,9 @@ from sdxl_qdq.judge.gate import Check
 
 def test_check_message_has_value_baseline_limit_and_direction() -> None:
     check = Check("MSE qdq@1 vs float@1 [000-a]", 12.5, 1.0, 2.0, "max", "PSNR 37 dB")
-    assert check.failure == ("MSE qdq@1 vs float@1 [000-a]: measured 12.5, baseline 1, limit 2 "
-                             "(must be at most the limit) — PSNR 37 dB")
+    assert check.failure == (
+        "MSE qdq@1 vs float@1 [000-a]: measured 12.5, baseline 1, limit 2 (must be at most the limit) — PSNR 37 dB"
+    )
     assert Check("m", 1.5, 1.0, 2.0, "max").failure is None
     assert "at least" in Check("clip", 0.5, 1.0, 0.8, "min").failure
     assert Check("clip", 0.9, 1.0, 0.8, "min").failure is None
@@ -30,13 +31,25 @@ def test_baseline_of_another_backbone_never_gates(tmp_path: Path) -> None:
     path = baseline_path("tiny", real, tmp_path, reference="float1-seed1")
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps({"backbones": {"clip": real.clip, "fid": real.fid}}))
-    with pytest.raises(ConfigError, match="other EPs, backbones or FID references only.*never gate this one.*--qdq-update-baselines"):
+    with pytest.raises(
+        ConfigError, match=r"other EPs, backbones or FID references only.*never gate this one.*--qdq-update-baselines"
+    ):
         load_baseline("tiny", proxy, tmp_path, reference="float1-seed1")
 
 
 def _write(path: Path, **fields) -> None:
-    base = {"backbones": {"clip": PROXY_CLIP, "fid": PROXY_FID}, "ep": "cpu", "fid_reference_id": "float1-seed1",
-            "prompts": [], "prompts_sha256": "", "mse": {}, "clip": {}, "clip_delta": {}, "clip_floor": {}, "fid": {}}
+    base = {
+        "backbones": {"clip": PROXY_CLIP, "fid": PROXY_FID},
+        "ep": "cpu",
+        "fid_reference_id": "float1-seed1",
+        "prompts": [],
+        "prompts_sha256": "",
+        "mse": {},
+        "clip": {},
+        "clip_delta": {},
+        "clip_floor": {},
+        "fid": {},
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**base, **fields}))
 
@@ -48,7 +61,10 @@ def test_baseline_of_another_ep_never_gates(tmp_path: Path) -> None:
     cpu = baseline_path("tiny", proxy, tmp_path, ep="cpu", reference="float1-seed1")
     _write(cpu)
     assert load_baseline("tiny", proxy, tmp_path, ep="cpu", reference="float1-seed1")["ep"] == "cpu"
-    with pytest.raises(ConfigError, match=r"on the qnn EP.*other EPs, backbones or FID references only \(cpu/.*--qdq-ep qnn --qdq-update-baselines"):
+    with pytest.raises(
+        ConfigError,
+        match=r"on the qnn EP.*other EPs, backbones or FID references only \(cpu/.*--qdq-ep qnn --qdq-update-baselines",
+    ):
         load_baseline("tiny", proxy, tmp_path, ep="qnn", reference="float1-seed1")
     moved = baseline_path("tiny", proxy, tmp_path, ep="qnn", reference="float1-seed1")
     moved.parent.mkdir(parents=True)
@@ -61,15 +77,23 @@ def test_baseline_of_another_fid_reference_never_gates(tmp_path: Path) -> None:
     """A real-model run without --coco-dir would compare float-seed FID with a COCO-reference FID: refused, naming
     both references and how to get the COCO images."""
     proxy = Backbones(PROXY_CLIP, PROXY_FID)
-    _write(baseline_path("sdxl-turbo", proxy, tmp_path, reference="coco2017-crop256"), fid_reference_id="coco2017-crop256")
-    with pytest.raises(ConfigError, match=r"uses FID reference 'coco2017-crop256', this run 'float1-seed1': pass --coco-dir DIR"):
+    _write(
+        baseline_path("sdxl-turbo", proxy, tmp_path, reference="coco2017-crop256"), fid_reference_id="coco2017-crop256"
+    )
+    with pytest.raises(
+        ConfigError, match=r"uses FID reference 'coco2017-crop256', this run 'float1-seed1': pass --coco-dir DIR"
+    ):
         load_baseline("sdxl-turbo", proxy, tmp_path, reference="float1-seed1")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("{not json", "is not valid JSON"),
-    (json.dumps({"backbones": {}}), "lacks"),
-], ids=["corrupt", "hand-edited"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        (json.dumps({"backbones": {}}), "lacks"),
+    ],
+    ids=["corrupt", "hand-edited"],
+)
 def test_a_broken_baseline_file_is_one_line_with_the_fix(tmp_path: Path, content: str, message: str) -> None:
     proxy = Backbones(PROXY_CLIP, PROXY_FID)
     path = baseline_path("tiny", proxy, tmp_path, reference="float1-seed1")
@@ -111,7 +135,9 @@ def degraded(qdq_artifacts, qdq_cache, tmp_path_factory):
         workflow["passes"]["quantization"]["activation_type"] = "uint8"
     path = tmp_path_factory.mktemp("recipe") / "uint8_activations.json"
     path.write_text(json.dumps(recipe))
-    return prepare_gate(build("tiny", recipe=path, cache=qdq_cache), cache=qdq_cache, clip_backbone=PROXY_CLIP, fid_backbone=PROXY_FID)
+    return prepare_gate(
+        build("tiny", recipe=path, cache=qdq_cache), cache=qdq_cache, clip_backbone=PROXY_CLIP, fid_backbone=PROXY_FID
+    )
 
 
 def test_uint8_activations_leave_the_noise_window_of_the_tiny_model(degraded) -> None:
@@ -123,6 +149,8 @@ def test_uint8_activations_leave_the_noise_window_of_the_tiny_model(degraded) ->
     checks = degraded.all_checks()
     moved = [c for c in checks if c.metric.startswith("MSE") and c.status != "pass"]
     assert len(moved) >= 100, f"only {len(moved)} of 200 MSE checks left their noise window"
-    assert all("measured" in m and "baseline" in m and "limit" in m and "at most" in m
-               for m in (c.verdict(strict=True) for c in moved))
+    assert all(
+        "measured" in m and "baseline" in m and "limit" in m and "at most" in m
+        for m in (c.verdict(strict=True) for c in moved)
+    )
     assert verdict(checks, strict=True) == "failed"

@@ -52,7 +52,8 @@ def _graph() -> dict[str, set[str]]:
     graph = {}
     for name, edges in _imports(modules).items():
         targets = set()
-        for target, _ in edges:
+        for imported, _ in edges:
+            target = imported
             while target not in modules and "." in target:
                 target = target.rsplit(".", 1)[0]
             if target in modules and target != name and not name.startswith(target + "."):
@@ -68,9 +69,9 @@ def test_no_import_cycles() -> None:
         state[node] = "open"
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == "open":
-                cycles.append(stack[stack.index(nxt):] + [nxt] if nxt in stack else [node, nxt])
+                cycles.append([*stack[stack.index(nxt) :], nxt] if nxt in stack else [node, nxt])
             elif nxt not in state:
-                visit(nxt, stack + [nxt])
+                visit(nxt, [*stack, nxt])
         state[node] = "done"
 
     for module in sorted(graph):
@@ -80,12 +81,23 @@ def test_no_import_cycles() -> None:
 
 
 def test_no_private_name_imported_across_modules() -> None:
-    private = [f"{importer} imports {target}.{name}" for importer, edges in _imports(_modules()).items()
-               for target, name in edges if name and name.startswith("_") and target != importer]
+    private = [
+        f"{importer} imports {target}.{name}"
+        for importer, edges in _imports(_modules()).items()
+        for target, name in edges
+        if name and name.startswith("_") and target != importer
+    ]
     assert not private, private
 
 
-STAGES = ("sdxl_qdq.models", "sdxl_qdq.run", "sdxl_qdq.convert", "sdxl_qdq.judge", "sdxl_qdq.diagnose", "sdxl_qdq.device")
+STAGES = (
+    "sdxl_qdq.models",
+    "sdxl_qdq.run",
+    "sdxl_qdq.convert",
+    "sdxl_qdq.judge",
+    "sdxl_qdq.diagnose",
+    "sdxl_qdq.device",
+)
 # they tie the stages together
 TOP = ("sdxl_qdq.cli", "sdxl_qdq.flows", "sdxl_qdq.plugin", "sdxl_qdq.rehearsal", "sdxl_qdq.__main__")
 
@@ -94,8 +106,14 @@ def test_stages_import_down_the_data_flow() -> None:
     """Import order models → run → convert → judge (convert records its calibration inputs by running run's float
     pipeline); diagnose and device (what the NPU runner runs) beside them; a stage never imports a later one, and
     none imports diagnose or device."""
-    order = {"sdxl_qdq.models": 0, "sdxl_qdq.run": 1, "sdxl_qdq.convert": 2, "sdxl_qdq.judge": 3, "sdxl_qdq.diagnose": 3,
-             "sdxl_qdq.device": 3}
+    order = {
+        "sdxl_qdq.models": 0,
+        "sdxl_qdq.run": 1,
+        "sdxl_qdq.convert": 2,
+        "sdxl_qdq.judge": 3,
+        "sdxl_qdq.diagnose": 3,
+        "sdxl_qdq.device": 3,
+    }
     wrong = []
     for importer, targets in _graph().items():
         stage = next((s for s in order if importer.startswith(s + ".")), None)
@@ -109,8 +127,13 @@ def test_stages_import_down_the_data_flow() -> None:
 
 def test_shared_modules_import_no_stage() -> None:
     """errors, paths, cache, procs, components, runtime sit below every stage."""
-    wrong = [f"{m} -> {t}" for m, targets in _graph().items() if m.count(".") == 1 and m not in TOP
-             for t in targets if t.startswith(STAGES)]
+    wrong = [
+        f"{m} -> {t}"
+        for m, targets in _graph().items()
+        if m.count(".") == 1 and m not in TOP
+        for t in targets
+        if t.startswith(STAGES)
+    ]
     assert not wrong, wrong
 
 
@@ -127,7 +150,8 @@ def test_readme_layout_table_matches_the_tree() -> None:
 
 
 def test_no_source_file_is_git_ignored() -> None:
-    """An ignore pattern that matches a package folder (``build/`` once matched the stage now in ``convert/``) leaves it out of every
+    """An ignore pattern that matches a package folder (``build/`` once matched the stage now in ``convert/``)
+    leaves it out of every
     clone while the tree that wrote it still works."""
     import shutil
     import subprocess
@@ -136,10 +160,30 @@ def test_no_source_file_is_git_ignored() -> None:
 
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("not a git checkout (an installed copy): nothing can be left out of a clone")
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--ignored", "--exclude-standard", "--", "sdxl_qdq",
-                             "tests", "recipes", "baselines", "requirements", "fixtures"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    sources = [f for f in listed if "__pycache__" not in f and ".egg-info" not in f and not Path(f).name.startswith(".")]
+    listed = subprocess.run(
+        [
+            "git",
+            "ls-files",
+            "--cached",
+            "--others",
+            "--ignored",
+            "--exclude-standard",
+            "--",
+            "sdxl_qdq",
+            "tests",
+            "recipes",
+            "baselines",
+            "requirements",
+            "fixtures",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    sources = [
+        f for f in listed if "__pycache__" not in f and ".egg-info" not in f and not Path(f).name.startswith(".")
+    ]
     assert not sources, f"matched by .gitignore (new files there never reach a clone): {sources[:10]}"
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 import onnx
 import pytest
 
+from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.lean.graph import Graph, tensor_bytes
 from sdxl_qdq.convert.lean.passes import qnn_preprocess, quant_preprocess
 from sdxl_qdq.convert.lean.policy import choose_quantizer
 from sdxl_qdq.convert.lean.quantize import lean_quantize, plan
 from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, load_recipe
-from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.errors import ConfigError
 
 RECIPE = load_recipe(DEFAULT_RECIPE)
@@ -27,8 +27,14 @@ def test_lean_quantizer_gives_the_olive_model(qdq_artifacts, tmp_path: Path, com
     calibration cut into 3 segments; only the metadata says which path made it."""
     float_model = qdq_artifacts.float.models[component]
     out, lines = tmp_path / "out", []
-    steps = lean_quantize(RECIPE["workflows"][component], float_model, qdq_artifacts.calibration_dir, out, segments=3,
-                          progress=lines.append)
+    steps = lean_quantize(
+        RECIPE["workflows"][component],
+        float_model,
+        qdq_artifacts.calibration_dir,
+        out,
+        segments=3,
+        progress=lines.append,
+    )
     assert any(line.startswith("calibration segment 3/3") for line in lines), lines
     lean = onnx.load(str(out / "model.onnx"))
     stock = onnx.load(str(qdq_artifacts.qdq.models[component]))
@@ -37,7 +43,12 @@ def test_lean_quantizer_gives_the_olive_model(qdq_artifacts, tmp_path: Path, com
         assert getattr(lean.graph, field) == getattr(stock.graph, field), f"{component}: graph.{field} differs"
     assert {p.key: p.value for p in lean.metadata_props}["sdxl_qdq.quantizer"] == "lean"
     names = [s["step"] for s in steps]
-    assert names[names.index("calibration"):] == ["calibration", "quantize", *(["graph_surgeries"] * (component in FUSED)), "save"]
+    assert names[names.index("calibration") :] == [
+        "calibration",
+        "quantize",
+        *(["graph_surgeries"] * (component in FUSED)),
+        "save",
+    ]
     assert json.loads((out / "io.json").read_text()) == json.loads((float_model.parent / "io.json").read_text())
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lean-")], "work folder left behind"
 
@@ -54,7 +65,9 @@ def test_lean_quantizer_takes_tensor_quant_overrides_as_olive_does(qdq_artifacts
     recipe = with_overrides(RECIPE, "unet", acts, "QUInt8")
     assert plan(recipe["workflows"]["unet"])  # accepted
     lean_quantize(recipe["workflows"]["unet"], unet, qdq_artifacts.calibration_dir, tmp_path / "lean", segments=2)
-    quantize_component(recipe, "unet", model=unet, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "olive")
+    quantize_component(
+        recipe, "unet", model=unet, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "olive"
+    )
     lean, stock = (onnx.load(str(tmp_path / d / "model.onnx")) for d in ("lean", "olive"))
     for field in ("node", "initializer", "input", "output", "value_info"):
         assert getattr(lean.graph, field) == getattr(stock.graph, field), f"graph.{field} differs"
@@ -83,13 +96,22 @@ def test_preprocessing_never_loads_the_weights(qdq_artifacts, tmp_path: Path, mo
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda w: w["passes"].update(extra={"type": "OnnxDynamicQuantization"}),
-         "type 'OnnxDynamicQuantization' is not implemented by the memory-bounded quantizer"),
-        (lambda w: w["passes"]["quantization"].update(calibrate_method="Entropy"),
-         r"implements .*'calibrate_method': 'MinMax'.* only; got \{'calibrate_method': 'Entropy'\}"),
-        (lambda w: w["passes"]["quantization"].update(extra_options={"WeightSymmetric": True}),
-         r"extra_options \['WeightSymmetric'\]; the memory-bounded quantizer implements TensorQuantOverrides only"),
-        (lambda w: w["passes"]["qnn_preprocess"].update(inputs_to_make_channel_last=["sample"]), "inputs_to_make_channel_last"),
+        (
+            lambda w: w["passes"].update(extra={"type": "OnnxDynamicQuantization"}),
+            "type 'OnnxDynamicQuantization' is not implemented by the memory-bounded quantizer",
+        ),
+        (
+            lambda w: w["passes"]["quantization"].update(calibrate_method="Entropy"),
+            r"implements .*'calibrate_method': 'MinMax'.* only; got \{'calibrate_method': 'Entropy'\}",
+        ),
+        (
+            lambda w: w["passes"]["quantization"].update(extra_options={"WeightSymmetric": True}),
+            r"extra_options \['WeightSymmetric'\]; the memory-bounded quantizer implements TensorQuantOverrides only",
+        ),
+        (
+            lambda w: w["passes"]["qnn_preprocess"].update(inputs_to_make_channel_last=["sample"]),
+            "inputs_to_make_channel_last",
+        ),
         (lambda w: w["passes"].pop("quantization"), "one OnnxStaticQuantization"),
         (lambda w: w["passes"].update(again={"type": "QNNPreprocess"}), r"followed by GraphSurgeries passes only"),
     ],
@@ -132,8 +154,9 @@ def test_stock_estimate_counts_every_activation(qdq_artifacts, tmp_path: Path) -
     model = qdq_artifacts.float.models["vae_decoder"]
     proto = onnx.load(str(model))
     outputs = {o.name for o in proto.graph.output}
-    proto.graph.output.extend(onnx.ValueInfoProto(name=n) for node in proto.graph.node for n in node.output
-                              if n and n not in outputs)
+    proto.graph.output.extend(
+        onnx.ValueInfoProto(name=n) for node in proto.graph.node for n in node.output if n and n not in outputs
+    )
     session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     values = session.run(None, load_calibration(qdq_artifacts.calibration_dir, "vae_decoder")[0])
     activations = sum(v.nbytes for v in values if isinstance(v, np.ndarray) and v.dtype in (np.float32, np.float16))
@@ -168,15 +191,23 @@ def test_lean_build_collects_ranges_while_recording(qdq_artifacts, qdq_cache) ->
     for c, key in result.keys["prepared"].items():
         folder = qdq_cache.root / "prepared" / key
         assert (result.calibration_dir / c / "ranges.json").is_file()
-        assert {p.name for p in folder.iterdir()} == {"model.onnx", "model.onnx.data", "pre.onnx", "prepared.json",
-                                                       "build.json", "build.log", "key.json", "manifest.json"}, c
+        assert {p.name for p in folder.iterdir()} == {
+            "model.onnx",
+            "model.onnx.data",
+            "pre.onnx",
+            "prepared.json",
+            "build.json",
+            "build.log",
+            "key.json",
+            "manifest.json",
+        }, c
 
 
 def test_a_warm_lean_build_does_not_touch_its_prepared_folders(qdq_cache) -> None:
     """The prepared folders (the real UNet's: 10 GB) are read only by the recording and the quantization: once
     those are cached, a build neither checks nor rebuilds them, pruned or not; their keys still name them."""
-    from sdxl_qdq.convert.stages import build
     from sdxl_qdq.cache import ArtifactCache
+    from sdxl_qdq.convert.stages import build
 
     cold = build("tiny", cache=qdq_cache, quantizer="lean")
     warm_cache = ArtifactCache(qdq_cache.root)
@@ -186,7 +217,9 @@ def test_a_warm_lean_build_does_not_touch_its_prepared_folders(qdq_cache) -> Non
 
 
 @pytest.mark.parametrize("component", ["text_encoder_2", "unet"])
-def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(qdq_artifacts, qdq_cache, component: str) -> None:
+def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(
+    qdq_artifacts, qdq_cache, component: str
+) -> None:
     """Bit for bit what segmented calibration (onnxruntime's calibrator, with the lean build's session settings)
     computes over the calls the recording made: collecting while recording changes when the ranges are computed,
     not what they are."""
@@ -201,8 +234,13 @@ def test_collected_ranges_are_the_calibrators_ranges_of_the_recorded_calls(qdq_a
     prepared = qdq_cache.root / "prepared" / result.keys["prepared"][component]
     op_types = json.loads((prepared / "prepared.json").read_text())["op_types"]
     collected = load_tensors_data(result.calibration_dir / component / "ranges.json")
-    segmented = segmented_minmax_ranges(prepared / "model.onnx", lambda: iter_calibration(result.calibration_dir, component),
-                                        segments=2, op_types_to_calibrate=op_types, optimized=True)
+    segmented = segmented_minmax_ranges(
+        prepared / "model.onnx",
+        lambda: iter_calibration(result.calibration_dir, component),
+        segments=2,
+        op_types_to_calibrate=op_types,
+        optimized=True,
+    )
     assert set(collected.data) == set(segmented.data) and len(collected.data) > 100
     for name, expected in segmented.data.items():
         for got, want in zip(collected.data[name].range_value, expected.range_value):
@@ -225,15 +263,22 @@ def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(q
     lean = build("tiny", cache=qdq_cache, quantizer="lean")
     assert lean.calibration_dir != qdq_artifacts.calibration_dir
     for component in ("unet", "vae_decoder"):
-        for ours, theirs in zip(load_calibration(lean.calibration_dir, component),
-                                load_calibration(qdq_artifacts.calibration_dir, component), strict=True):
+        for ours, theirs in zip(
+            load_calibration(lean.calibration_dir, component),
+            load_calibration(qdq_artifacts.calibration_dir, component),
+            strict=True,
+        ):
             for name, x in theirs.items():
                 assert np.abs(ours[name] - x).max() <= 1e-5 * np.abs(x).max(), (component, name)
     prepared = qdq_cache.root / "prepared" / lean.keys["prepared"]["unet"]
     op_types = json.loads((prepared / "prepared.json").read_text())["op_types"]
     collected = load_tensors_data(lean.calibration_dir / "unet" / "ranges.json").data
-    export_trajectories = segmented_minmax_ranges(prepared / "model.onnx", lambda: load_calibration(qdq_artifacts.calibration_dir, "unet"),
-                                                  segments=1, op_types_to_calibrate=op_types).data
+    export_trajectories = segmented_minmax_ranges(
+        prepared / "model.onnx",
+        lambda: load_calibration(qdq_artifacts.calibration_dir, "unet"),
+        segments=1,
+        op_types_to_calibrate=op_types,
+    ).data
     for name, theirs in export_trajectories.items():
         low, high = (np.asarray(v, dtype=np.float64) for v in theirs.range_value)
         width = max(float(np.max(high - low)), 1e-12)
@@ -249,7 +294,10 @@ def test_isolated_export_equals_in_process_export(qdq_artifacts, tmp_path: Path)
     assert set(stats) == set(COMPONENTS) and all(s["peak_rss_gb"] > 0 for s in stats.values())
     for c in COMPONENTS:
         for name in ("model.onnx", "model.onnx.data", "io.json"):
-            assert (tmp_path / c / name).read_bytes() == (qdq_artifacts.float.models[c].parent / name).read_bytes(), (c, name)
+            assert (tmp_path / c / name).read_bytes() == (qdq_artifacts.float.models[c].parent / name).read_bytes(), (
+                c,
+                name,
+            )
 
 
 def test_staged_recording_keeps_the_pipeline_call_order(qdq_artifacts, tmp_path: Path) -> None:
@@ -264,7 +312,9 @@ def test_staged_recording_keeps_the_pipeline_call_order(qdq_artifacts, tmp_path:
     prompts = load_prompts("train", path=qdq_artifacts.source.prompts)[:2]
     record_calibration(qdq_artifacts.float, prompts, tmp_path, steps=(1, 2))
     seen: dict[str, list] = {c: [] for c in COMPONENTS}
-    pipe = OrtSDXLPipeline(qdq_artifacts.float, recorder=lambda c, feeds: seen[c].append({k: v.copy() for k, v in feeds.items()}))
+    pipe = OrtSDXLPipeline(
+        qdq_artifacts.float, recorder=lambda c, feeds: seen[c].append({k: v.copy() for k, v in feeds.items()})
+    )
     for p in prompts:
         for k in (1, 2):
             pipe(p.text, steps=k)
@@ -289,13 +339,22 @@ def test_real_random_source_has_the_real_sizes() -> None:
         build_component_from_config,
     )
 
-    configs = {"text_encoder": REAL_TEXT_ENCODER, "text_encoder_2": REAL_TEXT_ENCODER_2, "unet": REAL_UNET, "vae": REAL_VAE}
+    configs = {
+        "text_encoder": REAL_TEXT_ENCODER,
+        "text_encoder_2": REAL_TEXT_ENCODER_2,
+        "unet": REAL_UNET,
+        "vae": REAL_VAE,
+    }
     counts = {}
     with torch.device("meta"):
         for name in configs:
             counts[name] = sum(p.numel() for p in build_component_from_config(name, configs, 0).parameters())
-    assert counts == {"text_encoder": 123_060_480, "text_encoder_2": 694_659_840, "unet": 2_567_463_684,
-                      "vae": 83_653_863}
+    assert counts == {
+        "text_encoder": 123_060_480,
+        "text_encoder_2": 694_659_840,
+        "unet": 2_567_463_684,
+        "vae": 83_653_863,
+    }
 
 
 def test_lean_child_usage_and_cleanup_on_failure(qdq_artifacts, tmp_path: Path, capsys) -> None:
@@ -313,10 +372,23 @@ def test_lean_child_usage_and_cleanup_on_failure(qdq_artifacts, tmp_path: Path, 
     out = tmp_path / "cache" / "entry"
     out.parent.mkdir()
     capsys.readouterr()
-    assert main(["_lean", str(bad), "vae_decoder", str(qdq_artifacts.float.models["vae_decoder"]), str(qdq_artifacts.calibration_dir),
-                 str(out)]) == 2
+    assert (
+        main(
+            [
+                "_lean",
+                str(bad),
+                "vae_decoder",
+                str(qdq_artifacts.float.models["vae_decoder"]),
+                str(qdq_artifacts.calibration_dir),
+                str(out),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "calibrate_method" in err and "--quantizer olive" in err and err.count("\n") == 1
+    assert (
+        err.startswith("error: ") and "calibrate_method" in err and "--quantizer olive" in err and err.count("\n") == 1
+    )
     assert not out.exists() and list(out.parent.iterdir()) == []
 
 
@@ -331,4 +403,8 @@ def test_lean_defaults_are_olives() -> None:
     olive = {k: config[k].default_value for k in ("activation_type", "precision", "quant_preprocess", "per_channel")}
     ours = QuantSettings.from_options({})
     assert (ours.activation_type, ours.weight_type, ours.quant_preprocess, ours.per_channel) == (
-        str(olive["activation_type"]), str(olive["precision"]), olive["quant_preprocess"], olive["per_channel"])
+        str(olive["activation_type"]),
+        str(olive["precision"]),
+        olive["quant_preprocess"],
+        olive["per_channel"],
+    )

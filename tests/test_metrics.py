@@ -21,7 +21,9 @@ def test_sqnr_matches_reference_on_random_data() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(size=(4, 77, 32)).astype(np.float32)
     test = ref + rng.normal(scale=0.01, size=ref.shape).astype(np.float32)
-    expected = 10 * math.log10(sum(float(x) ** 2 for x in ref.ravel()) / sum(float(x) ** 2 for x in (ref - test).ravel()))
+    expected = 10 * math.log10(
+        sum(float(x) ** 2 for x in ref.ravel()) / sum(float(x) ** 2 for x in (ref - test).ravel())
+    )
     assert sqnr_db(ref, test) == pytest.approx(expected, rel=1e-6)
 
 

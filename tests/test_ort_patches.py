@@ -51,8 +51,9 @@ CASES = [pytest.param("unet", False, marks=pytest.mark.slow), ("text_encoder_2",
 
 
 @pytest.mark.parametrize(("component", "per_channel"), CASES)
-def test_linear_augmentation_is_onnxruntimes_graph(qdq_artifacts, tmp_path: Path, monkeypatch, component: str,
-                                                    per_channel: bool) -> None:
+def test_linear_augmentation_is_onnxruntimes_graph(
+    qdq_artifacts, tmp_path: Path, monkeypatch, component: str, per_channel: bool
+) -> None:
     from onnxruntime.quantization.calibrate import MinMaxCalibrater
 
     model = _private_copy(qdq_artifacts.float.models[component], tmp_path / "float")
@@ -60,8 +61,9 @@ def test_linear_augmentation_is_onnxruntimes_graph(qdq_artifacts, tmp_path: Path
     augmented = {}
     for variant in ("onnxruntime", "linear"):
         _counting_uuids(monkeypatch)
-        calibrator = MinMaxCalibrater(str(model), augmented_model_path=str(tmp_path / f"{variant}.onnx"),
-                                      per_channel=per_channel)
+        calibrator = MinMaxCalibrater(
+            str(model), augmented_model_path=str(tmp_path / f"{variant}.onnx"), per_channel=per_channel
+        )
         with patched(linear_quantizer()) if variant == "linear" else contextlib.nullcontext():
             calibrator.augment_graph()
         augmented[variant] = (tmp_path / f"{variant}.onnx").read_bytes()
@@ -73,7 +75,9 @@ def test_linear_augmentation_is_onnxruntimes_graph(qdq_artifacts, tmp_path: Path
 @pytest.mark.parametrize(("component", "per_channel"), CASES)
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the float text encoders'
 # attention mask holds -inf (the recipe's mask surgery replaces it): onnxruntime warns computing its zero point
-def test_linear_quantizer_is_onnxruntimes_model(qdq_artifacts, tmp_path: Path, component: str, per_channel: bool) -> None:
+def test_linear_quantizer_is_onnxruntimes_model(
+    qdq_artifacts, tmp_path: Path, component: str, per_channel: bool
+) -> None:
     """quantize_static from fixed ranges (no calibration) with the QNN QDQ configuration: byte for byte."""
     from onnxruntime.quantization import QuantType, quantize_static
     from onnxruntime.quantization.calibrate import save_tensors_data
@@ -81,9 +85,12 @@ def test_linear_quantizer_is_onnxruntimes_model(qdq_artifacts, tmp_path: Path, c
 
     model = _private_copy(qdq_artifacts.float.models[component], tmp_path / "float")
     feeds = load_calibration(qdq_artifacts.calibration_dir, component)[:8]
-    config = get_qnn_qdq_config(str(model), None, activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8,
-                                per_channel=per_channel)
-    ranges = segmented_minmax_ranges(model, lambda: feeds, segments=1, op_types_to_calibrate=config.op_types_to_quantize)
+    config = get_qnn_qdq_config(
+        str(model), None, activation_type=QuantType.QUInt16, weight_type=QuantType.QUInt8, per_channel=per_channel
+    )
+    ranges = segmented_minmax_ranges(
+        model, lambda: feeds, segments=1, op_types_to_calibrate=config.op_types_to_quantize
+    )
     save_tensors_data(ranges, tmp_path / "ranges.json")
     kwargs = {k: v for k, v in inspect.getmembers(config) if not k.startswith("_") and k != "calibration_data_reader"}
     produced = {}
@@ -91,8 +98,13 @@ def test_linear_quantizer_is_onnxruntimes_model(qdq_artifacts, tmp_path: Path, c
         out = tmp_path / variant / "model.onnx"
         out.parent.mkdir()
         with patched(linear_quantizer()) if variant == "linear" else contextlib.nullcontext():
-            quantize_static(str(model), str(out), calibration_data_reader=None,
-                            calibration_cache_path=str(tmp_path / "ranges.json"), **{**kwargs, "use_external_data_format": True})
+            quantize_static(
+                str(model),
+                str(out),
+                calibration_data_reader=None,
+                calibration_cache_path=str(tmp_path / "ranges.json"),
+                **{**kwargs, "use_external_data_format": True},
+            )
         produced[variant] = [p.read_bytes() for p in sorted(out.parent.iterdir())]
     quantized = onnx.load_from_string(produced["linear"][0])
     assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) > 50
@@ -103,8 +115,13 @@ def _graph_model(initializers: list[str], nodes: list[tuple[str, list[str]]]):
     from onnxruntime.quantization.onnx_model import ONNXModel
 
     inits = [helper.make_tensor(n, TensorProto.FLOAT, [1], [0.0]) for n in initializers]
-    graph = helper.make_graph([helper.make_node("Add", ins, [f"{name}_out"], name=name) for name, ins in nodes], "g",
-                              [], [], initializer=inits)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ins, [f"{name}_out"], name=name) for name, ins in nodes],
+        "g",
+        [],
+        [],
+        initializer=inits,
+    )
     return ONNXModel(helper.make_model(graph))
 
 
@@ -166,7 +183,11 @@ def test_distinct_samples_keep_the_first_of_each_call(qdq_artifacts, tmp_path: P
 def test_only_plain_minmax_drops_repeated_samples() -> None:
     workflow = load_recipe(DEFAULT_RECIPE)["workflows"]["unet"]
     assert minmax_only(workflow)
-    for edit in ({"calibrate_method": "Entropy"}, {"extra_options": {"CalibMovingAverage": True}}, {"type": "OnnxBlockWiseRtnQuantization"}):
+    for edit in (
+        {"calibrate_method": "Entropy"},
+        {"extra_options": {"CalibMovingAverage": True}},
+        {"type": "OnnxBlockWiseRtnQuantization"},
+    ):
         changed = json.loads(json.dumps(workflow))
         changed["passes"]["quantization"].update(edit)
         assert not minmax_only(changed), edit
@@ -179,8 +200,12 @@ def test_olive_path_on_distinct_samples_gives_the_same_model(qdq_artifacts, tmp_
     recipe = load_recipe(DEFAULT_RECIPE)
     model = _private_copy(qdq_artifacts.float.models["text_encoder"], tmp_path / "float")
     shutil.copy(qdq_artifacts.float.models["text_encoder"].parent / "io.json", tmp_path / "float" / "io.json")
-    quantize_component(recipe, "text_encoder", model=model, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "distinct")
+    quantize_component(
+        recipe, "text_encoder", model=model, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "distinct"
+    )
     monkeypatch.setattr(recipe_module, "minmax_only", lambda workflow: False)
-    quantize_component(recipe, "text_encoder", model=model, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "all")
+    quantize_component(
+        recipe, "text_encoder", model=model, calibration_dir=qdq_artifacts.calibration_dir, out=tmp_path / "all"
+    )
     for name in ("model.onnx", "model.onnx.data"):
         assert (tmp_path / "distinct" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name

@@ -56,7 +56,9 @@ def test_variants_drawn_together_are_the_images_drawn_alone(qdq_artifacts, tmp_p
     key = qdq_artifacts.image_key("float")
     together = generate_together(qdq_artifacts.float, variants, prompts, key=key, cache=ArtifactCache(tmp_path / "a"))
     assert pipes[-1].executed == {"text_encoder": 3, "text_encoder_2": 3, "unet": 6, "vae_decoder": 6}
-    alone = {v: generate(qdq_artifacts.float, v, prompts, key=key, cache=ArtifactCache(tmp_path / "b")) for v in variants}
+    alone = {
+        v: generate(qdq_artifacts.float, v, prompts, key=key, cache=ArtifactCache(tmp_path / "b")) for v in variants
+    }
     for v in variants:
         names = sorted(p.name for p in together[v].glob("*.png"))
         assert len(names) == 3 and names == sorted(p.name for p in alone[v].glob("*.png"))

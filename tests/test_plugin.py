@@ -22,10 +22,19 @@ def test_options_work_outside_the_repo_with_an_absolute_path(tmp_path: Path, for
     (tmp_path / "test_probe.py").write_text(
         "def test_probe(pytestconfig):\n"
         f"    assert pytestconfig.getoption('qdq_recipe') == {recipe!r}\n"
-        "    assert pytestconfig.getoption('qdq_ep') == 'qnn'\n")
-    args = ["--qdq-recipe", recipe, "--qdq-ep", "qnn"] if form == "separate" else [f"--qdq-recipe={recipe}", "--qdq-ep=qnn"]
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_probe.py"],
-                          cwd=tmp_path, capture_output=True, text=True)
+        "    assert pytestconfig.getoption('qdq_ep') == 'qnn'\n"
+    )
+    args = (
+        ["--qdq-recipe", recipe, "--qdq-ep", "qnn"]
+        if form == "separate"
+        else [f"--qdq-recipe={recipe}", "--qdq-ep=qnn"]
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args, "test_probe.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
 
@@ -34,7 +43,9 @@ def test_plugin_is_registered_as_an_entry_point() -> None:
     from importlib.metadata import entry_points
 
     assert [e.value for e in entry_points(group="pytest11") if e.name == "sdxl_qdq"] == ["sdxl_qdq.plugin"]
-    assert not (Path(__file__).resolve().parent.parent / "conftest.py").exists(), "the plugin lives in sdxl_qdq/plugin.py"
+    assert not (Path(__file__).resolve().parent.parent / "conftest.py").exists(), (
+        "the plugin lives in sdxl_qdq/plugin.py"
+    )
 
 
 FOREIGN_CONFTEST = """
@@ -101,12 +112,17 @@ def test_every_plugin_option_and_fixture_is_namespaced() -> None:
     from sdxl_qdq import plugin
 
     assert plugin.PREFIX == "--qdq-"
-    fixtures = [name for name, value in vars(plugin).items() if hasattr(value, "_pytestfixturefunction")
-                or type(value).__name__ == "FixtureFunctionDefinition"]
+    fixtures = [
+        name
+        for name, value in vars(plugin).items()
+        if hasattr(value, "_pytestfixturefunction") or type(value).__name__ == "FixtureFunctionDefinition"
+    ]
     assert fixtures and all(name.startswith("qdq_") for name in fixtures), fixtures
 
 
-def test_the_gate_fixtures_restore_the_environment(pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_gate_fixtures_restore_the_environment(
+    pytestconfig: pytest.Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from sdxl_qdq.plugin import _offline
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -119,5 +135,7 @@ def test_the_gate_fixtures_restore_the_environment(pytestconfig: pytest.Config, 
 def test_package_messages_name_the_plugins_flags() -> None:
     from sdxl_qdq.plugin import plugin_flags
 
-    assert plugin_flags("pass --coco-dir DIR, or --ep qnn --update-baselines; not --eps or --model-x") == \
-        "pass --qdq-coco-dir DIR, or --qdq-ep qnn --qdq-update-baselines; not --eps or --model-x"
+    assert (
+        plugin_flags("pass --coco-dir DIR, or --ep qnn --update-baselines; not --eps or --model-x")
+        == "pass --qdq-coco-dir DIR, or --qdq-ep qnn --qdq-update-baselines; not --eps or --model-x"
+    )

@@ -27,10 +27,17 @@ def test_overrides_are_written_as_json_and_handed_to_onnxruntime_as_quant_types(
     converted = with_quant_types(recipe["workflows"]["unet"])
     overrides = converted["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]
     assert overrides == {"/unet/a": [{"quant_type": QuantType.QUInt8}], "/unet/b": [{"quant_type": QuantType.QUInt8}]}
-    assert isinstance(recipe["workflows"]["unet"]["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]["/unet/a"][0]["quant_type"], str)
+    assert isinstance(
+        recipe["workflows"]["unet"]["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]["/unet/a"][0][
+            "quant_type"
+        ],
+        str,
+    )
     # raising them back to 16 bits under a 16-bit default drops the narrowing overrides
     raised = raised_to_16bit(recipe, "unet", ["/unet/a"])
-    assert list(raised["workflows"]["unet"]["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]) == ["/unet/b"]
+    assert list(raised["workflows"]["unet"]["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]) == [
+        "/unet/b"
+    ]
     bad = with_overrides(recipe, "unet", ["/unet/c"], "QUInt12")
     with pytest.raises(ConfigError, match=r"TensorQuantOverrides\['/unet/c'\]\]?: quant_type 'QUInt12' is not one of"):
         with_quant_types(bad["workflows"]["unet"])
@@ -42,7 +49,7 @@ def test_block_of_reads_the_export_module_path() -> None:
 
 
 @pytest.fixture(scope="module")
-def planted(qdq_cache, tmp_path_factory):  # noqa: ANN201
+def planted(qdq_cache, tmp_path_factory):
     from sdxl_qdq.convert.stages import build
 
     seed = build("canary", cache=qdq_cache)

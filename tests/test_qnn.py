@@ -29,8 +29,9 @@ def test_naming_qnn_in_providers_is_caught(qdq_artifacts) -> None:
     from sdxl_qdq.runtime import register_qnn, session_options
 
     register_qnn()
-    session = ort.InferenceSession(str(qdq_artifacts.qdq.models["vae_decoder"]), sess_options=session_options(),
-                                   providers=[QNN_EP])
+    session = ort.InferenceSession(
+        str(qdq_artifacts.qdq.models["vae_decoder"]), sess_options=session_options(), providers=[QNN_EP]
+    )
     assert set(graph_assignment(session)) == {CPU_EP}
     with pytest.raises(ExecutionProviderError, match="nodes outside QNNExecutionProvider"):
         assert_assignment(session, "qnn")
@@ -42,7 +43,10 @@ def _qdq_unary(op: str, path):
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    inits = [numpy_helper.from_array(np.array(1e-3, np.float32), "s"), numpy_helper.from_array(np.array(32768, np.uint16), "z")]
+    inits = [
+        numpy_helper.from_array(np.array(1e-3, np.float32), "s"),
+        numpy_helper.from_array(np.array(32768, np.uint16), "z"),
+    ]
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
         helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
@@ -50,8 +54,13 @@ def _qdq_unary(op: str, path):
         helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]),
         helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["out"]),
     ]
-    graph = helper.make_graph(nodes, op, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8])], inits)
+    graph = helper.make_graph(
+        nodes,
+        op,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8])],
+        inits,
+    )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
     return path
 
@@ -70,7 +79,9 @@ def test_node_qnn_cannot_run_is_refused_without_fallback(tmp_path, qdq_qnn_optio
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
-def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(qdq_artifacts, qdq_qnn_options, component: str) -> None:
+def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(
+    qdq_artifacts, qdq_qnn_options, component: str
+) -> None:
     """With CPU fallback allowed, ORT keeps the Q of graph inputs and the DQ of graph outputs on the CPU EP;
     every other node must still be taken by QNN."""
     from sdxl_qdq.runtime import graph_io_counts
@@ -80,7 +91,8 @@ def test_with_fallback_allowed_only_graph_io_quantization_lands_on_cpu(qdq_artif
     on_cpu = dict(assignment.get(CPU_EP, {}))
     io = graph_io_counts(model)
     assert set(on_cpu) <= set(io) and all(on_cpu[op] <= io[op] for op in on_cpu), (
-        f"{component}: CPU nodes {on_cpu} go beyond the Q/DQ of its float graph inputs/outputs {io}")
+        f"{component}: CPU nodes {on_cpu} go beyond the Q/DQ of its float graph inputs/outputs {io}"
+    )
     assert sum(assignment[QNN_EP].values()) > 10 * max(sum(on_cpu.values()), 1)
 
 
@@ -106,12 +118,18 @@ def test_parity_qnn_vs_cpu_sqnr_above_bound(qdq_artifacts, qdq_qnn_options, comp
 
     bounds = _parity_bounds(qdq_artifacts)
     prompts = load_prompts("test", path=qdq_artifacts.source.prompts)
-    measured = qnn_parity(qdq_artifacts, prompts[: bounds["prompts"]] if qnn_is_simulated() else prompts, qnn=qdq_qnn_options,
-                          components=[component])[component]
+    measured = qnn_parity(
+        qdq_artifacts,
+        prompts[: bounds["prompts"]] if qnn_is_simulated() else prompts,
+        qnn=qdq_qnn_options,
+        components=[component],
+    )[component]
     for name, value in measured.items():
         entry = bounds["outputs"][component][name]
-        assert value >= entry["bound_db"], (f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
-                                            f"{entry['measured_db']} dB, limit {entry['bound_db']} dB (must be at least)")
+        assert value >= entry["bound_db"], (
+            f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
+            f"{entry['measured_db']} dB, limit {entry['bound_db']} dB (must be at least)"
+        )
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -121,7 +139,9 @@ def test_ep_context_model_matches_uncompiled_qnn(qdq_artifacts, qdq_qnn_options,
     from sdxl_qdq.convert.calibration import load_calibration
     from sdxl_qdq.runtime import compile_ep_context, context_binaries
 
-    context = compile_ep_context(qdq_artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qdq_qnn_options)
+    context = compile_ep_context(
+        qdq_artifacts.qdq.models[component], tmp_path / f"{component}_ctx.onnx", qnn=qdq_qnn_options
+    )
     import onnx
 
     graph = onnx.load(str(context), load_external_data=False).graph
@@ -145,10 +165,15 @@ def test_ep_context_model_without_its_binary_is_a_clear_error(tmp_path: Path) ->
 
     from sdxl_qdq.runtime import context_binaries
 
-    node = onnx.helper.make_node("EPContext", ["x"], ["y"], domain="com.microsoft", embed_mode=0,
-                                 ep_cache_context="unet_qnn.bin", source="QNN")
-    graph = onnx.helper.make_graph([node], "g", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
-                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    node = onnx.helper.make_node(
+        "EPContext", ["x"], ["y"], domain="com.microsoft", embed_mode=0, ep_cache_context="unet_qnn.bin", source="QNN"
+    )
+    graph = onnx.helper.make_graph(
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])],
+    )
     onnx.save(onnx.helper.make_model(graph), str(tmp_path / "unet.onnx"))
     with pytest.raises(ExecutionProviderError, match=r"names the context binary 'unet_qnn.bin'.*sdxl-qdq bundle"):
         context_binaries(tmp_path / "unet.onnx")

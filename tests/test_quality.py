@@ -13,14 +13,17 @@ import pytest
 from sdxl_qdq.judge.evaluation import STEPS
 
 pytestmark = pytest.mark.quality
-# `quality_prompt` is parametrized by the plugin (sdxl_qdq/plugin.py) with the prompt set of the model under test;
-# `judge` asserts a check (harm always, a change under --strict-gate), warns of a change, and records its numbers
+# `qdq_quality_prompt` is parametrized by the plugin (sdxl_qdq/plugin.py) with the prompt set of the model under test;
+# `qdq_judge` asserts a check (harm always, a change under --qdq-strict-gate), warns of a change, and records its
+# numbers
 
 
 def _needs(qdq_gate, metric: str, key: str) -> None:
     if not qdq_gate.has(metric, key):
-        pytest.skip(f"baseline {gate.evaluation.model} has no {metric} for {key} (the published study gave none); "
-                    "run `pytest -m quality --qdq-update-baselines` on this model to add it")
+        pytest.skip(
+            f"baseline {qdq_gate.evaluation.model} has no {metric} for {key} (the published study gave none); "
+            "run `pytest -m quality --qdq-update-baselines` on this model to add it"
+        )
 
 
 @pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
@@ -49,6 +52,8 @@ def test_fid_within_tolerance(qdq_gate, qdq_judge, label: str) -> None:
 
 def test_every_number_carries_its_backbone(qdq_gate) -> None:
     """Every CLIP and FID check names the backbone it was measured with (a number without one compares nothing)."""
-    assert any("CLIP" in c.metric for c in qdq_gate.all_checks()) and any("FID" in c.metric for c in qdq_gate.all_checks())
+    assert any("CLIP" in c.metric for c in qdq_gate.all_checks()) and any(
+        "FID" in c.metric for c in qdq_gate.all_checks()
+    )
     assert all(qdq_gate.evaluation.backbones.clip in c.metric for c in qdq_gate.all_checks() if "CLIP" in c.metric)
     assert all(qdq_gate.evaluation.backbones.fid in c.metric for c in qdq_gate.all_checks() if "FID" in c.metric)

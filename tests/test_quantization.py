@@ -26,8 +26,11 @@ def test_activations_are_uint16_and_weights_uint8(qdq_artifacts, component: str)
     for node in model.graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    q_types = {onnx.helper.tensor_dtype_to_np_dtype(inits[n.input[2]].data_type).name
-               for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    q_types = {
+        onnx.helper.tensor_dtype_to_np_dtype(inits[n.input[2]].data_type).name
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
     assert q_types == {"uint16"}, f"{component}: activation QuantizeLinear zero points are {q_types}"
     weight_types = set()
     for node in model.graph.node:
@@ -41,9 +44,13 @@ def test_activations_are_uint16_and_weights_uint8(qdq_artifacts, component: str)
 def _float_values(model: onnx.ModelProto) -> list[tuple[str, np.ndarray]]:
     values = [(i.name, numpy_helper.to_array(i)) for i in model.graph.initializer]
     for node in model.graph.node:
-        if node.op_type in {"Constant", "ConstantOfShape"} and node.attribute and node.attribute[0].t.dims is not None:
-            if node.attribute[0].type == onnx.AttributeProto.TENSOR:
-                values.append((node.output[0], numpy_helper.to_array(node.attribute[0].t)))
+        if (
+            node.op_type in {"Constant", "ConstantOfShape"}
+            and node.attribute
+            and node.attribute[0].t.dims is not None
+            and node.attribute[0].type == onnx.AttributeProto.TENSOR
+        ):
+            values.append((node.output[0], numpy_helper.to_array(node.attribute[0].t)))
     return [(n, v) for n, v in values if v.dtype == np.float32 and v.size]
 
 
@@ -58,7 +65,11 @@ def test_text_encoder_mask_value_was_replaced(qdq_artifacts, component: str) -> 
     inits = {i.name: i for i in model.graph.initializer}
     masks = []
     for node in model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0] in inits and tuple(inits[node.input[0]].dims)[-2:] == (77, 77):
+        if (
+            node.op_type == "DequantizeLinear"
+            and node.input[0] in inits
+            and tuple(inits[node.input[0]].dims)[-2:] == (77, 77)
+        ):
             q = numpy_helper.to_array(inits[node.input[0]]).astype(np.float64)
             scale, zero = (float(numpy_helper.to_array(inits[n])) for n in node.input[1:3])
             masks.append((q - zero) * scale)
@@ -78,7 +89,9 @@ def test_qdq_component_tracks_float_on_test_prompts(qdq_artifacts, qdq_test_prom
     """
     from sdxl_qdq.diagnose.sqnr import component_sqnr
 
-    result = component_sqnr(qdq_artifacts.float, qdq_artifacts.qdq, {component: qdq_test_prompt_feeds[component]}, components=[component])
+    result = component_sqnr(
+        qdq_artifacts.float, qdq_artifacts.qdq, {component: qdq_test_prompt_feeds[component]}, components=[component]
+    )
     for output, value in result[component].items():
         assert value >= 20.0, f"{component}.{output}: SQNR {value:.2f} dB < 20 dB floor vs float"
 

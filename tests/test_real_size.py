@@ -19,10 +19,10 @@ from pathlib import Path
 import onnx
 import pytest
 
-from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
-from sdxl_qdq.convert.stages import build
 from sdxl_qdq.cache import package_versions
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
+from sdxl_qdq.convert.stages import build
 from sdxl_qdq.models.prompts import PROMPTS_COCO, load_prompts
 from sdxl_qdq.procs import total_memory_bytes
 from sdxl_qdq.rehearsal import commit
@@ -39,15 +39,23 @@ def _stats(result, qdq_cache, *, wall: float) -> dict:
         "wall_s": round(wall, 1),
         "versions": package_versions(),
         "commit": commit(),
-        "machine": {"cpus": os.cpu_count(), "memory_gb": round(total_memory_bytes() / 1e9, 1), "system": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "memory_gb": round(total_memory_bytes() / 1e9, 1),
+            "system": platform.platform(),
+        },
         "export": json.loads((export_dir / "build.json").read_text()) if (export_dir / "build.json").exists() else None,
-        "prepared": {c: json.loads((qdq_cache.root / "prepared" / key / "build.json").read_text())
-                     for c, key in result.keys["prepared"].items()},
+        "prepared": {
+            c: json.loads((qdq_cache.root / "prepared" / key / "build.json").read_text())
+            for c, key in result.keys["prepared"].items()
+        },
         "calibration": json.loads((result.calibration_dir / "build.json").read_text()),
         "quantize": {c: json.loads((result.qdq.models[c].parent / "build.json").read_text()) for c in COMPONENTS},
         "sizes_gb": {
-            c: {"float": round((result.float.models[c].parent / "model.onnx.data").stat().st_size / 1e9, 3),
-                "qdq": round((result.qdq.models[c].parent / "model.onnx.data").stat().st_size / 1e9, 3)}
+            c: {
+                "float": round((result.float.models[c].parent / "model.onnx.data").stat().st_size / 1e9, 3),
+                "qdq": round((result.qdq.models[c].parent / "model.onnx.data").stat().st_size / 1e9, 3),
+            }
             for c in COMPONENTS
         },
     }
@@ -71,8 +79,12 @@ def _extrapolate(stats: dict, prompts: int, steps: tuple[int, ...]) -> dict:
     prepared = sum(v["seconds"] for v in stats["prepared"].values())
     stages = stats["calibration"]["stages"]
     record = _calls(stages["text encoders"], encoder_calls) + _calls(stages["unet"], unet_calls)
-    samples = {"text_encoder": encoder_calls, "text_encoder_2": encoder_calls, "unet": unet_calls,
-               "vae_decoder": decoder_samples}
+    samples = {
+        "text_encoder": encoder_calls,
+        "text_encoder_2": encoder_calls,
+        "unet": unet_calls,
+        "vae_decoder": decoder_samples,
+    }
     quantize = {}
     for c, q in stats["quantize"].items():
         cal = next((s for s in q["steps"] if s["step"] == "calibration"), None)
@@ -82,12 +94,29 @@ def _extrapolate(stats: dict, prompts: int, steps: tuple[int, ...]) -> dict:
         else:
             quantize[c] = round(q["seconds"], 1)
     # what no stage's clock sees (artifact manifests: hashing 24 GB; starting processes), counted as measured
-    other = stats["wall_s"] - export - prepared - stats["calibration"]["seconds"] - sum(q["seconds"] for q in stats["quantize"].values())
+    other = (
+        stats["wall_s"]
+        - export
+        - prepared
+        - stats["calibration"]["seconds"]
+        - sum(q["seconds"] for q in stats["quantize"].values())
+    )
     peaks = [v["peak_rss_gb"] for v in (stats["export"] or {}).values()] + [stats["calibration"]["peak_rss_gb"]]
-    peaks += [v["peak_rss_gb"] for v in stats["prepared"].values()] + [q["peak_rss_gb"] for q in stats["quantize"].values()]
-    return {"prompts": prompts, "steps": list(steps), "samples": samples, "export_s": round(export, 1),
-            "prepared_s": round(prepared, 1), "record_s": round(record, 1), "quantize_s": quantize, "other_s": round(other, 1),
-            "total_min": round((export + prepared + record + sum(quantize.values()) + other) / 60, 1), "peak_rss_gb": max(peaks)}
+    peaks += [v["peak_rss_gb"] for v in stats["prepared"].values()] + [
+        q["peak_rss_gb"] for q in stats["quantize"].values()
+    ]
+    return {
+        "prompts": prompts,
+        "steps": list(steps),
+        "samples": samples,
+        "export_s": round(export, 1),
+        "prepared_s": round(prepared, 1),
+        "record_s": round(record, 1),
+        "quantize_s": quantize,
+        "other_s": round(other, 1),
+        "total_min": round((export + prepared + record + sum(quantize.values()) + other) / 60, 1),
+        "peak_rss_gb": max(peaks),
+    }
 
 
 def _calls(stage: dict, calls: int) -> float:
@@ -105,9 +134,17 @@ def test_real_size_build_is_memory_bounded(benchmark, qdq_cache, tmp_path: Path)
 
     started = time.perf_counter()
     result = benchmark.pedantic(
-        lambda: build("sdxl-turbo:random", recipe=recipe_path, cache=qdq_cache, calibration_prompts=prompts,
-                      quantizer="lean", progress=lambda m: print(m, flush=True)),
-        rounds=1, iterations=1)
+        lambda: build(
+            "sdxl-turbo:random",
+            recipe=recipe_path,
+            cache=qdq_cache,
+            calibration_prompts=prompts,
+            quantizer="lean",
+            progress=lambda m: print(m, flush=True),
+        ),
+        rounds=1,
+        iterations=1,
+    )
 
     stats = _stats(result, qdq_cache, wall=time.perf_counter() - started)
     benchmark.extra_info.update(stats)

@@ -16,15 +16,24 @@ def test_seed_recipe_is_the_documented_one() -> None:
     for component, workflow in recipe["workflows"].items():
         passes = list(workflow["passes"].values())
         types = [p["type"] for p in passes]
-        expected = ["QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization"] if component.startswith("text_encoder") \
+        expected = (
+            ["QNNPreprocess", "GraphSurgeries", "OnnxStaticQuantization"]
+            if component.startswith("text_encoder")
             else ["QNNPreprocess", "OnnxStaticQuantization", "GraphSurgeries"]
+        )
         assert types == expected, f"{component}: passes {types}"
         assert passes[0]["fuse_layernorm"] is True
         quant = next(p for p in passes if p["type"] == "OnnxStaticQuantization")
-        assert (quant["quant_format"], quant["activation_type"], quant["precision"], quant["calibrate_method"]) == \
-            ("QDQ", "uint16", "uint8", "MinMax")
+        assert (quant["quant_format"], quant["activation_type"], quant["precision"], quant["calibrate_method"]) == (
+            "QDQ",
+            "uint16",
+            "uint8",
+            "MinMax",
+        )
         assert quant["quant_preprocess"] is True and quant["prepare_qdq_config"] is True
-        assert workflow["systems"][workflow["target"]]["accelerators"][0]["execution_providers"] == ["QNNExecutionProvider"]
+        assert workflow["systems"][workflow["target"]]["accelerators"][0]["execution_providers"] == [
+            "QNNExecutionProvider"
+        ]
         if component.startswith("text_encoder"):
             assert passes[1]["surgeries"] == [{"surgeon": "ReplaceAttentionMaskValue"}]
         else:  # GroupNorm as HTP's native op, after quantization (sdxl_qdq/surgeons.py)
@@ -73,7 +82,7 @@ def test_unknown_placeholder_is_named(tmp_path: Path) -> None:
 
 
 def test_missing_recipe_file_names_the_default(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="does not exist.*qnn_w8a16.json"):
+    with pytest.raises(ConfigError, match=r"does not exist.*qnn_w8a16.json"):
         load_recipe(tmp_path / "nope.json")
 
 
@@ -91,10 +100,20 @@ def test_a_workflow_that_emits_no_single_model_is_a_build_error(tmp_path: Path, 
     monkeypatch.setattr(olive.workflows, "run", fake_run)
     (tmp_path / "calibration" / "unet").mkdir(parents=True)
     (tmp_path / "calibration" / "unet" / "inputs.json").write_text(
-        json.dumps({"samples": 0, "input_names": ["sample"], "input_shapes": [[1, 4, 8, 8]], "input_types": ["float32"]}))
-    with pytest.raises(BuildError, match=rf"'unet' produced {produced} ONNX models .*expected one\. Does the recipe end"):
-        quantize_component(load_recipe(), "unet", model=tmp_path / "model.onnx", calibration_dir=tmp_path / "calibration",
-                           out=tmp_path / "out")
+        json.dumps(
+            {"samples": 0, "input_names": ["sample"], "input_shapes": [[1, 4, 8, 8]], "input_types": ["float32"]}
+        )
+    )
+    with pytest.raises(
+        BuildError, match=rf"'unet' produced {produced} ONNX models .*expected one\. Does the recipe end"
+    ):
+        quantize_component(
+            load_recipe(),
+            "unet",
+            model=tmp_path / "model.onnx",
+            calibration_dir=tmp_path / "calibration",
+            out=tmp_path / "out",
+        )
     assert not (tmp_path / "out").exists()
 
 

@@ -20,8 +20,13 @@ def test_rehearsal_runs_every_command_of_the_nightly(size: str, tmp_path: Path) 
     import yaml
 
     jobs = yaml.safe_load(NIGHTLY.read_text())["jobs"]
-    nightly = [(job, verb) for job, spec in jobs.items() for step in spec["steps"]
-               for verb in re.findall(r"sdxl-qdq (\w[\w-]*)", str(step.get("run", ""))) if verb != "coco-images"]
+    nightly = [
+        (job, verb)
+        for job, spec in jobs.items()
+        for step in spec["steps"]
+        for verb in re.findall(r"sdxl-qdq (\w[\w-]*)", str(step.get("run", "")))
+        if verb != "coco-images"
+    ]
     steps = night_steps(tmp_path, size, prompts=3, context=False)
     rehearsed = [(s.job, s.argv[s.argv.index("sdxl_qdq") + 1]) for s in steps if "sdxl_qdq" in s.argv]
     expected = [(job, verb) for job, verb in nightly if not (size == "real" and verb == "device-test")]
@@ -29,7 +34,9 @@ def test_rehearsal_runs_every_command_of_the_nightly(size: str, tmp_path: Path) 
     judge = steps[-1]
     assert judge.job == "judge"
     if size == "tiny":  # the judge's own command: pytest -m quality --qdq-from-device
-        assert judge.argv[1:4] == ["-m", "pytest", "-q"] and "--qdq-from-device" in judge.argv and "quality" in judge.argv
+        assert (
+            judge.argv[1:4] == ["-m", "pytest", "-q"] and "--qdq-from-device" in judge.argv and "quality" in judge.argv
+        )
         assert judge.ok_codes == (0, 1)  # stand-in weights against the study's baseline fail its checks
 
 
@@ -52,8 +59,12 @@ def test_tiny_standins_are_what_the_real_loaders_read(tmp_path: Path, monkeypatc
     assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()  # the hub holds it …
     assert not any("fp16" in name for name, *_ in source.fingerprint["files"])  # … the loader leaves it out
     assert source.fingerprint["revision"] == folder.name and source.fingerprint["repo_id"] == REAL_MODEL
-    assert {p.name for p in (folder / "tokenizer").iterdir()} == {"vocab.json", "merges.txt", "special_tokens_map.json",
-                                                                  "tokenizer_config.json"}
+    assert {p.name for p in (folder / "tokenizer").iterdir()} == {
+        "vocab.json",
+        "merges.txt",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    }
     pair = resolve_backbones("auto", "auto", model=REAL_MODEL)
     assert (pair.clip, pair.fid) == (REAL_CLIP, REAL_FID), pair.why
     assert len(list(Path(written["coco"]).glob("*.jpg"))) == 100

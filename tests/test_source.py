@@ -72,16 +72,25 @@ def test_unknown_model_name_is_a_clear_error() -> None:
 
 
 def test_folder_without_model_index_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="model_index.json"):
+    with pytest.raises(ConfigError, match=r"model_index\.json"):
         resolve_source(str(tmp_path))
 
 
 def test_real_model_offline_fails_with_where_and_how(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Absent from the HF cache and no downloads allowed: a message naming model, place and fix, no traceback."""
-    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "SDXL_QDQ_CACHE_DIR": str(tmp_path)}
+    env = {
+        **os.environ,
+        "HF_HUB_CACHE": str(tmp_path / "hub"),
+        "HF_HUB_OFFLINE": "1",
+        "SDXL_QDQ_CACHE_DIR": str(tmp_path),
+    }
     done = subprocess.run(
         [sys.executable, "-m", "sdxl_qdq", "build", "--model", REAL_MODEL_ID],
-        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
@@ -97,12 +106,14 @@ def test_real_model_offline_raises_model_not_available(tmp_path: Path, monkeypat
         resolve_source(REAL_MODEL_ID, allow_download=False)
 
 
-def test_a_moved_cache_is_a_hit_for_the_same_snapshot(qdq_artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_moved_cache_is_a_hit_for_the_same_snapshot(
+    qdq_artifacts, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Keys name repo id, revision and file digests, never paths or mtimes: a build from a hub snapshot, with the
     artifact cache and the Hugging Face cache moved elsewhere (as a judge on another machine has them, its files
     written anew), is a warm build that rebuilds nothing."""
-    from sdxl_qdq.convert.stages import build
     from sdxl_qdq.cache import ArtifactCache
+    from sdxl_qdq.convert.stages import build
     from sdxl_qdq.models.standin import write_hub_snapshot
 
     write_hub_snapshot(qdq_artifacts.pipeline_dir, repo_id=REAL_MODEL_ID, hub_cache=tmp_path / "a" / "hub")

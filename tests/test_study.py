@@ -39,7 +39,14 @@ def test_study_summary_figures_match_its_tables() -> None:
 def test_shipped_sdxl_turbo_baseline_is_the_study() -> None:
     from sdxl_qdq.paths import BASELINES_DIR
 
-    shipped = json.loads((BASELINES_DIR / "sdxl-turbo" / "cpu" / "openai--clip-vit-base-patch16__inception-v3-2048__coco2017-crop256.json").read_text())
+    shipped = json.loads(
+        (
+            BASELINES_DIR
+            / "sdxl-turbo"
+            / "cpu"
+            / "openai--clip-vit-base-patch16__inception-v3-2048__coco2017-crop256.json"
+        ).read_text()
+    )
     fresh = study_baseline()
     for key in ("prompts", "mse", "clip", "clip_delta", "clip_floor", "fid", "backbones"):
         assert shipped[key] == fresh[key], key

@@ -44,7 +44,10 @@ def test_a_harm_floor_is_never_tighter_than_the_noise_window() -> None:
 
 def test_messages_name_the_window_that_was_crossed() -> None:
     assert "harm floor 3 (must be at most the harm floor)" in Check("m", 3.5, 1.0, 2.0, "max", harm=3.0).failure
-    assert "limit 2 (must be at most the limit); within the harm floor 3" in Check("m", 2.5, 1.0, 2.0, "max", harm=3.0).change
+    assert (
+        "limit 2 (must be at most the limit); within the harm floor 3"
+        in Check("m", 2.5, 1.0, 2.0, "max", harm=3.0).change
+    )
 
 
 def _gate(tmp_path: Path, mse: list[float], base_mse: list[float], clip: list[float] | None = None) -> Gate:
@@ -60,15 +63,28 @@ def _gate(tmp_path: Path, mse: list[float], base_mse: list[float], clip: list[fl
         for p in prompts:
             Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folders[label] / image_name(p))
     clip = clip or [90.0] * n
-    ev = Evaluation(model="synthetic", backbones=Backbones("c", "f"), prompts=prompts, ep="cpu", recipe="r",
-                    image_dirs=folders, mse={1: mse, 2: mse}, clip={"float@1": [90.0] * n, "qdq@1": clip, "qdq@2": clip},
-                    fid={"float@1": 1.0, "qdq@1": 1.0, "qdq@2": 1.0}, fid_reference="ref", fid_reference_id="ref-id")
-    baseline = {"prompts": [p.id for p in prompts], "ep": "cpu",
-                "mse": {k: {"values": base_mse, "tolerance": [0.1 * b for b in base_mse]} for k in ("1", "2")},
-                "clip": {"qdq@1": [90.0] * n, "qdq@2": [90.0] * n},
-                "clip_delta": {k: {"value": 0.0, "tolerance": 0.2} for k in ("1", "2")},
-                "clip_floor": {k: {"tolerance": 1.0} for k in ("1", "2")},
-                "fid": {k: {"value": 1.0, "tolerance": 0.1} for k in ("qdq@1", "qdq@2")}}
+    ev = Evaluation(
+        model="synthetic",
+        backbones=Backbones("c", "f"),
+        prompts=prompts,
+        ep="cpu",
+        recipe="r",
+        image_dirs=folders,
+        mse={1: mse, 2: mse},
+        clip={"float@1": [90.0] * n, "qdq@1": clip, "qdq@2": clip},
+        fid={"float@1": 1.0, "qdq@1": 1.0, "qdq@2": 1.0},
+        fid_reference="ref",
+        fid_reference_id="ref-id",
+    )
+    baseline = {
+        "prompts": [p.id for p in prompts],
+        "ep": "cpu",
+        "mse": {k: {"values": base_mse, "tolerance": [0.1 * b for b in base_mse]} for k in ("1", "2")},
+        "clip": {"qdq@1": [90.0] * n, "qdq@2": [90.0] * n},
+        "clip_delta": {k: {"value": 0.0, "tolerance": 0.2} for k in ("1", "2")},
+        "clip_floor": {k: {"tolerance": 1.0} for k in ("1", "2")},
+        "fid": {k: {"value": 1.0, "tolerance": 0.1} for k in ("qdq@1", "qdq@2")},
+    }
     return Gate(ev, baseline)
 
 
@@ -76,8 +92,9 @@ def test_image_harm_is_a_psnr_floor_or_a_drop_under_a_poor_baseline(tmp_path: Pa
     """Baseline 40 dB: harm below 30 dB. Baseline 24 dB (the real model's 1-step median is 22.6 dB): harm 6 dB
     under it, 18 dB."""
     good, poor = mse_at_psnr(40.0), mse_at_psnr(24.0)
-    gate = _gate(tmp_path, [mse_at_psnr(35.0), mse_at_psnr(29.0), mse_at_psnr(20.0), mse_at_psnr(17.0)],
-                 [good, good, poor, poor])
+    gate = _gate(
+        tmp_path, [mse_at_psnr(35.0), mse_at_psnr(29.0), mse_at_psnr(20.0), mse_at_psnr(17.0)], [good, good, poor, poor]
+    )
     statuses = [gate.mse(p, 1).status for p in gate.evaluation.prompts]
     assert statuses == ["changed", "failed", "changed", "failed"]
     assert psnr_db(gate.mse(gate.evaluation.prompts[0], 1).harm) == pytest.approx(PSNR_FLOOR_DB)
@@ -123,7 +140,7 @@ def test_step_summary_renders_what_failed_first(tmp_path: Path, monkeypatch) -> 
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| status")]
     cells = [[c.strip() for c in row.strip("|").split(" | ")] for row in rows]
     assert all(len(c) == 6 for c in cells), rows
-    assert cells[0][0] == "failed" and cells[0][1].startswith("MSE qdq@") 
+    assert cells[0][0] == "failed" and cells[0][1].startswith("MSE qdq@")
     assert {c[0] for c in cells} == {"failed", "changed"}
     assert float(cells[0][2]) == pytest.approx(mse_at_psnr(25.0), rel=1e-4)
     monkeypatch.delenv("GITHUB_STEP_SUMMARY")
@@ -131,9 +148,19 @@ def test_step_summary_renders_what_failed_first(tmp_path: Path, monkeypatch) -> 
 
 
 def test_markdown_escapes_table_cells() -> None:
-    data = {"verdict": "changed", "model": "m", "recipe": "r", "ep_detail": "cpu", "strict": False, "prompts": 1,
-            "backbones": {"clip": "c", "fid": "f"}, "counts": {"pass": 0, "changed": 1, "failed": 0},
-            "checks": [{"metric": "a|b", "measured": 1.0, "baseline": 1.0, "limit": 1.0, "harm": "inf", "status": "changed"}]}
+    data = {
+        "verdict": "changed",
+        "model": "m",
+        "recipe": "r",
+        "ep_detail": "cpu",
+        "strict": False,
+        "prompts": 1,
+        "backbones": {"clip": "c", "fid": "f"},
+        "counts": {"pass": 0, "changed": 1, "failed": 0},
+        "checks": [
+            {"metric": "a|b", "measured": 1.0, "baseline": 1.0, "limit": 1.0, "harm": "inf", "status": "changed"}
+        ],
+    }
     row = markdown(data).splitlines()[-1]
     assert row == "| changed | a\\|b | 1 | 1 | 1 | inf |"
 
@@ -145,7 +172,7 @@ def test_report_opens_with_the_verdict_and_has_a_heat_map_per_pair(tmp_path: Pat
     page = write_report(gate, tmp_path / "report").read_text()
     h1 = re.search(r"<h1[^>]*>(.*?)</h1>", page).group(1)
     assert h1 == "Quality gate: synthetic — FAIL"
-    assert page.index("outside their harm floor") < page.index("<h2>Images")  < page.index("<h2>Metrics vs baseline")
+    assert page.index("outside their harm floor") < page.index("<h2>Images") < page.index("<h2>Metrics vs baseline")
     heat = sorted((tmp_path / "report" / "images").glob("diff-*/*.png"))
     assert len(heat) == 4  # 2 prompts × 2 step counts
     from PIL import Image
@@ -161,21 +188,30 @@ def test_quality_tests_record_their_numbers_in_junit_xml(tmp_path: Path) -> None
     (tmp_path / "test_probe.py").write_text(
         "from sdxl_qdq.judge.gate import Check\n"
         "def test_changed(qdq_judge):\n    qdq_judge(Check('MSE x', 2.5, 1.0, 2.0, 'max', harm=3.0))\n"
-        "def test_failed(qdq_judge):\n    qdq_judge(Check('MSE y', 3.5, 1.0, 2.0, 'max', harm=3.0))\n")
+        "def test_failed(qdq_judge):\n    qdq_judge(Check('MSE y', 3.5, 1.0, 2.0, 'max', harm=3.0))\n"
+    )
     xml = tmp_path / "junit.xml"
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}",
-                           "test_probe.py"], cwd=tmp_path, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "test_probe.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 1 and "1 failed, 1 passed" in done.stdout, done.stdout[-2000:]
     assert "QualityChanged" in done.stdout and "within the harm floor 3" in done.stdout
     text = xml.read_text()
     assert '<property name="status" value="changed"' in text and '<property name="status" value="failed"' in text
     assert '<property name="harm" value="3.0"' in text
-    strict = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--qdq-strict-gate", "test_probe.py"],
-                            cwd=tmp_path, capture_output=True, text=True)
+    strict = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--qdq-strict-gate", "test_probe.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert "2 failed" in strict.stdout, strict.stdout[-2000:]
 
 
-# ------------------------------------------------------------------ recipe variants on the canary (a model whose prompts matter)
+# ---------------------------------------------- recipe variants on the canary (a model whose prompts matter)
 def _variant(tmp: Path, name: str) -> Path:
     recipe = json.loads(DEFAULT_RECIPE.read_text())
     quantization = [w["passes"]["quantization"] for w in recipe["workflows"].values()]
@@ -200,14 +236,14 @@ def _variant(tmp: Path, name: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def canary_gate(qdq_cache, tmp_path_factory):  # noqa: ANN201
+def canary_gate(qdq_cache, tmp_path_factory):
     """The canary gated with a recipe variant (built once per variant and module)."""
     from sdxl_qdq.convert.stages import build
     from sdxl_qdq.flows import prepare_gate
 
     tmp, built = tmp_path_factory.mktemp("variants"), {}
 
-    def gate(name: str):  # noqa: ANN202
+    def gate(name: str):
         if name not in built:
             recipe = DEFAULT_RECIPE if name == "seed" else _variant(tmp, name)
             built[name] = prepare_gate(build("canary", recipe=recipe, cache=qdq_cache), cache=qdq_cache)
@@ -218,8 +254,12 @@ def canary_gate(qdq_cache, tmp_path_factory):  # noqa: ANN201
 
 # Measured on the canary (CPU EP): checks outside the harm floor of 404 — uint8 activations 399, no mask surgery
 # 404, uint4 weights 332, 1-step calibration 202 (all of 2-step). In CI: uint8; the others under -m slow.
-HARMFUL = ["uint8-activations", pytest.param("no-mask-surgery", marks=pytest.mark.slow),
-           pytest.param("uint4-weights", marks=pytest.mark.slow), pytest.param("1-step-calibration", marks=pytest.mark.slow)]
+HARMFUL = [
+    "uint8-activations",
+    pytest.param("no-mask-surgery", marks=pytest.mark.slow),
+    pytest.param("uint4-weights", marks=pytest.mark.slow),
+    pytest.param("1-step-calibration", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("variant", HARMFUL)
@@ -228,7 +268,9 @@ def test_a_harmful_recipe_fails_the_gate(canary_gate, variant: str) -> None:
     failed = [c for c in gate.all_checks() if c.status == "failed"]
     assert verdict(gate.all_checks(), strict=False) == "failed"
     assert len(failed) >= 100, f"{variant}: only {len(failed)} checks outside their harm floor"
-    assert any(c.metric.startswith("MSE qdq@2") for c in failed) and any(c.metric.startswith("CLIP qdq@2") for c in failed)
+    assert any(c.metric.startswith("MSE qdq@2") for c in failed) and any(
+        c.metric.startswith("CLIP qdq@2") for c in failed
+    )
 
 
 def test_a_harmless_recipe_change_is_changed_not_failed(canary_gate) -> None:
@@ -249,8 +291,13 @@ def test_compare_ranks_a_better_recipe_over_a_worse_one_and_a_recipe_level_with_
     from sdxl_qdq.convert.stages import build
     from sdxl_qdq.flows import reference_set
 
-    images, _ = reference_set(build("canary", cache=qdq_cache), seed.evaluation.prompts, cache=qdq_cache, coco_dir=None,
-                              progress=lambda _: None)
+    images, _ = reference_set(
+        build("canary", cache=qdq_cache),
+        seed.evaluation.prompts,
+        cache=qdq_cache,
+        coco_dir=None,
+        progress=lambda _: None,
+    )
     rows = {r.metric: r for r in compare(worse.evaluation, reference, images)}  # B = seed vs A = uint8 activations
     for metric, row in rows.items():
         assert row.verdict == "better", f"{metric}: {row.line('uint8', 'seed')}"

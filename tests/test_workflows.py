@@ -14,7 +14,9 @@ WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / ".github" / "workfl
 def _validate(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows", str(path)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -57,8 +59,9 @@ def test_nightly_steps_are_single_commands_in_a_shell_the_runner_has() -> None:
             if run is None:
                 continue
             assert "shell" not in step, f"{name}: {step.get('name')}: a step's own shell"
-            assert "\n" not in run.strip() and not any(c in run for c in (";", "&&", "|", "$(", "`")), \
+            assert "\n" not in run.strip() and not any(c in run for c in (";", "&&", "|", "$(", "`")), (
                 f"{name}: {step.get('name')}: more than one command: {run!r}"
+            )
             assert "actions/cache" not in str(step), f"{name}: the real model's artifacts stay on the host's disk"
         for step in job["steps"]:
             if "uses" in step:  # pinned to a commit, not a tag that can move

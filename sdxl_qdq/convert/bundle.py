@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_qdq.convert.stages import Build
 from sdxl_qdq.cache import package_versions
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.stages import Build
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.manifest import replace_folder, sha256, write_manifest
 from sdxl_qdq.models.prompts import Prompt, load_prompts
@@ -56,32 +56,41 @@ def write_bundle(
     when complete). ``prompts``: the model's 100 by default; ``context``: compile EP-context binaries (default:
     when the QNN backend is installed here)."""
     if qnn.soc_model not in QNN_SOCS:
-        raise ConfigError(f"QNN soc_model {qnn.soc_model!r} is not one this project knows; allowed: {', '.join(QNN_SOCS)}")
+        raise ConfigError(
+            f"QNN soc_model {qnn.soc_model!r} is not one this project knows; allowed: {', '.join(QNN_SOCS)}"
+        )
     prompts = prompts if prompts is not None else load_prompts("all", path=build.source.prompts)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _copy_models(build, tmp)
-        compiled = _compile_contexts(build, tmp, qnn, progress) if (context if context is not None else _have_qnn()) else False
+        compiled = (
+            _compile_contexts(build, tmp, qnn, progress) if (context if context is not None else _have_qnn()) else False
+        )
         pipe = OrtSDXLPipeline(build.qdq, load=())  # tokenizers and scheduler only: no session is created
         _write_pipeline(pipe, tmp)
         _write_schedule(pipe, tmp)
         _write_prompts(pipe, prompts, tmp, progress)
         parity = load_prompts("test", path=build.source.prompts)[:parity_prompts]
         _write_parity(build, parity, tmp, progress)
-        write_manifest(tmp, {
-            "kind": BUNDLE_KIND,
-            "model": build.source.name,
-            "recipe": {"name": build.recipe_name, "sha256": sha256(build.recipe_path)},
-            "keys": build.keys,
-            "soc": qnn.soc_model,
-            "context": {"compiled": compiled, "on": "htp simulator" if qnn_is_simulated() else "htp device"} if compiled else None,
-            "steps": list(STEPS),
-            "prompts": [{"index": p.index, "id": p.id, "text": p.text, "split": p.split} for p in prompts],
-            "parity_prompts": [p.id for p in parity],
-            "versions": package_versions(),
-        })
+        write_manifest(
+            tmp,
+            {
+                "kind": BUNDLE_KIND,
+                "model": build.source.name,
+                "recipe": {"name": build.recipe_name, "sha256": sha256(build.recipe_path)},
+                "keys": build.keys,
+                "soc": qnn.soc_model,
+                "context": {"compiled": compiled, "on": "htp simulator" if qnn_is_simulated() else "htp device"}
+                if compiled
+                else None,
+                "steps": list(STEPS),
+                "prompts": [{"index": p.index, "id": p.id, "text": p.text, "split": p.split} for p in prompts],
+                "parity_prompts": [p.id for p in parity],
+                "versions": package_versions(),
+            },
+        )
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -119,17 +128,23 @@ def _compile_contexts(build: Build, folder: Path, qnn: QnnOptions, progress: Pro
 
 def _write_pipeline(pipe: OrtSDXLPipeline, folder: Path) -> None:
     size = float(pipe.image_size)
-    (folder / "pipeline.json").write_text(json.dumps({
-        "time_ids": [size, size, 0.0, 0.0, size, size],
-        "scaling_factor": pipe.scaling_factor,
-        "latent_shape": list(pipe.latent_shape),
-        "image_size": pipe.image_size,
-    }, indent=1))
+    (folder / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "time_ids": [size, size, 0.0, 0.0, size, size],
+                "scaling_factor": pipe.scaling_factor,
+                "latent_shape": list(pipe.latent_shape),
+                "image_size": pipe.image_size,
+            },
+            indent=1,
+        )
+    )
 
 
 def _write_schedule(pipe: OrtSDXLPipeline, folder: Path) -> None:
     """Per step count, each step's timestep and the float32 coefficients of diffusers' Euler-ancestral step:
-    ``model_in = x / denom``; ``x0 = x - sigma * eps``; ``x = x + ((x - x0) / sigma) * dt``; ``x = x + noise * sigma_up``."""
+    ``model_in = x / denom``; ``x0 = x - sigma * eps``; ``x = x + ((x - x0) / sigma) * dt``; ``x = x + noise *
+    sigma_up``."""
     arrays: dict[str, np.ndarray] = {}
     for k in STEPS:
         scheduler = pipe.scheduler_cls.from_config(pipe.scheduler_config)
@@ -139,7 +154,9 @@ def _write_schedule(pipe: OrtSDXLPipeline, folder: Path) -> None:
             sigma, sigma_to = scheduler.sigmas[i], scheduler.sigmas[i + 1]
             sigma_up = (sigma_to**2 * (sigma**2 - sigma_to**2) / sigma**2) ** 0.5
             sigma_down = (sigma_to**2 - sigma_up**2) ** 0.5
-            rows.append([float(t), ((sigma**2 + 1) ** 0.5).item(), sigma.item(), (sigma_down - sigma).item(), sigma_up.item()])
+            rows.append(
+                [float(t), ((sigma**2 + 1) ** 0.5).item(), sigma.item(), (sigma_down - sigma).item(), sigma_up.item()]
+            )
         table = np.asarray(rows, dtype=np.float32)
         for j, name in enumerate(("timestep", "denom", "sigma", "dt", "sigma_up")):
             arrays[f"{name}@{k}"] = table[:, j].copy()
@@ -160,8 +177,13 @@ def _write_prompts(pipe: OrtSDXLPipeline, prompts: list[Prompt], folder: Path, p
         latents = torch.randn(pipe.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
         noise = [torch.randn(pipe.latent_shape, generator=generator, dtype=torch.float32) for _ in range(max(STEPS))]
         ids, ids_2 = pipe.token_ids(prompt.text)
-        np.savez(folder / "prompts" / f"{prompt.index:03d}.npz", input_ids=ids, input_ids_2=ids_2,
-                 latents=latents.numpy(), noise=torch.stack(noise).numpy())
+        np.savez(
+            folder / "prompts" / f"{prompt.index:03d}.npz",
+            input_ids=ids,
+            input_ids_2=ids_2,
+            latents=latents.numpy(),
+            noise=torch.stack(noise).numpy(),
+        )
         meter.step()
 
 

@@ -16,13 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_qdq.convert.files import PREPARED_META, PREPARED_MODEL
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.files import PREPARED_META, PREPARED_MODEL
 from sdxl_qdq.errors import BuildError
 from sdxl_qdq.models.prompts import Prompt
 from sdxl_qdq.procs import Meter
 from sdxl_qdq.run.pipeline import ComponentSet, OrtSDXLPipeline, feeds_digest
-
 
 RANGES_FILE = "ranges.json"  # <dir>/<component>/ranges.json: MinMax ranges collected while recording
 
@@ -56,8 +55,9 @@ def record_calibration(
     # 10.3 GB); each component still sees its calls in the order the whole pipeline makes them.
     meter = _StageMeter(runs, progress, timings if timings is not None else {})
     encoders = ("text_encoder", "text_encoder_2")
-    pipe = OrtSDXLPipeline(float_models, ep="cpu", recorder=recorder, load=tuple(c for c in encoders if c not in collect),
-                           reuse=True)
+    pipe = OrtSDXLPipeline(
+        float_models, ep="cpu", recorder=recorder, load=tuple(c for c in encoders if c not in collect), reuse=True
+    )
     collectors = _collectors(pipe, {c: collect[c] for c in encoders if c in collect}, out, optimized)
     meter.loaded("text encoders")
     encoded = []
@@ -83,8 +83,12 @@ def record_calibration(
         recorder("vae_decoder", pipe.decode_feeds(x))
     for component in COMPONENTS:
         io = float_models.io(component)
-        meta = {"samples": recorder.counts[component], "input_names": [t.name for t in io.inputs],
-                "input_shapes": [list(t.shape) for t in io.inputs], "input_types": [t.dtype for t in io.inputs]}
+        meta = {
+            "samples": recorder.counts[component],
+            "input_names": [t.name for t in io.inputs],
+            "input_shapes": [list(t.shape) for t in io.inputs],
+            "input_types": [t.dtype for t in io.inputs],
+        }
         (out / component / "inputs.json").write_text(json.dumps(meta, indent=1))
 
 
@@ -98,8 +102,10 @@ def _collectors(pipe: OrtSDXLPipeline, prepared: dict[str, Path], out: Path, opt
         collector = RangeCollector(folder / PREPARED_MODEL, op_types, out / ".collect" / component, optimized=optimized)
         expected = [t.name for t in pipe.io[component].outputs]
         if collector.output_names != expected:
-            raise BuildError(f"the prepared {component} in {folder} has outputs {collector.output_names}, the float "
-                             f"model {expected}: the recipe's passes before quantization must keep the graph outputs")
+            raise BuildError(
+                f"the prepared {component} in {folder} has outputs {collector.output_names}, the float "
+                f"model {expected}: the recipe's passes before quantization must keep the graph outputs"
+            )
         pipe.sessions[component] = collectors[component] = collector
     return collectors
 
@@ -134,7 +140,9 @@ class _StageMeter:
     """Progress every 10 runs, and per stage the seconds to create its sessions, of the first run (a session's
     first run pays for allocations the later ones reuse) and per model call."""
 
-    def __init__(self, runs: list, progress: Callable[[str], None] | None, timings: dict[str, dict[str, float]]) -> None:
+    def __init__(
+        self, runs: list, progress: Callable[[str], None] | None, timings: dict[str, dict[str, float]]
+    ) -> None:
         self.runs, self.progress, self.timings, self.clock = runs, progress, timings, time.perf_counter()
 
     def _lap(self) -> float:
@@ -143,8 +151,9 @@ class _StageMeter:
 
     def report(self, stage: str, i: int, executed: int) -> None:
         if i == 0:
-            self.timings.setdefault(stage, {}).update(first_run_s=round(time.perf_counter() - self.clock, 3),
-                                                      first_run_calls=executed)
+            self.timings.setdefault(stage, {}).update(
+                first_run_s=round(time.perf_counter() - self.clock, 3), first_run_calls=executed
+            )
         self.meter.step()
 
     def loaded(self, stage: str) -> None:
@@ -156,11 +165,15 @@ class _StageMeter:
 
     def ran(self, stage: str, executed: int) -> None:
         seconds, calls = self._lap(), max(executed, 1)  # model runs; a call with the inputs of an earlier one is reused
-        self.timings.setdefault(stage, {}).update(runs=len(self.runs), calls=calls, per_call_s=round(seconds / calls, 3))
+        self.timings.setdefault(stage, {}).update(
+            runs=len(self.runs), calls=calls, per_call_s=round(seconds / calls, 3)
+        )
         if self.progress:
             component = "text_encoder" if stage == "text encoders" else stage
-            self.progress(f"calibration {stage}: {len(self.runs)} runs, {calls} {component} calls in {seconds:.1f}s "
-                          f"({seconds / calls:.2f}s per call)")
+            self.progress(
+                f"calibration {stage}: {len(self.runs)} runs, {calls} {component} calls in {seconds:.1f}s "
+                f"({seconds / calls:.2f}s per call)"
+            )
 
 
 def iter_calibration(calib_dir: Path, component: str) -> Iterator[dict[str, np.ndarray]]:
@@ -185,7 +198,7 @@ def write_distinct(calib_dir: Path, component: str, out: Path) -> tuple[int, int
     meta = json.loads((calib_dir / component / "inputs.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
-    for i, feeds in enumerate(iter_calibration(calib_dir, component)):
+    for feeds in iter_calibration(calib_dir, component):
         digest = feeds_digest(feeds)
         if digest in seen:
             continue
@@ -195,4 +208,3 @@ def write_distinct(calib_dir: Path, component: str, out: Path) -> tuple[int, int
         seen.add(digest)
     (out / "inputs.json").write_text(json.dumps({**meta, "samples": len(seen)}, indent=1))
     return len(seen), meta["samples"]
-

@@ -14,8 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sdxl_qdq.convert.files import rewrite_with_external_data
 from sdxl_qdq.components import COMPONENTS, component_io
+from sdxl_qdq.convert.files import rewrite_with_external_data
 from sdxl_qdq.models.source import ModelSource
 from sdxl_qdq.procs import run_measured
 
@@ -43,7 +43,7 @@ def _wrapper(component: str, module: Any) -> Any:
             super().__init__()
             self.unet = unet
 
-        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):  # noqa: ANN001
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
             added = {"text_embeds": text_embeds, "time_ids": time_ids}
             return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=added, return_dict=False)[0]
 
@@ -97,9 +97,15 @@ def load_component(folder: Path, source: ModelSource, component: str) -> Any:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    cls = {"text_encoder": CLIPTextModel, "text_encoder_2": CLIPTextModelWithProjection, "unet": UNet2DConditionModel,
-           "vae": AutoencoderKL}[sub]
-    return cls.from_pretrained(folder / sub, torch_dtype=torch.float32, use_safetensors=True, local_files_only=True).eval()
+    cls = {
+        "text_encoder": CLIPTextModel,
+        "text_encoder_2": CLIPTextModelWithProjection,
+        "unet": UNet2DConditionModel,
+        "vae": AutoencoderKL,
+    }[sub]
+    return cls.from_pretrained(
+        folder / sub, torch_dtype=torch.float32, use_safetensors=True, local_files_only=True
+    ).eval()
 
 
 def export_component(folder: Path, source: ModelSource, component: str, dest: Path, *, progress: Any = None) -> None:
@@ -109,7 +115,9 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
     io = component_io(component, model_dims(folder, source))
     dest.mkdir(parents=True)
     args = tuple(
-        torch.zeros(t.shape, dtype=torch.int64) if t.dtype == "int64" else torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
+        torch.zeros(t.shape, dtype=torch.int64)
+        if t.dtype == "int64"
+        else torch.randn(t.shape, generator=torch.Generator().manual_seed(0))
         for t in io.inputs
     )
     raw = dest / "raw" / "model.onnx"  # torch writes a model over 2 GB as one file per tensor beside it
@@ -120,8 +128,14 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="Exporting aten::index operator", category=UserWarning)
         torch.onnx.export(
-            wrapper, args, str(raw), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-            input_names=[t.name for t in io.inputs], output_names=[t.name for t in io.outputs],
+            wrapper,
+            args,
+            str(raw),
+            dynamo=False,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            input_names=[t.name for t in io.inputs],
+            output_names=[t.name for t in io.outputs],
         )
     del wrapper
     rewrite_with_external_data(raw, dest / "model.onnx")  # streamed: the weights are never loaded twice
@@ -131,15 +145,27 @@ def export_component(folder: Path, source: ModelSource, component: str, dest: Pa
         progress(f"exported {component}: {(dest / 'model.onnx.data').stat().st_size / 1e6:.1f} MB")
 
 
-def export_components(folder: Path, source: ModelSource, out: Path, *, progress: Any = None, isolate: bool = False) -> dict:
+def export_components(
+    folder: Path, source: ModelSource, out: Path, *, progress: Any = None, isolate: bool = False
+) -> dict:
     """Export every component into ``out/<component>/``; with ``isolate``, each in its own process (memory is
     returned to the system between components). Returns per-component time and peak RSS when isolated."""
     stats = {}
     for component in COMPONENTS:
         if isolate:
             stats[component] = run_measured(
-                [sys.executable, "-m", "sdxl_qdq", "_export", str(folder), source.name, component, str(out / component)],
-                progress=progress)
+                [
+                    sys.executable,
+                    "-m",
+                    "sdxl_qdq",
+                    "_export",
+                    str(folder),
+                    source.name,
+                    component,
+                    str(out / component),
+                ],
+                progress=progress,
+            )
             if progress:
                 progress(f"{component}: {stats[component]}")
         else:

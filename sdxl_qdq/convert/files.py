@@ -20,8 +20,14 @@ def save_with_external_data(model: Any, path: Path) -> Path:
     import onnx
 
     path = Path(path)
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=EXTERNAL_DATA_THRESHOLD)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data",
+        size_threshold=EXTERNAL_DATA_THRESHOLD,
+    )
     return path
 
 
@@ -50,7 +56,11 @@ def rewrite_with_external_data(source: Path, path: Path) -> Path:
             if not external and not tensor.HasField("raw_data"):
                 continue
             info = ExternalDataInfo(tensor) if external else None
-            size = (info.length if info.length is not None else _external_size(source.parent, info)) if info else len(tensor.raw_data)
+            size = (
+                (info.length if info.length is not None else _external_size(source.parent, info))
+                if info
+                else len(tensor.raw_data)
+            )
             if id(tensor) in candidates and overhead + size >= EXTERNAL_DATA_THRESHOLD:
                 offset = data.tell()
                 if info:

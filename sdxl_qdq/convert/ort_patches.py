@@ -46,8 +46,10 @@ def patched(replacements: list[Replacement]) -> Iterator[None]:
     """Apply ``replacements`` for the duration of the block (after the version check), then restore them (a class
     gets back exactly what its own ``__dict__`` held: a staticmethod stays one, an inherited attribute is removed)."""
     check_versions()
-    saved = [(owner, name, vars(owner).get(name, _ABSENT) if isinstance(owner, type) else getattr(owner, name))
-             for owner, name, _ in replacements]
+    saved = [
+        (owner, name, vars(owner).get(name, _ABSENT) if isinstance(owner, type) else getattr(owner, name))
+        for owner, name, _ in replacements
+    ]
     for owner, name, value in replacements:
         setattr(owner, name, value)
     try:
@@ -111,9 +113,11 @@ def graph_only_quantizer(data_dir: Path) -> list[Replacement]:
         with contextlib.chdir(Path(output_path).parent):  # onnx checks the data file's name relative to the cwd
             save_model_to_file(self, output_path, use_external_data_format)
 
-    return [(_module("quantize"), "load_model_with_shape_infer", _load_graph_with_shape_infer),
-            (_module("base_quantizer"), "save_and_reload_model_with_shape_infer", reload_graph_with_shape_infer),
-            (ONNXModel, "save_model_to_file", save_with_data)]
+    return [
+        (_module("quantize"), "load_model_with_shape_infer", _load_graph_with_shape_infer),
+        (_module("base_quantizer"), "save_and_reload_model_with_shape_infer", reload_graph_with_shape_infer),
+        (ONNXModel, "save_model_to_file", save_with_data),
+    ]
 
 
 def _module(name: str) -> Any:
@@ -122,8 +126,16 @@ def _module(name: str) -> Any:
 
 
 # The modules that bind quant_utils.find_by_name under that name
-FIND_BY_NAME_MODULES = ("quant_utils", "base_quantizer", "onnx_quantizer", "qdq_quantizer", "onnx_model",
-                        "operators.conv", "operators.gemm", "operators.matmul")
+FIND_BY_NAME_MODULES = (
+    "quant_utils",
+    "base_quantizer",
+    "onnx_quantizer",
+    "qdq_quantizer",
+    "onnx_model",
+    "operators.conv",
+    "operators.gemm",
+    "operators.matmul",
+)
 _CALIBRATION_SUFFIXES = ("_ReduceMin", "_ReduceMax")
 
 
@@ -134,8 +146,13 @@ class _Index:
     replaced behind its back), or ``generation()`` moved (an item changed where this index cannot see it);
     ``forget`` follows a removal it is told of."""
 
-    def __init__(self, field: Any, names: Callable[[Any], Iterable[str]], generation: Callable[[], int],
-                 flag: Callable[[Any], bool] = lambda _: False) -> None:
+    def __init__(
+        self,
+        field: Any,
+        names: Callable[[Any], Iterable[str]],
+        generation: Callable[[], int],
+        flag: Callable[[Any], bool] = lambda _: False,
+    ) -> None:
         self.field, self.names, self.generation, self.flag = field, names, generation, flag
         self.at: dict[str, list[Any]] = {}
         self.flagged: list[Any] = []
@@ -143,7 +160,11 @@ class _Index:
 
     def current(self) -> dict[str, list[Any]]:
         field, n = self.field, len(self.field)
-        if self.built_at != self.generation() or n < self.count or (self.count and field[self.count - 1] is not self.last):
+        if (
+            self.built_at != self.generation()
+            or n < self.count
+            or (self.count and field[self.count - 1] is not self.last)
+        ):
             self.at, self.flagged, self.count, self.built_at = {}, [], 0, self.generation()
         for i in range(self.count, n):
             item = field[i]
@@ -197,8 +218,12 @@ class _QuantizerScope:
         graph = model.graph
         self.model = model
         self.nodes = _Index(graph.node, lambda node: node.input, lambda: self.generation)
-        self.initializers = _Index(graph.initializer, lambda init: (init.name,), lambda: 0,
-                                       flag=lambda init: init.data_type == TensorProto.FLOAT8E4M3FN)
+        self.initializers = _Index(
+            graph.initializer,
+            lambda init: (init.name,),
+            lambda: 0,
+            flag=lambda init: init.data_type == TensorProto.FLOAT8E4M3FN,
+        )
         return saved
 
     def leave(self, saved: tuple[Any, Any, Any]) -> None:
@@ -293,14 +318,16 @@ def linear_quantizer() -> list[Replacement]:
         finally:
             scope.leave(saved)
 
-    return [(MinMaxCalibrater, "augment_graph", _linear_augment_graph(MinMaxCalibrater.augment_graph)),
-            (QDQQuantizer, "quantize_model", quantize_model_indexed),
-            (ONNXModel, "replace_node_input", staticmethod(replace_node_input_tracked)),
-            (ONNXModel, "replace_input_of_all_nodes", replace_input_of_all_nodes),
-            (ONNXModel, "get_initializer", get_initializer),
-            (ONNXModel, "initializer_extend", initializer_extend),
-            (ONNXModel, "remove_initializer", remove_initializer),
-            *[(_module(m), "find_by_name", find_by_name) for m in FIND_BY_NAME_MODULES]]
+    return [
+        (MinMaxCalibrater, "augment_graph", _linear_augment_graph(MinMaxCalibrater.augment_graph)),
+        (QDQQuantizer, "quantize_model", quantize_model_indexed),
+        (ONNXModel, "replace_node_input", staticmethod(replace_node_input_tracked)),
+        (ONNXModel, "replace_input_of_all_nodes", replace_input_of_all_nodes),
+        (ONNXModel, "get_initializer", get_initializer),
+        (ONNXModel, "initializer_extend", initializer_extend),
+        (ONNXModel, "remove_initializer", remove_initializer),
+        *[(_module(m), "find_by_name", find_by_name) for m in FIND_BY_NAME_MODULES],
+    ]
 
 
 def _linear_augment_graph(original: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -315,8 +342,10 @@ def _linear_augment_graph(original: Callable[[Any], None]) -> Callable[[Any], No
 
     def augment_graph(self: Any) -> None:
         tensors, _ = self.select_tensors_to_calibrate(self.model)
-        if any(t.endswith(_CALIBRATION_SUFFIXES) or t.endswith(tuple(s + "_Reshape" for s in _CALIBRATION_SUFFIXES))
-               for t in tensors):
+        if any(
+            t.endswith(_CALIBRATION_SUFFIXES) or t.endswith(tuple(s + "_Reshape" for s in _CALIBRATION_SUFFIXES))
+            for t in tensors
+        ):
             return original(self)
         graph = self.model.graph
         reshape_shape_name = str(uuid.uuid4())
@@ -334,13 +363,20 @@ def _linear_augment_graph(original: Callable[[Any], None]) -> Callable[[Any], No
             for reduce_op_name in ("ReduceMin", "ReduceMax"):
                 reduce_output = tensor_name + "_" + reduce_op_name
                 intermediate_output = reduce_output + "_Reshape"
-                reduce_node = helper.make_node(reduce_op_name, [tensor_name], [intermediate_output], keepdims=1,
-                                               name=reduce_output)
-                reshape_node = helper.make_node("Reshape", inputs=[intermediate_output, reshape_shape_name],
-                                                outputs=[reduce_output], name=intermediate_output)
+                reduce_node = helper.make_node(
+                    reduce_op_name, [tensor_name], [intermediate_output], keepdims=1, name=reduce_output
+                )
+                reshape_node = helper.make_node(
+                    "Reshape",
+                    inputs=[intermediate_output, reshape_shape_name],
+                    outputs=[reduce_output],
+                    name=intermediate_output,
+                )
                 if tensor_name not in value_infos:
-                    raise ValueError(f"Unable to guess tensor type for tensor {tensor_name!r}, "
-                                     "running shape inference before quantization may resolve this issue.")
+                    raise ValueError(
+                        f"Unable to guess tensor type for tensor {tensor_name!r}, "
+                        "running shape inference before quantization may resolve this issue."
+                    )
                 onnx_type = value_infos[tensor_name].type.tensor_type.elem_type
                 if self.per_channel:
                     reduced_axes = [0, *range(2, len(value_infos[tensor_name].type.tensor_type.shape.dim))]
@@ -348,8 +384,9 @@ def _linear_augment_graph(original: Callable[[Any], None]) -> Callable[[Any], No
                         reduce_node.attribute.append(helper.make_attribute("axes", reduced_axes))
                     else:
                         reduce_axes_name = str(uuid.uuid4())
-                        graph.initializer.append(numpy_helper.from_array(np.array(reduced_axes, dtype=np.int64),
-                                                                         reduce_axes_name))
+                        graph.initializer.append(
+                            numpy_helper.from_array(np.array(reduced_axes, dtype=np.int64), reduce_axes_name)
+                        )
                         reduce_node.input.append(reduce_axes_name)
                 group = inserted[first_reader.get(tensor_name, len(nodes))]
                 at = next((k for k, n in enumerate(group) if tensor_name in n.input), len(group))

@@ -33,8 +33,15 @@ from sdxl_qdq.paths import RECIPES_DIR
 from sdxl_qdq.runtime import register_qnn
 
 DEFAULT_RECIPE = RECIPES_DIR / "qnn_w8a16.json"
-PLACEHOLDERS = ("model_path", "calibration_dir", "input_names", "input_shapes", "input_types", "output_dir",
-                "olive_cache_dir")
+PLACEHOLDERS = (
+    "model_path",
+    "calibration_dir",
+    "input_names",
+    "input_shapes",
+    "input_types",
+    "output_dir",
+    "olive_cache_dir",
+)
 _PLACEHOLDER = re.compile(r"\$\{([a-z_]+)\}")
 
 
@@ -58,7 +65,9 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
         )
     steps = recipe.get("calibration", {}).get("steps", [1])
     if not (isinstance(steps, list) and steps and all(isinstance(k, int) and k >= 1 for k in steps)):
-        raise ConfigError(f"recipe file {path}: calibration.steps must be a non-empty list of step counts >= 1, got {steps!r}")
+        raise ConfigError(
+            f"recipe file {path}: calibration.steps must be a non-empty list of step counts >= 1, got {steps!r}"
+        )
     for component, workflow in workflows.items():
         if not isinstance(workflow, dict) or not isinstance(workflow.get("passes"), dict) or not workflow["passes"]:
             raise ConfigError(f"recipe file {path}: workflow {component!r} needs a non-empty 'passes' object")
@@ -69,8 +78,10 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
                 f"allowed: {', '.join('${' + p + '}' for p in PLACEHOLDERS)}"
             )
         if workflow.get("output_dir") != "${output_dir}":
-            raise ConfigError(f"recipe file {path}: workflow {component!r} has output_dir {workflow.get('output_dir')!r}; "
-                              "it must be \"${output_dir}\", where the build looks for the model its last pass emits")
+            raise ConfigError(
+                f"recipe file {path}: workflow {component!r} has output_dir {workflow.get('output_dir')!r}; "
+                "it must be \"${output_dir}\", where the build looks for the model its last pass emits"
+            )
     return recipe
 
 
@@ -153,10 +164,12 @@ def minmax_only(workflow: dict[str, Any]) -> bool:
         if not isinstance(spec, dict) or "data_config" not in spec:
             continue
         extra = spec.get("extra_options") or {}
-        if (str(spec.get("type", "")).lower() not in STATIC_QUANTIZATION_PASSES
-                or spec.get("quant_mode", "static") != "static"
-                or spec.get("calibrate_method", "MinMax") != "MinMax"
-                or extra.get("CalibMovingAverage")):
+        if (
+            str(spec.get("type", "")).lower() not in STATIC_QUANTIZATION_PASSES
+            or spec.get("quant_mode", "static") != "static"
+            or spec.get("calibrate_method", "MinMax") != "MinMax"
+            or extra.get("CalibMovingAverage")
+        ):
             return False
     return True
 

@@ -36,8 +36,15 @@ LEAN: dict[str, dict[str, Any]] = {
     "QNNPreprocess": {"fuse_layernorm": ANY},
     "GraphSurgeries": {"surgeries": ANY, "remove_duplicate_initializers": ANY},
     "OnnxStaticQuantization": {
-        "data_config": ANY, "activation_type": ANY, "precision": ANY, "quant_preprocess": ANY, "per_channel": ANY,
-        "extra_options": ANY, "quant_format": "QDQ", "calibrate_method": "MinMax", "prepare_qdq_config": True,
+        "data_config": ANY,
+        "activation_type": ANY,
+        "precision": ANY,
+        "quant_preprocess": ANY,
+        "per_channel": ANY,
+        "extra_options": ANY,
+        "quant_format": "QDQ",
+        "calibrate_method": "MinMax",
+        "prepare_qdq_config": True,
         "quant_mode": "static",
     },
 }
@@ -86,8 +93,10 @@ def read_olive_schema() -> dict[str, Any]:
     from olive.hardware.accelerator import AcceleratorSpec
 
     registry = json.loads((Path(olive.__file__).parent / "olive_config.json").read_text())["passes"]
-    specs = [AcceleratorSpec(accelerator_type="cpu", execution_provider="CPUExecutionProvider"),
-             AcceleratorSpec(accelerator_type="npu", execution_provider="QNNExecutionProvider")]
+    specs = [
+        AcceleratorSpec(accelerator_type="cpu", execution_provider="CPUExecutionProvider"),
+        AcceleratorSpec(accelerator_type="npu", execution_provider="QNNExecutionProvider"),
+    ]
     passes: dict[str, Any] = {}
     for name, entry in sorted(registry.items()):
         module, cls = entry["module_path"].rsplit(".", 1)
@@ -105,8 +114,12 @@ def read_olive_schema() -> dict[str, Any]:
             passes[name.lower()] = {"type": name, "options": None, "why": why}
             continue
         passes[name.lower()] = {"type": name, "options": dict(sorted(options.items()))}
-    return {"olive": olive_version(), "made_by": "python -m sdxl_qdq _olive-pass-options",
-            "common": sorted(RunPassConfig.model_fields), "passes": passes}
+    return {
+        "olive": olive_version(),
+        "made_by": "python -m sdxl_qdq _olive-pass-options",
+        "common": sorted(RunPassConfig.model_fields),
+        "passes": passes,
+    }
 
 
 def write_olive_schema(path: Path = SCHEMA_PATH) -> Path:
@@ -140,7 +153,9 @@ def _close(word: str, candidates: list[str]) -> list[str]:
 
 def _hint(word: str, candidates: list[str]) -> str:
     close = _close(word, candidates)
-    return f" (did you mean {close[0]!r}?)" if len(close) == 1 else (f" (did you mean one of {close}?)" if close else "")
+    return (
+        f" (did you mean {close[0]!r}?)" if len(close) == 1 else (f" (did you mean one of {close}?)" if close else "")
+    )
 
 
 def _type_problem(value: Any, spec: dict[str, Any]) -> str | None:
@@ -178,8 +193,10 @@ def check_pass(where: str, name: str, spec: Any, schema: dict[str, Any] | None) 
     if entry is None:
         known = sorted({p["type"] for p in passes.values()})
         close = _close(kind, known) or sorted(k for k in known if kind.lower()[:6] in k.lower())[:3]
-        raise ConfigError(f"{where}: pass {name!r} has type {kind!r}, which Olive does not know"
-                          f"{f' (did you mean {close}?)' if close else ''}; see {PASS_DOCS}")
+        raise ConfigError(
+            f"{where}: pass {name!r} has type {kind!r}, which Olive does not know"
+            f"{f' (did you mean {close}?)' if close else ''}; see {PASS_DOCS}"
+        )
     options = entry["options"]
     if options is None:  # Olive could not read this pass's options here (its extra dependency is absent)
         return
@@ -189,8 +206,10 @@ def check_pass(where: str, name: str, spec: Any, schema: dict[str, Any] | None) 
     label = f"{where}: pass {name!r} ({entry['type']})"
     for option, value in given.items():
         if option not in options:
-            raise ConfigError(f"{label}: unknown option {option!r}{_hint(option, list(options))}; Olive would ignore "
-                              f"it silently (its options: {', '.join(options)})")
+            raise ConfigError(
+                f"{label}: unknown option {option!r}{_hint(option, list(options))}; Olive would ignore "
+                f"it silently (its options: {', '.join(options)})"
+            )
         problem = _type_problem(value, options[option])
         if problem:
             raise ConfigError(f"{label}: option {option!r} {problem}")
@@ -217,7 +236,8 @@ def lean_problem(kind: str, options: dict[str, Any]) -> str | None:
         return f"({kind}): the memory-bounded quantizer implements {fixed} only; got {wrong}"
     extra = sorted(set(options.get("extra_options") or {}) - set(LEAN_EXTRA_OPTIONS))
     if extra:
-        return (f"({kind}) sets extra_options {extra}; the memory-bounded quantizer implements "
-                f"{', '.join(LEAN_EXTRA_OPTIONS)} only")
+        return (
+            f"({kind}) sets extra_options {extra}; the memory-bounded quantizer implements "
+            f"{', '.join(LEAN_EXTRA_OPTIONS)} only"
+        )
     return None
-

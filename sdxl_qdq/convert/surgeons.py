@@ -57,21 +57,33 @@ def fuse_group_norms(model: ModelProto) -> int:
         return 0
     if opset < 21:
         if opset < 14:
-            raise ValueError(f"FuseGroupNormalization needs opset >= 14 to convert the model to opset 21 (per-channel "
-                             f"GroupNormalization); the model has opset {opset}: export it at opset 17 or later")
+            raise ValueError(
+                f"FuseGroupNormalization needs opset >= 14 to convert the model to opset 21 (per-channel "
+                f"GroupNormalization); the model has opset {opset}: export it at opset 17 or later"
+            )
         from onnx import version_converter
 
         model.CopyFrom(version_converter.convert_version(model, 21))
         index = _GraphIndex(model.graph)
     graph = model.graph
-    matches = [m for i, n in enumerate(graph.node) if n.op_type == "InstanceNormalization"
-               if (m := _match(index, i)) is not None]
+    matches = [
+        m
+        for i, n in enumerate(graph.node)
+        if n.op_type == "InstanceNormalization"
+        if (m := _match(index, i)) is not None
+    ]
     removed = {i for m in matches for i in m.removed}
     inserted: dict[int, list[NodeProto]] = {}
     for m in matches:
         gamma, beta = _as_vector(index, m.gamma, m.name + "_scale"), _as_vector(index, m.beta, m.name + "_bias")
-        fused = helper.make_node("GroupNormalization", [m.x, gamma[-1], beta[-1]], [m.output], name=m.name,
-                                 num_groups=m.groups, epsilon=m.epsilon)
+        fused = helper.make_node(
+            "GroupNormalization",
+            [m.x, gamma[-1], beta[-1]],
+            [m.output],
+            name=m.name,
+            num_groups=m.groups,
+            epsilon=m.epsilon,
+        )
         inserted[max(m.removed)] = [*gamma[:-1], *beta[:-1], fused]
     nodes = []
     for i, node in enumerate(graph.node):
@@ -91,8 +103,11 @@ class _GraphIndex:
         self.producer, self.consumers = producers(graph.node), consumers(graph.node)
         self.initializers = {t.name: t for t in graph.initializer}
         self.outputs = {o.name for o in graph.output}
-        self.shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-                       for v in (*graph.value_info, *graph.input, *graph.output) if v.type.tensor_type.HasField("shape")}
+        self.shapes = {
+            v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in (*graph.value_info, *graph.input, *graph.output)
+            if v.type.tensor_type.HasField("shape")
+        }
 
     def shape(self, tensor: str) -> list[int | None] | None:
         """The recorded shape of ``tensor``, or of the tensor a DequantizeLinear ← QuantizeLinear pair carries."""
@@ -173,7 +188,11 @@ def _match(index: _GraphIndex, inorm_index: int) -> _Match | None:
     if channels <= 0 or channels % groups or not all(_per_channel(index, t, channels, rank) for t in (gamma, beta)):
         return None
     epsilon = next((a.f for a in inorm.attribute if a.name == "epsilon"), 1e-5)
-    name = inorm.name.replace("InstanceNormalization", "GroupNormalization") if inorm.name else f"GroupNormalization_{inorm_index}"
+    name = (
+        inorm.name.replace("InstanceNormalization", "GroupNormalization")
+        if inorm.name
+        else f"GroupNormalization_{inorm_index}"
+    )
     return _Match(reshape.input[0], groups, float(epsilon), gamma, beta, add.output[0], tuple(path), name)
 
 
@@ -185,7 +204,11 @@ def _upstream(index: _GraphIndex, inorm_index: int, path: list[int]) -> tuple[No
         return None
     if i is not None and index.node(i).op_type == "DequantizeLinear":
         q = index.producer.get(index.node(i).input[0])
-        if q is None or index.node(q).op_type != "QuantizeLinear" or index.only_consumer(index.node(i).input[0]) is None:
+        if (
+            q is None
+            or index.node(q).op_type != "QuantizeLinear"
+            or index.only_consumer(index.node(i).input[0]) is None
+        ):
             return None
         path += [q, i]
         src, i = index.node(q).input[0], index.producer.get(index.node(q).input[0])
@@ -218,12 +241,19 @@ def _downstream(index: _GraphIndex, tensor: str, path: list[int]) -> tuple[np.nd
         tensor = index.node(step[0]).output[0]
     (reshape1, _), mul, add = chain
     restored = index.constant(reshape1.input[1])  # the input's shape, [N, C, ...]
-    if restored is None or restored.ndim != 1 or len(restored) < 3 or any(list(n.input).count(t) != 1 for n, t in (mul, add)):
+    if (
+        restored is None
+        or restored.ndim != 1
+        or len(restored) < 3
+        or any(list(n.input).count(t) != 1 for n, t in (mul, add))
+    ):
         return None
     return restored, mul, add
 
 
-def _normalizes_what_it_restores(x_shape: list[int | None] | None, shape: np.ndarray, restored: np.ndarray, groups: int) -> bool:
+def _normalizes_what_it_restores(
+    x_shape: list[int | None] | None, shape: np.ndarray, restored: np.ndarray, groups: int
+) -> bool:
     """Whether the first Reshape splits the very tensor the second one restores into G groups."""
     if x_shape is None:  # torch's own export: [0, G, -1] of the tensor the second Reshape restores
         return shape[2] == -1 and restored[0] not in (0, -1) and -1 not in restored[1:]
@@ -277,8 +307,9 @@ def _as_vector(index: _GraphIndex, tensor: str, name: str) -> list[Any]:
     index.initializers[copy.name] = copy
     if dq is None:
         return [copy.name]
-    node = helper.make_node("DequantizeLinear", [copy.name, *dq.input[1:]], [name], name=f"{name}_DequantizeLinear",
-                            domain=dq.domain)  # the quantizer's choice (com.microsoft for 16-bit types)
+    node = helper.make_node(
+        "DequantizeLinear", [copy.name, *dq.input[1:]], [name], name=f"{name}_DequantizeLinear", domain=dq.domain
+    )  # the quantizer's choice (com.microsoft for 16-bit types)
     node.attribute.extend(a for a in dq.attribute if a.name != "axis")  # per-tensor: the axis means nothing
     return [node, name]
 

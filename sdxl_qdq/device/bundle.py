@@ -49,13 +49,17 @@ class Bundle:
         path = Path(path)
         manifest = read_manifest(path, digests=digests, what="bundle")
         if manifest.get("kind") != BUNDLE_KIND:
-            raise ConfigError(f"{path} is not a device bundle (kind {manifest.get('kind')!r}); make one with "
-                              "`sdxl-qdq bundle --model M OUT`")
+            raise ConfigError(
+                f"{path} is not a device bundle (kind {manifest.get('kind')!r}); make one with "
+                "`sdxl-qdq bundle --model M OUT`"
+            )
         if soc is not None and str(soc) != manifest["soc"]:
             made = f"{manifest['soc']} ({QNN_SOCS.get(manifest['soc'], '?')})"
-            raise ConfigError(f"bundle {path} was made for QNN soc {made}, this run is for soc {soc} "
-                              f"({QNN_SOCS.get(str(soc), '?')}); make one for it with `sdxl-qdq bundle --qnn-soc {soc}` "
-                              f"or run with --qnn-soc {manifest['soc']}")
+            raise ConfigError(
+                f"bundle {path} was made for QNN soc {made}, this run is for soc {soc} "
+                f"({QNN_SOCS.get(str(soc), '?')}); make one for it with `sdxl-qdq bundle --qnn-soc {soc}` "
+                f"or run with --qnn-soc {manifest['soc']}"
+            )
         return cls(path, manifest)
 
     @cached_property

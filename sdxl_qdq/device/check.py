@@ -24,7 +24,9 @@ def machines() -> tuple[str, str]:
 
     kernel32 = ctypes.windll.kernel32
     process_machine, native_machine = wintypes.USHORT(), wintypes.USHORT()
-    if not kernel32.IsWow64Process2(kernel32.GetCurrentProcess(), ctypes.byref(process_machine), ctypes.byref(native_machine)):
+    if not kernel32.IsWow64Process2(
+        kernel32.GetCurrentProcess(), ctypes.byref(process_machine), ctypes.byref(native_machine)
+    ):
         return process, process
     return process, IMAGE_FILE_MACHINE.get(native_machine.value, hex(native_machine.value))
 
@@ -32,9 +34,11 @@ def machines() -> tuple[str, str]:
 def native_python_error(process: str, native: str) -> str | None:
     """Why this Python cannot run the night on the NPU, or None."""
     if native.upper() in ("ARM64", "AARCH64") and process.upper() not in ("ARM64", "AARCH64"):
-        return (f"this Python ({sys.executable}) is {process}, running emulated on an {native} machine: onnxruntime-qnn "
-                "would load the HTP simulator, not the NPU; install the native ARM64 Python (python.org "
-                "'Windows installer (ARM64)', 3.11 or 3.12) and create the venv with it")
+        return (
+            f"this Python ({sys.executable}) is {process}, running emulated on an {native} machine: onnxruntime-qnn "
+            "would load the HTP simulator, not the NPU; install the native ARM64 Python (python.org "
+            "'Windows installer (ARM64)', 3.11 or 3.12) and create the venv with it"
+        )
     return None
 
 
@@ -48,9 +52,15 @@ def require_device(*, native: bool = True) -> dict[str, str]:
     except metadata.PackageNotFoundError:
         raise ExecutionProviderError(
             "onnxruntime-qnn is not installed in this environment: install the device profile from the repository "
-            "root with `pip install -r requirements/device.txt`") from None
+            "root with `pip install -r requirements/device.txt`"
+        ) from None
     from sdxl_qdq.runtime import qnn_is_simulated, register_qnn
 
     register_qnn()
-    return {"python": platform.python_version(), "process": process, "machine": machine, "onnxruntime-qnn": qnn,
-            "backend": "htp simulator" if qnn_is_simulated() else "htp device"}
+    return {
+        "python": platform.python_version(),
+        "process": process,
+        "machine": machine,
+        "onnxruntime-qnn": qnn,
+        "backend": "htp simulator" if qnn_is_simulated() else "htp device",
+    }

@@ -32,8 +32,10 @@ DEVICE_PACKAGES = ("onnxruntime", "onnxruntime-qnn", "numpy", "pillow")
 
 def placement(bundle: Bundle, qnn: QnnOptions) -> dict[str, dict[str, int]]:
     """Op types per component, every node on QNN (CPU fallback disabled; anything else raises)."""
-    return {c: dict(assert_assignment(create_session(bundle.model(c), ep="qnn", qnn=qnn), "qnn")["QNNExecutionProvider"])
-            for c in COMPONENTS}
+    return {
+        c: dict(assert_assignment(create_session(bundle.model(c), ep="qnn", qnn=qnn), "qnn")["QNNExecutionProvider"])
+        for c in COMPONENTS
+    }
 
 
 def parity(bundle: Bundle, qnn: QnnOptions) -> dict[str, dict[str, dict[str, float]]]:
@@ -48,15 +50,25 @@ def parity(bundle: Bundle, qnn: QnnOptions) -> dict[str, dict[str, dict[str, flo
         result[c] = {}
         for i, name in enumerate(names):
             q = np.stack([r[0][i] for r in runs])
-            result[c][name] = {"qnn_vs_cpu_db": round(sqnr_db(np.stack([r[1][i] for r in runs]), q), 3),
-                               "qnn_vs_host_cpu_db": round(sqnr_db(np.stack([call["cpu"][name] for call in calls]), q), 3),
-                               "qnn_vs_float_db": round(sqnr_db(np.stack([call["float"][name] for call in calls]), q), 3)}
+            result[c][name] = {
+                "qnn_vs_cpu_db": round(sqnr_db(np.stack([r[1][i] for r in runs]), q), 3),
+                "qnn_vs_host_cpu_db": round(sqnr_db(np.stack([call["cpu"][name] for call in calls]), q), 3),
+                "qnn_vs_float_db": round(sqnr_db(np.stack([call["float"][name] for call in calls]), q), 3),
+            }
     return result
 
 
-def draw(bundle: Bundle, out: Path, *, ep: str = "qnn", qnn: QnnOptions | None = None, context: bool = True,
-         prompts: list[BundlePrompt] | None = None, progress: Progress = lambda _: None,
-         timing: dict[str, Any] | None = None) -> int:
+def draw(
+    bundle: Bundle,
+    out: Path,
+    *,
+    ep: str = "qnn",
+    qnn: QnnOptions | None = None,
+    context: bool = True,
+    prompts: list[BundlePrompt] | None = None,
+    progress: Progress = lambda _: None,
+    timing: dict[str, Any] | None = None,
+) -> int:
     """Draw ``prompts`` (default: the bundle's) at 1 and 2 steps into ``out/images/qdq@k/`` and their final latents
     into ``out/latents/qdq@k/``; returns the number of images. ``timing``: filled with the sessions' load time and
     each prompt's seconds (s)."""
@@ -84,8 +96,16 @@ def draw(bundle: Bundle, out: Path, *, ep: str = "qnn", qnn: QnnOptions | None =
     return count
 
 
-def run_night(bundle: Bundle, out: Path, *, qnn: QnnOptions, ep: str = "qnn", context: bool = True, prompt_count: int | None = None,
-              progress: Progress = lambda _: None) -> Path:
+def run_night(
+    bundle: Bundle,
+    out: Path,
+    *,
+    qnn: QnnOptions,
+    ep: str = "qnn",
+    context: bool = True,
+    prompt_count: int | None = None,
+    progress: Progress = lambda _: None,
+) -> Path:
     """Placement, parity and the drawn prompts of ``bundle`` into a results folder at ``out`` (written aside and
     renamed when complete, with its manifest)."""
     out = Path(out)
@@ -100,15 +120,30 @@ def run_night(bundle: Bundle, out: Path, *, qnn: QnnOptions, ep: str = "qnn", co
             figures["parity"] = parity(bundle, qnn)
         prompts = bundle.prompts[:prompt_count] if prompt_count else bundle.prompts
         figures["timing"] = {}
-        images = draw(bundle, tmp, ep=ep, qnn=qnn, context=context, prompts=prompts, progress=progress,
-                      timing=figures["timing"])
+        images = draw(
+            bundle, tmp, ep=ep, qnn=qnn, context=context, prompts=prompts, progress=progress, timing=figures["timing"]
+        )
         (tmp / "figures.json").write_text(json.dumps(figures, indent=1))
-        write_manifest(tmp, {"kind": RESULTS_KIND, "bundle": {"digest": bundle.digest, "model": bundle.model_name,
-                                                               "keys": bundle.manifest["keys"], "recipe": bundle.manifest["recipe"],
-                                                               "soc": bundle.soc},
-                             "ep": ep, "soc": qnn.soc_model, "context": bool(context and bundle.context("unet")),
-                             "machine": machine_description(), "versions": device_versions(),
-                             "prompts": [p.id for p in prompts], "images": images})
+        write_manifest(
+            tmp,
+            {
+                "kind": RESULTS_KIND,
+                "bundle": {
+                    "digest": bundle.digest,
+                    "model": bundle.model_name,
+                    "keys": bundle.manifest["keys"],
+                    "recipe": bundle.manifest["recipe"],
+                    "soc": bundle.soc,
+                },
+                "ep": ep,
+                "soc": qnn.soc_model,
+                "context": bool(context and bundle.context("unet")),
+                "machine": machine_description(),
+                "versions": device_versions(),
+                "prompts": [p.id for p in prompts],
+                "images": images,
+            },
+        )
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -117,8 +152,13 @@ def run_night(bundle: Bundle, out: Path, *, qnn: QnnOptions, ep: str = "qnn", co
 
 
 def machine_description() -> dict[str, Any]:
-    return {"system": platform.system(), "machine": platform.machine(), "python": platform.python_version(),
-            "qnn_backend": "htp simulator" if qnn_is_simulated() else "htp device", "executable": sys.executable}
+    return {
+        "system": platform.system(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "qnn_backend": "htp simulator" if qnn_is_simulated() else "htp device",
+        "executable": sys.executable,
+    }
 
 
 def device_versions() -> dict[str, str]:
@@ -137,8 +177,10 @@ class DeviceResults:
         path = Path(path)
         manifest = read_manifest(path, what="device results")
         if manifest.get("kind") != RESULTS_KIND:
-            raise ConfigError(f"{path} is not a device results folder (kind {manifest.get('kind')!r}); the device "
-                              "writes one with `sdxl-qdq device-run --bundle B --out DIR`")
+            raise ConfigError(
+                f"{path} is not a device results folder (kind {manifest.get('kind')!r}); the device "
+                "writes one with `sdxl-qdq device-run --bundle B --out DIR`"
+            )
         return cls(path, manifest)
 
     def images(self, steps: int) -> Path:
@@ -148,26 +190,36 @@ class DeviceResults:
         """Refuse results drawn from a bundle of another build, model or chip than the host's."""
         bundle = self.manifest["bundle"]
         if bundle["model"] != model:
-            raise ConfigError(f"device results {self.path} are of model {bundle['model']!r}, not {model!r}: judge them "
-                              f"with --model {bundle['model']}")
+            raise ConfigError(
+                f"device results {self.path} are of model {bundle['model']!r}, not {model!r}: judge them "
+                f"with --model {bundle['model']}"
+            )
         if bundle["keys"]["qdq"] != keys["qdq"]:
-            raise ConfigError(f"device results {self.path} come from a bundle of other QDQ models (recipe "
-                              f"{bundle['recipe']['name']!r}, sha256 {bundle['recipe']['sha256'][:12]}) than this build's: "
-                              "judge with the recipe and model the bundle was made from, or run the device on a new bundle")
+            raise ConfigError(
+                f"device results {self.path} come from a bundle of other QDQ models (recipe "
+                f"{bundle['recipe']['name']!r}, sha256 {bundle['recipe']['sha256'][:12]}) than this build's: "
+                "judge with the recipe and model the bundle was made from, or run the device on a new bundle"
+            )
         if self.manifest["soc"] != soc:
-            raise ConfigError(f"device results {self.path} were drawn for QNN soc {self.manifest['soc']} "
-                              f"({QNN_SOCS.get(self.manifest['soc'], '?')}), not {soc}: judge with --qnn-soc {self.manifest['soc']}")
+            raise ConfigError(
+                f"device results {self.path} were drawn for QNN soc {self.manifest['soc']} "
+                f"({QNN_SOCS.get(self.manifest['soc'], '?')}), not {soc}: judge with --qnn-soc {self.manifest['soc']}"
+            )
 
     def describe(self) -> str:
         m = self.manifest["machine"]
         if self.manifest["ep"] != "qnn":
             return f"CPU EP on {m['system']} {m['machine']}, device results {self.path.name}"
-        return (f"QNN EP, HTP {'simulator' if m['qnn_backend'] == 'htp simulator' else 'NPU'} on {m['system']} {m['machine']}, "
-                f"soc {self.manifest['soc']} ({QNN_SOCS.get(self.manifest['soc'], '?')}), device results {self.path.name}")
+        return (
+            f"QNN EP, HTP {'simulator' if m['qnn_backend'] == 'htp simulator' else 'NPU'} "
+            f"on {m['system']} {m['machine']}, "
+            f"soc {self.manifest['soc']} ({QNN_SOCS.get(self.manifest['soc'], '?')}), device results {self.path.name}"
+        )
 
 
-def device_test_command(bundle: Path, out: Path, *, soc: str, storage: Path, tests: Path = Path("tests/device"),
-                        extra: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
+def device_test_command(
+    bundle: Path, out: Path, *, soc: str, storage: Path, tests: Path = Path("tests/device"), extra: tuple[str, ...] = ()
+) -> tuple[list[str], str | None]:
     """The pytest command of the device job's tests (placement, parity, latency) and a notice for the log, or None.
 
     Latency is compared with this runner's stored benchmark run (``storage/<machine id>``, pytest-benchmark's
@@ -177,13 +229,32 @@ def device_test_command(bundle: Path, out: Path, *, soc: str, storage: Path, tes
 
     machine = get_machine_id()
     if sorted((Path(storage) / machine).glob("*.json")):
-        bench, notice = ["--benchmark-storage", str(storage), "--benchmark-compare",
-                         "--benchmark-compare-fail=median:25%"], None
+        bench, notice = (
+            ["--benchmark-storage", str(storage), "--benchmark-compare", "--benchmark-compare-fail=median:25%"],
+            None,
+        )
     else:
         bench = ["--benchmark-save=first-night", "--benchmark-storage", str(Path(out) / "benchmarks")]
-        notice = (f"::notice::first night on {machine}: its benchmark run is recorded in {Path(out) / 'benchmarks'}; "
-                  f"review it and commit it under {Path(storage) / machine}")
-    command = [sys.executable, "-m", "pytest", str(tests), "--qdq-bundle", str(bundle), "--qdq-qnn-soc", soc,
-               "--qdq-device-out", str(out), "--junitxml", str(Path(out) / "junit.xml"),
-               "--benchmark-json", str(Path(out) / "benchmarks.json"), *bench, *extra]
+        notice = (
+            f"::notice::first night on {machine}: its benchmark run is recorded in {Path(out) / 'benchmarks'}; "
+            f"review it and commit it under {Path(storage) / machine}"
+        )
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(tests),
+        "--qdq-bundle",
+        str(bundle),
+        "--qdq-qnn-soc",
+        soc,
+        "--qdq-device-out",
+        str(out),
+        "--junitxml",
+        str(Path(out) / "junit.xml"),
+        "--benchmark-json",
+        str(Path(out) / "benchmarks.json"),
+        *bench,
+        *extra,
+    ]
     return command, notice

@@ -24,7 +24,9 @@ class DevicePipeline:
     """The bundle's QDQ components on ``ep``; ``context``: load the EP-context binaries compiled for the chip
     (QNN only, when the bundle has them)."""
 
-    def __init__(self, bundle: Bundle, *, ep: str = "qnn", qnn: QnnOptions | None = None, context: bool = False) -> None:
+    def __init__(
+        self, bundle: Bundle, *, ep: str = "qnn", qnn: QnnOptions | None = None, context: bool = False
+    ) -> None:
         self.bundle, self.ep = bundle, ep
         qnn = qnn or QnnOptions(soc_model=bundle.soc)
         self.sessions: dict[str, Any] = {}
@@ -43,8 +45,14 @@ class DevicePipeline:
         pooled, h2 = self.sessions["text_encoder_2"].run(None, {"input_ids": inputs["input_ids_2"]})
         return np.concatenate([h1, h2], axis=-1), pooled
 
-    def denoise(self, inputs: dict[str, np.ndarray], hidden: np.ndarray, pooled: np.ndarray, steps: int,
-                first: dict[tuple[float, float], np.ndarray] | None = None) -> np.ndarray:
+    def denoise(
+        self,
+        inputs: dict[str, np.ndarray],
+        hidden: np.ndarray,
+        pooled: np.ndarray,
+        steps: int,
+        first: dict[tuple[float, float], np.ndarray] | None = None,
+    ) -> np.ndarray:
         """Final latents after ``steps``; ``first``: UNet outputs of first steps already run for this prompt, by
         (timestep, scale): the 1-step run's only call is the 2-step run's first, with the same inputs."""
         latents = inputs["latents"]
@@ -53,10 +61,16 @@ class DevicePipeline:
             if i == 0 and first is not None and key in first:
                 eps = first[key]
             else:
-                (eps,) = self.sessions["unet"].run(None, {
-                    "sample": latents / step.denom, "timestep": np.asarray([step.timestep], dtype=np.float32),
-                    "encoder_hidden_states": hidden, "text_embeds": pooled, "time_ids": self.time_ids,
-                })
+                (eps,) = self.sessions["unet"].run(
+                    None,
+                    {
+                        "sample": latents / step.denom,
+                        "timestep": np.asarray([step.timestep], dtype=np.float32),
+                        "encoder_hidden_states": hidden,
+                        "text_embeds": pooled,
+                        "time_ids": self.time_ids,
+                    },
+                )
                 self.unet_calls += 1
                 if i == 0 and first is not None:
                     first[key] = eps
@@ -69,7 +83,9 @@ class DevicePipeline:
         image = np.clip(image[0].transpose(1, 2, 0) / 2 + 0.5, 0.0, 1.0)
         return (image * 255).round().astype(np.uint8)
 
-    def draw(self, prompt: BundlePrompt, steps_list: tuple[int, ...] = (1, 2)) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    def draw(
+        self, prompt: BundlePrompt, steps_list: tuple[int, ...] = (1, 2)
+    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
         """Per step count: (image, final latents) of ``prompt``; the prompt is encoded once and a first UNet call
         shared by two step counts runs once."""
         inputs = self.bundle.inputs(prompt)

@@ -1,7 +1,8 @@
 """Operator-level view of a QDQ model: op histograms, QDQ coverage, float islands.
 
 A compute node is any node but QuantizeLinear/DequantizeLinear (default or com.microsoft domain),
-Constant, and shape arithmetic that touches no float tensor. It is *covered* when every float tensor it reads comes from a DequantizeLinear (or is a float
+Constant, and shape arithmetic that touches no float tensor. It is *covered* when every float tensor it reads comes
+from a DequantizeLinear (or is a float
 initializer a DQ feeds, which QDQ never leaves bare) and every float tensor it writes goes only to
 QuantizeLinear nodes. Uncovered compute nodes joined by tensors form float islands.
 """
@@ -72,17 +73,22 @@ def qdq_coverage(model_path: Path | str) -> Coverage:
     def is_float(name: str) -> bool:
         return elem.get(name) in float_types
 
-    compute = [n for n in graph.node if not _is_qdq(n) and n.op_type not in NON_COMPUTE
-               and any(is_float(t) for t in [*n.input, *n.output] if t)]
+    compute = [
+        n
+        for n in graph.node
+        if not _is_qdq(n) and n.op_type not in NON_COMPUTE and any(is_float(t) for t in [*n.input, *n.output] if t)
+    ]
     uncovered = {}
     for node in compute:
         ins_ok = all(
             (p := producer.get(i)) is not None and _is_qdq(p) and p.op_type == "DequantizeLinear"
-            for slot, i in enumerate(node.input) if i and is_float(i) and slot not in PARAM_SLOTS.get(node.op_type, ())
+            for slot, i in enumerate(node.input)
+            if i and is_float(i) and slot not in PARAM_SLOTS.get(node.op_type, ())
         )
         outs_ok = all(
             all(_is_qdq(c) and c.op_type == "QuantizeLinear" for c in consumers.get(o, [])) and consumers.get(o)
-            for o in node.output if o and is_float(o)
+            for o in node.output
+            if o and is_float(o)
         )
         if not (ins_ok and outs_ok):
             uncovered[_node_id(node)] = node.op_type

@@ -79,12 +79,22 @@ class CutGraph:
         self.activations = []
         for i, n in enumerate(self.nodes):
             if n.op_type == "QuantizeLinear" and n.input[0] not in self.initializers:
-                dqs = [self.nodes[j] for j in self.consumers.get(n.output[0], []) if self.nodes[j].op_type == "DequantizeLinear"]
+                dqs = [
+                    self.nodes[j]
+                    for j in self.consumers.get(n.output[0], [])
+                    if self.nodes[j].op_type == "DequantizeLinear"
+                ]
                 if dqs:
                     p = self.producer.get(n.input[0])
-                    self.activations.append(Activation(
-                        i, n.input[0], dqs[0].output[0], self.nodes[p].name if p is not None else "",
-                        self.blocks_of[p] if p is not None else self.blocks_of[i]))
+                    self.activations.append(
+                        Activation(
+                            i,
+                            n.input[0],
+                            dqs[0].output[0],
+                            self.nodes[p].name if p is not None else "",
+                            self.blocks_of[p] if p is not None else self.blocks_of[i],
+                        )
+                    )
         self.by_dequantized = {a.dequantized: a for a in self.activations}
 
     # -- structure
@@ -140,8 +150,13 @@ class CutGraph:
                 need.extend(self.nodes[i].input)
         nodes = [self.nodes[i] for i in sorted(keep)]
         used = {name for n in nodes for name in n.input}
-        graph = helper.make_graph(nodes, "cut", [self.value_info_of(t) for t in sorted(inputs)], [self.value_info_of(output)],
-                                  [t for t in self.proto.graph.initializer if t.name in used])
+        graph = helper.make_graph(
+            nodes,
+            "cut",
+            [self.value_info_of(t) for t in sorted(inputs)],
+            [self.value_info_of(output)],
+            [t for t in self.proto.graph.initializer if t.name in used],
+        )
         produced = {o for n in nodes for o in n.output} - {output}
         graph.value_info.extend(v for v in self.proto.graph.value_info if v.name in produced)  # QNN needs every shape
         return helper.make_model(graph, opset_imports=self.proto.opset_import, ir_version=self.proto.ir_version)
@@ -173,8 +188,11 @@ class CutGraph:
             dtype = helper.tensor_dtype_to_np_dtype(zp.data_type).name if zp is not None else "?"
         else:
             dtype = helper.tensor_dtype_to_np_dtype(q.data_type).name if q is not None else "?"
-        return {"type": dtype, "scale": float(np.ravel(scale)[0]) if scale is not None and scale.size == 1 else None,
-                "per_channel": scale is not None and scale.size > 1}
+        return {
+            "type": dtype,
+            "scale": float(np.ravel(scale)[0]) if scale is not None and scale.size == 1 else None,
+            "per_channel": scale is not None and scale.size > 1,
+        }
 
 
 def _path(name: str) -> list[str]:
@@ -182,7 +200,9 @@ def _path(name: str) -> list[str]:
     return parts[:-1] if name.startswith("/") else []
 
 
-def _assign_blocks(nodes: list[Any], producer: dict[str, int], consumers: dict[str, list[int]], depth: int | None) -> dict[int, str]:
+def _assign_blocks(
+    nodes: list[Any], producer: dict[str, int], consumers: dict[str, list[int]], depth: int | None
+) -> dict[int, str]:
     """Each node's block: its module path (the export's node names) below the wrapper modules that hold nearly
     everything, cut at ``depth`` (by default the shallowest depth that gives 6 blocks or more). Nodes with no
     module path (inserted by a pass) and Q/DQ nodes belong to the block of what they read or feed."""
@@ -235,8 +255,13 @@ def cpu_reference(graph: CutGraph, feeds: Feeds, tensors: Iterable[str]) -> list
 
 
 def _session(proto: Any, data_dir: Path, ep: str, qnn: QnnOptions | None) -> Any:
-    session = create_session(proto.SerializeToString(), ep=ep, qnn=qnn, optimize=ep != "cpu",
-                             extra_config={"session.model_external_initializers_file_folder_path": str(data_dir)})
+    session = create_session(
+        proto.SerializeToString(),
+        ep=ep,
+        qnn=qnn,
+        optimize=ep != "cpu",
+        extra_config={"session.model_external_initializers_file_folder_path": str(data_dir)},
+    )
     assert_assignment(session, ep)
     return session
 
@@ -253,14 +278,21 @@ class CutResult:
 class Runner:
     """Runs cuts on the CPU EP here and on the QNN EP in child processes (``jobs`` at a time)."""
 
-    def __init__(self, graph: CutGraph, feeds: Feeds, *, qnn: QnnOptions | None = None, jobs: int = 2,
-                 progress: Progress = lambda _: None) -> None:
+    def __init__(
+        self,
+        graph: CutGraph,
+        feeds: Feeds,
+        *,
+        qnn: QnnOptions | None = None,
+        jobs: int = 2,
+        progress: Progress = lambda _: None,
+    ) -> None:
         self.graph, self.feeds, self.qnn, self.jobs, self.progress = graph, feeds, qnn or QnnOptions(), jobs, progress
         self.reference: list[dict[str, np.ndarray]] = [{} for _ in feeds]
         self.runs = 0
 
     def need_reference(self, tensors: Iterable[str]) -> None:
-        missing = sorted({t for t in tensors} - set(self.reference[0]))
+        missing = sorted(set(tensors) - set(self.reference[0]))
         if missing:
             for ref, values in zip(self.reference, cpu_reference(self.graph, self.feeds, missing)):
                 ref.update(values)
@@ -272,7 +304,10 @@ class Runner:
             proto = self.graph.extract(output, stops)
             names = [i.name for i in proto.graph.input]
             self.need_reference([n for n in names if n not in self.graph.inputs])
-            feeds = [{n: (f[n] if n in self.graph.inputs else r[n]) for n in names} for f, r in zip(self.feeds, self.reference)]
+            feeds = [
+                {n: (f[n] if n in self.graph.inputs else r[n]) for n in names}
+                for f, r in zip(self.feeds, self.reference)
+            ]
             prepared.append((output, proto, feeds, len(stops & set(names))))
         with ThreadPoolExecutor(self.jobs) as pool:
             qnn_outs = list(pool.map(lambda p: _run_child(p[1], self.graph.path.parent, p[2], self.qnn), prepared))
@@ -299,7 +334,9 @@ def _run_child(proto: Any, data_dir: Path, feeds: Feeds, qnn: QnnOptions) -> tup
         (work / "model.onnx").write_bytes(proto.SerializeToString())
         np.savez(work / "feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
         (work / "job.json").write_text(json.dumps({"data_dir": str(data_dir), "qnn": asdict(qnn), "n": len(feeds)}))
-        done = subprocess.run([sys.executable, "-m", "sdxl_qdq", "_qnn-cut", str(work)], capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "sdxl_qdq", "_qnn-cut", str(work)], capture_output=True, text=True, check=False
+        )
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             return [], f"QNN child exited with {done.returncode}: {lines[-1] if lines else 'no message'}"
@@ -318,8 +355,12 @@ def run_cut_child(work: Path) -> int:
     for key in feeds_file.files:
         i, name = key.split("/", 1)
         feeds[int(i)][name] = feeds_file[key]
-    session = _session(onnx.load(str(work / "model.onnx"), load_external_data=False), Path(job["data_dir"]), "qnn",
-                       QnnOptions(**job["qnn"]))
+    session = _session(
+        onnx.load(str(work / "model.onnx"), load_external_data=False),
+        Path(job["data_dir"]),
+        "qnn",
+        QnnOptions(**job["qnn"]),
+    )
     np.savez(work / "out.npz", **{str(i): session.run(None, f)[0] for i, f in enumerate(feeds)})
     return 0
 
@@ -365,22 +406,30 @@ class Divergence:
 
     def lines(self) -> list[str]:
         """A readable report, worst first."""
-        out = [f"QNN EP vs CPU EP on {self.model}: {self.samples} samples, single-output cuts, threshold "
-               f"{self.threshold_db:g} dB (SQNR, higher is better)",
-               f"{'block':40s} {'local dB':>9s} {'accum. dB':>10s} {'nodes':>6s}  output"]
+        out = [
+            f"QNN EP vs CPU EP on {self.model}: {self.samples} samples, single-output cuts, threshold "
+            f"{self.threshold_db:g} dB (SQNR, higher is better)",
+            f"{'block':40s} {'local dB':>9s} {'accum. dB':>10s} {'nodes':>6s}  output",
+        ]
         for b in self.blocks:
             flag = "  <" if b.local_db < self.threshold_db else ""
-            out.append(f"{b.block:40s} {b.local_db:9.2f} {b.accumulated_db:10.2f} {b.compute_nodes:6d}  {b.output}{flag}")
+            out.append(
+                f"{b.block:40s} {b.local_db:9.2f} {b.accumulated_db:10.2f} {b.compute_nodes:6d}  {b.output}{flag}"
+            )
         if self.first_divergent:
             out.append(f"first activation below {self.threshold_db:g} dB in {self.worst.block}: {self.first_divergent}")
         if self.reduced:
-            out.append(f"smallest failing subgraph: {len(self.reduced)} compute nodes, {self.reduced_db:.2f} dB; "
-                       f"fed from the CPU at {len(self.reduced_inputs)} tensors")
+            out.append(
+                f"smallest failing subgraph: {len(self.reduced)} compute nodes, {self.reduced_db:.2f} dB; "
+                f"fed from the CPU at {len(self.reduced_inputs)} tensors"
+            )
             for r in self.reduced:
                 types = ",".join(f"{i.get('type', 'f32')}" for i in r.inputs) + f"->{r.output.get('type', 'f32')}"
                 scale = r.output.get("scale")
-                out.append(f"  {r.op_type:22s} {types:26s} out scale {scale if scale is None else f'{scale:.3g}':>9}  "
-                           f"alone {r.alone_db:7.2f} dB  in subgraph {r.in_subgraph_db:7.2f} dB  {r.name}")
+                out.append(
+                    f"  {r.op_type:22s} {types:26s} out scale {scale if scale is None else f'{scale:.3g}':>9}  "
+                    f"alone {r.alone_db:7.2f} dB  in subgraph {r.in_subgraph_db:7.2f} dB  {r.name}"
+                )
         return out
 
 
@@ -407,7 +456,10 @@ def localize(
     progress("local cuts done")
     accumulated = runner.run([(outputs[b].dequantized, frozenset()) for b in names])
     progress("accumulated cuts done")
-    blocks = [BlockScore(b, outputs[b].dequantized, lo.sqnr_db, ac.sqnr_db, lo.nodes) for b, lo, ac in zip(names, local, accumulated)]
+    blocks = [
+        BlockScore(b, outputs[b].dequantized, lo.sqnr_db, ac.sqnr_db, lo.nodes)
+        for b, lo, ac in zip(names, local, accumulated)
+    ]
     blocks.sort(key=lambda s: (np.nan_to_num(s.local_db, nan=-np.inf), names.index(s.block)))
     result = Divergence(str(model), len(feeds), threshold_db, blocks)
     worst = result.worst
@@ -421,8 +473,9 @@ def localize(
     return result
 
 
-def _first_failing(runner: Runner, acts: list[Activation], stops: frozenset[str], threshold: float,
-                   progress: Progress) -> Activation | None:
+def _first_failing(
+    runner: Runner, acts: list[Activation], stops: frozenset[str], threshold: float, progress: Progress
+) -> Activation | None:
     """Bisect the block's activations (graph order) for the first whose cut from the block inputs fails; the
     last one fails (it is the block output, scored already), assuming what fails stays failed downstream."""
     if not acts:
@@ -442,7 +495,9 @@ def _first_failing(runner: Runner, acts: list[Activation], stops: frozenset[str]
 class _Reduction:
     """Cuts that end at ``target``, failing or not; ``outer`` is always fed from the CPU (the block inputs)."""
 
-    def __init__(self, runner: Runner, graph: CutGraph, target: Activation, outer: frozenset[str], threshold: float) -> None:
+    def __init__(
+        self, runner: Runner, graph: CutGraph, target: Activation, outer: frozenset[str], threshold: float
+    ) -> None:
         self.runner, self.graph, self.target, self.outer, self.threshold = runner, graph, target, outer, threshold
         self.before = [a for a in graph.activations if a.index < target.index]
 
@@ -491,21 +546,40 @@ class _Reduction:
         graph = self.graph
         cuts = []
         for n in graph.extract(self.target.dequantized, final).graph.node:
-            out = next((a for a in graph.activations if a.tensor == n.output[0]), None) if n.op_type not in _QDQ else None
+            out = (
+                next((a for a in graph.activations if a.tensor == n.output[0]), None) if n.op_type not in _QDQ else None
+            )
             if out is not None:
                 inputs = frozenset(graph.by_dequantized[i].tensor for i in n.input if i in graph.by_dequantized)
                 cuts.append((n, out, inputs | self.outer))
         alone = self.runner.run([(out.dequantized, stops) for _, out, stops in cuts])
         inside = self.runner.run([(out.dequantized, final) for _, out, _ in cuts])
-        return [NodeRow(n.name, n.op_type,
-                        [{"tensor": i, **graph.quantization(i)} for i in n.input
-                         if i and i not in graph.initializers and graph.quantization(i)],
-                        {"tensor": out.tensor, **graph.quantization(out.dequantized)}, a.sqnr_db, s.sqnr_db)
-                for (n, out, _), a, s in zip(cuts, alone, inside)]
+        return [
+            NodeRow(
+                n.name,
+                n.op_type,
+                [
+                    {"tensor": i, **graph.quantization(i)}
+                    for i in n.input
+                    if i and i not in graph.initializers and graph.quantization(i)
+                ],
+                {"tensor": out.tensor, **graph.quantization(out.dequantized)},
+                a.sqnr_db,
+                s.sqnr_db,
+            )
+            for (n, out, _), a, s in zip(cuts, alone, inside)
+        ]
 
 
-def _reduce(runner: Runner, graph: CutGraph, target: Activation, outer: frozenset[str], threshold: float,
-            result: Divergence, progress: Progress) -> None:
+def _reduce(
+    runner: Runner,
+    graph: CutGraph,
+    target: Activation,
+    outer: frozenset[str],
+    threshold: float,
+    result: Divergence,
+    progress: Progress,
+) -> None:
     """The smallest cut ending at ``target`` that still fails, into ``result``: the latest start first, then each
     activation inside fed from the CPU where the failure survives it."""
     reduction = _Reduction(runner, graph, target, outer, threshold)
@@ -513,19 +587,25 @@ def _reduce(runner: Runner, graph: CutGraph, target: Activation, outer: frozense
     _, r = reduction.fails(final)
     progress(f"reduced to {r.nodes} compute nodes at {r.sqnr_db:.2f} dB")
     result.reduced_db = r.sqnr_db
-    result.reduced_inputs = sorted(i.name for i in graph.extract(target.dequantized, final).graph.input
-                                   if i.name not in graph.inputs)
+    result.reduced_inputs = sorted(
+        i.name for i in graph.extract(target.dequantized, final).graph.input if i.name not in graph.inputs
+    )
     result.reduced = reduction.rows(final)
 
 
-def divergence_summary(build: Any, components: Iterable[str], *, qnn: QnnOptions | None = None, samples: int = 2,
-                       top: int = 3) -> list[str]:
+def divergence_summary(
+    build: Any, components: Iterable[str], *, qnn: QnnOptions | None = None, samples: int = 2, top: int = 3
+) -> list[str]:
     """A few lines per component for a failure summary: its worst blocks and first diverging activation (no
     reduction: that is ``sdxl-qdq diverge``)."""
     lines = []
     for c in components:
-        found = localize(build.qdq.models[c], distinct_samples(iter_calibration(build.calibration_dir, c), samples),
-                         qnn=qnn, reduce=False)
+        found = localize(
+            build.qdq.models[c],
+            distinct_samples(iter_calibration(build.calibration_dir, c), samples),
+            qnn=qnn,
+            reduce=False,
+        )
         for b in found.blocks[:top]:
             lines.append(f"{c:15s} {b.block:32s} local {b.local_db:7.2f} dB  accumulated {b.accumulated_db:7.2f} dB")
         if found.first_divergent:
@@ -545,4 +625,3 @@ def distinct_samples(feeds: Iterable[dict[str, np.ndarray]], count: int) -> Feed
             if len(chosen) == count:
                 break
     return chosen
-

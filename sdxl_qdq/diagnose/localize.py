@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.calibration import load_calibration
 from sdxl_qdq.convert.files import save_with_external_data
-from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.judge.metrics import sqnr_db
 from sdxl_qdq.runtime import create_session
 
@@ -41,7 +41,9 @@ def _expose_dequantized_activations(qdq_model: Path, out: Path) -> None:
     save_with_external_data(model, out)
 
 
-def worst_layers(float_model: Path, qdq_model: Path, feeds: list[dict[str, np.ndarray]], *, top: int = 3) -> list[LayerError]:
+def worst_layers(
+    float_model: Path, qdq_model: Path, feeds: list[dict[str, np.ndarray]], *, top: int = 3
+) -> list[LayerError]:
     """The ``top`` activations with the lowest float-vs-QDQ SQNR over ``feeds``, worst first."""
     from onnxruntime.quantization.qdq_loss_debug import collect_activations, modify_model_output_intermediate_tensors
 
@@ -72,6 +74,8 @@ def worst_layers(float_model: Path, qdq_model: Path, feeds: list[dict[str, np.nd
 def localize_build(build, *, samples: int = 4, top: int = 3) -> dict[str, list[LayerError]]:
     """Worst layers of every component of a ``Build``, on its first ``samples`` calibration inputs."""
     return {
-        c: worst_layers(build.float.models[c], build.qdq.models[c], load_calibration(build.calibration_dir, c)[:samples], top=top)
+        c: worst_layers(
+            build.float.models[c], build.qdq.models[c], load_calibration(build.calibration_dir, c)[:samples], top=top
+        )
         for c in COMPONENTS
     }

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from sdxl_qdq.convert.calibration import load_calibration
 from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.convert.calibration import load_calibration
 from sdxl_qdq.diagnose.localize import LayerError
 from sdxl_qdq.judge.metrics import sqnr_db
 
@@ -78,12 +78,15 @@ def rounding_errors(float_model: Path, qdq_model: Path, feeds: list[dict[str, np
     return sorted(scored, key=lambda e: e.sqnr_db)
 
 
-def with_overrides(recipe: dict[str, Any], component: str, tensors: list[str], quant_type: str = "QUInt16",
-                   *, name: str | None = None) -> dict[str, Any]:
+def with_overrides(
+    recipe: dict[str, Any], component: str, tensors: list[str], quant_type: str = "QUInt16", *, name: str | None = None
+) -> dict[str, Any]:
     """``recipe`` with ``tensors`` of ``component`` quantized as ``quant_type`` (entries for the same tensors are
     replaced, others kept)."""
     out = copy.deepcopy(recipe)
-    quantization = next(p for p in out["workflows"][component]["passes"].values() if p.get("type") == "OnnxStaticQuantization")
+    quantization = next(
+        p for p in out["workflows"][component]["passes"].values() if p.get("type") == "OnnxStaticQuantization"
+    )
     overrides = quantization.setdefault("extra_options", {}).setdefault(OVERRIDES, {})
     overrides.update({t: [{"quant_type": quant_type}] for t in tensors})
     out["name"] = name or f"{recipe.get('name', 'recipe')}+{component}-{len(tensors)}x{quant_type}"
@@ -111,8 +114,11 @@ def propose(build: Any, recipe: dict[str, Any], *, top: int = 20, samples: int =
     for c in COMPONENTS:
         feeds = load_calibration(build.calibration_dir, c)[:samples]
         wide = {t for t, (_, _, dtype) in _activation_params(build.qdq.models[c]).items() if dtype.itemsize >= 2}
-        scored += [(e.sqnr_db, c, e) for e in rounding_errors(build.float.models[c], build.qdq.models[c], feeds)
-                   if e.tensor not in wide]
+        scored += [
+            (e.sqnr_db, c, e)
+            for e in rounding_errors(build.float.models[c], build.qdq.models[c], feeds)
+            if e.tensor not in wide
+        ]
     chosen: dict[str, list[LayerError]] = {}
     for _, c, e in sorted(scored, key=lambda s: s[0])[:top]:
         chosen.setdefault(c, []).append(e)
@@ -127,11 +133,15 @@ def raised_to_16bit(recipe: dict[str, Any], component: str, tensors: list[str]) 
     overrides that made them narrower (onnxruntime then resolves the boundaries as it does for the default);
     otherwise by a ``QUInt16`` override each."""
     out = copy.deepcopy(recipe)
-    quantization = next(p for p in out["workflows"][component]["passes"].values() if p.get("type") == "OnnxStaticQuantization")
+    quantization = next(
+        p for p in out["workflows"][component]["passes"].values() if p.get("type") == "OnnxStaticQuantization"
+    )
     if str(quantization.get("activation_type", "")).endswith("16"):
         overrides = (quantization.get("extra_options") or {}).get(OVERRIDES, {})
         for t in tensors:
             overrides.pop(t, None)
         out["name"] = f"{recipe.get('name', 'recipe')}+{component}-{len(tensors)}x16bit"
         return out
-    return with_overrides(out, component, tensors, "QUInt16", name=f"{recipe.get('name', 'recipe')}+{component}-{len(tensors)}x16bit")
+    return with_overrides(
+        out, component, tensors, "QUInt16", name=f"{recipe.get('name', 'recipe')}+{component}-{len(tensors)}x16bit"
+    )

@@ -11,5 +11,8 @@ EXECUTE_EVENT = "Accelerator (execute) time"
 def htp_execute_us(profile_csv: Path) -> list[float]:
     """Microseconds the accelerator spent per execution (host overhead excluded), in run order."""
     with open(profile_csv, newline="") as f:
-        return [float(row["Time"]) for row in csv.DictReader(f)
-                if row.get("Event Identifier") == EXECUTE_EVENT and row.get("Unit of Measurement") == "US"]
+        return [
+            float(row["Time"])
+            for row in csv.DictReader(f)
+            if row.get("Event Identifier") == EXECUTE_EVENT and row.get("Unit of Measurement") == "US"
+        ]

@@ -37,8 +37,16 @@ CANARY_FID = "canary-image-tower-v1"
 CLIP_CHOICES = ("auto", REAL_CLIP, PROXY_CLIP, CANARY_CLIP)
 FID_CHOICES = ("auto", REAL_FID, PROXY_FID, CANARY_FID)
 # the real CLIP's files (what `hf download` fetches, what the loader reads)
-REAL_CLIP_FILES = ("config.json", "model.safetensors", "preprocessor_config.json", "tokenizer.json",
-                   "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json")
+REAL_CLIP_FILES = (
+    "config.json",
+    "model.safetensors",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "special_tokens_map.json",
+)
 # the real CLIP's image preprocessing, chosen explicitly (not by whether torchvision is installed) and recorded
 REAL_CLIP_PREPROCESSING = "CLIPImageProcessorPil"
 
@@ -100,10 +108,20 @@ def _fid_where() -> str:
 
 
 _REAL = {  # real backbone -> (proxy, available, fetch, where its weights are looked for, how to get them)
-    REAL_CLIP: (PROXY_CLIP, real_clip_available, _fetch_clip, _clip_where,
-                f"`hf download {REAL_CLIP} {' '.join(REAL_CLIP_FILES)}` on a machine with network"),
-    REAL_FID: (PROXY_FID, real_fid_available, _fetch_fid, _fid_where,
-               "torch-fidelity's weights-inception-2015-12-05-6726825d.pth from its v0.2.0 release, into that folder"),
+    REAL_CLIP: (
+        PROXY_CLIP,
+        real_clip_available,
+        _fetch_clip,
+        _clip_where,
+        f"`hf download {REAL_CLIP} {' '.join(REAL_CLIP_FILES)}` on a machine with network",
+    ),
+    REAL_FID: (
+        PROXY_FID,
+        real_fid_available,
+        _fetch_fid,
+        _fid_where,
+        "torch-fidelity's weights-inception-2015-12-05-6726825d.pth from its v0.2.0 release, into that folder",
+    ),
 }
 
 
@@ -119,18 +137,22 @@ def _pick(choice: str, real: str, *, allow_download: bool, option: str) -> tuple
     if allow_download:
         try:
             fetch()
-        except Exception as e:  # noqa: BLE001 - any failure to fetch is reported as such, in one line
+        except Exception as e:
             failure = f"fetching them failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
         else:
             if available():
                 return real, f"{real}: fetched into {where()}"
     if choice == real:
-        raise ModelNotAvailableError(f"{option} {real}: its weights are not in {where()} and {failure}; get them with "
-                                     f"{how}, or use {option} {proxy}")
+        raise ModelNotAvailableError(
+            f"{option} {real}: its weights are not in {where()} and {failure}; get them with "
+            f"{how}, or use {option} {proxy}"
+        )
     return proxy, f"{proxy}: {real}'s weights are not in {where()} and {failure}"
 
 
-def resolve_backbones(clip: str = "auto", fid: str = "auto", *, model: str = "", allow_download: bool = False) -> Backbones:
+def resolve_backbones(
+    clip: str = "auto", fid: str = "auto", *, model: str = "", allow_download: bool = False
+) -> Backbones:
     """Names → Backbones; ``auto`` picks the canary scorer for the canary, else the real backbone when its weights
     are here (``allow_download``: fetched when missing), else the proxy; ``Backbones.why`` says which and why."""
     if clip not in CLIP_CHOICES:
@@ -179,7 +201,6 @@ class _CanaryProcessor:
     def __call__(self, *, images: Any = None, text: Any = None, **_: Any) -> dict[str, Any]:
         import torch
 
-
         if images is not None:
             x = torch.stack([torch.as_tensor(i) for i in images]).float()
             x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True, align_corners=False)
@@ -220,17 +241,30 @@ def _clip_model_and_processor(name: str) -> tuple[Any, Any]:
         model = CLIPModel.from_pretrained(REAL_CLIP, local_files_only=True, use_safetensors=True)
         processor = CLIPProcessor(  # REAL_CLIP_PREPROCESSING, whatever else is installed
             image_processor=CLIPImageProcessorPil.from_pretrained(REAL_CLIP, local_files_only=True),
-            tokenizer=CLIPTokenizer.from_pretrained(REAL_CLIP, local_files_only=True))
+            tokenizer=CLIPTokenizer.from_pretrained(REAL_CLIP, local_files_only=True),
+        )
         return model.eval(), processor
     if name != PROXY_CLIP:
         raise ConfigError(f"CLIP backbone {name!r} is not one of {CLIP_CHOICES[1:]}")
 
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77),
-        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                           image_size=64, patch_size=8),
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=77,
+        ),
+        vision_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=64,
+            patch_size=8,
+        ),
         projection_dim=64,
     )
     model = CLIPModel(config).eval()
@@ -279,10 +313,13 @@ def proxy_features_body() -> Any:
 
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Conv2d(3, 32, 4, stride=2, padding=1), torch.nn.GELU(),
-        torch.nn.Conv2d(32, 32, 4, stride=2, padding=1), torch.nn.GELU(),
+        torch.nn.Conv2d(3, 32, 4, stride=2, padding=1),
+        torch.nn.GELU(),
+        torch.nn.Conv2d(32, 32, 4, stride=2, padding=1),
+        torch.nn.GELU(),
         torch.nn.Conv2d(32, 16, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+        torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
     )
 
 

@@ -32,7 +32,18 @@ def baseline_model_name(model: str) -> str:
     return Path(model.rstrip("/")).name.split(":")[0]
 
 
-REQUIRED = ("backbones", "ep", "fid_reference_id", "prompts", "prompts_sha256", "mse", "clip", "clip_delta", "clip_floor", "fid")
+REQUIRED = (
+    "backbones",
+    "ep",
+    "fid_reference_id",
+    "prompts",
+    "prompts_sha256",
+    "mse",
+    "clip",
+    "clip_delta",
+    "clip_floor",
+    "fid",
+)
 
 
 def prompts_sha256(prompts: list[Prompt]) -> str:
@@ -40,16 +51,24 @@ def prompts_sha256(prompts: list[Prompt]) -> str:
     return hashlib.sha256(json.dumps([[p.id, p.text] for p in prompts]).encode()).hexdigest()
 
 
-def baseline_path(model: str, backbones: Backbones, root: Path = BASELINES_DIR, *, ep: str = "cpu",
-                  reference: str) -> Path:
+def baseline_path(
+    model: str, backbones: Backbones, root: Path = BASELINES_DIR, *, ep: str = "cpu", reference: str
+) -> Path:
     """``<root>/<model>/<ep>/<clip>__<fid>__<reference>.json``: everything that changes a number is in the key: the
     EP that drew the quantized variants (QNN does not compute what the CPU EP computes), both backbones, and the
     FID reference set (``coco2017-crop256``, ``world-render``, ``float1-seed1``)."""
     return root / baseline_model_name(model) / ep / f"{backbones.name}__{reference}.json"
 
 
-def load_baseline(model: str, backbones: Backbones, root: Path = BASELINES_DIR, *, ep: str = "cpu", reference: str,
-                  prompts: list[Prompt] | None = None) -> dict[str, Any]:
+def load_baseline(
+    model: str,
+    backbones: Backbones,
+    root: Path = BASELINES_DIR,
+    *,
+    ep: str = "cpu",
+    reference: str,
+    prompts: list[Prompt] | None = None,
+) -> dict[str, Any]:
     """The baseline of ``model`` for exactly this EP, these backbones and this FID reference (and ``prompts``, when
     given); a one-line error naming both sides and the fix when there is none or it does not match."""
     path = baseline_path(model, backbones, root, ep=ep, reference=reference)
@@ -58,21 +77,29 @@ def load_baseline(model: str, backbones: Backbones, root: Path = BASELINES_DIR, 
     try:
         baseline = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"baseline {path} is not valid JSON ({e}); restore it (`git checkout -- {path.name}`) or "
-                          "regenerate it with --update-baselines") from None
+        raise ConfigError(
+            f"baseline {path} is not valid JSON ({e}); restore it (`git checkout -- {path.name}`) or "
+            "regenerate it with --update-baselines"
+        ) from None
     missing = [k for k in REQUIRED if not isinstance(baseline, dict) or k not in baseline]
     if missing:
-        raise ConfigError(f"baseline {path} lacks {missing} (hand-edited, or written by an older version); restore it "
-                          "or regenerate it with --update-baselines")
+        raise ConfigError(
+            f"baseline {path} lacks {missing} (hand-edited, or written by an older version); restore it "
+            "or regenerate it with --update-baselines"
+        )
     found = {"backbones": baseline["backbones"], "ep": baseline["ep"], "FID reference": baseline["fid_reference_id"]}
     wanted = {"backbones": backbones.record(), "ep": ep, "FID reference": reference}
     for what, value in wanted.items():
         if found[what] != value:
-            raise ConfigError(f"baseline {path} records {what} {found[what]!r}, this run's is {value!r}: it must not gate "
-                              "this run; regenerate it with --update-baselines")
+            raise ConfigError(
+                f"baseline {path} records {what} {found[what]!r}, this run's is {value!r}: it must not gate "
+                "this run; regenerate it with --update-baselines"
+            )
     if prompts is not None and baseline["prompts_sha256"] != prompts_sha256(prompts):
-        raise ConfigError(f"baseline {path} was made for another prompt set (sha256 {baseline['prompts_sha256'][:12]}), "
-                          f"this run's prompts have {prompts_sha256(prompts)[:12]}: regenerate it with --update-baselines")
+        raise ConfigError(
+            f"baseline {path} was made for another prompt set (sha256 {baseline['prompts_sha256'][:12]}), "
+            f"this run's prompts have {prompts_sha256(prompts)[:12]}: regenerate it with --update-baselines"
+        )
     return baseline
 
 
@@ -83,14 +110,23 @@ def _missing(path: Path, model: str, backbones: Backbones, ep: str, reference: s
     same = [o for o in others if o.startswith(f"{ep}/{backbones.name}__")]
     if same:
         theirs = same[0].rsplit("__", 1)[1]
-        how = {"coco2017-crop256": "pass --coco-dir DIR with the 100 COCO images (`sdxl-qdq coco-images DIR` fetches them)"}
-        hint = (f"the baseline with these backbones on this EP uses FID reference {theirs!r}, this run {reference!r}: "
-                f"{how.get(theirs, 'use that reference')}, or ")
+        how = {
+            "coco2017-crop256": "pass --coco-dir DIR with the 100 COCO images (`sdxl-qdq coco-images DIR` fetches them)"
+        }
+        hint = (
+            f"the baseline with these backbones on this EP uses FID reference {theirs!r}, this run {reference!r}: "
+            f"{how.get(theirs, 'use that reference')}, or "
+        )
     elif others:
-        hint = f"baselines exist for other EPs, backbones or FID references only ({', '.join(others)}), which never gate this one; "
-    return (f"no baseline for model {baseline_model_name(model)!r} on the {ep} EP with backbones clip={backbones.clip}, "
-            f"fid={backbones.fid}, FID reference {reference!r} (looked for {path}); {hint}create it with "
-            f"`pytest -m quality{'' if ep == 'cpu' else f' --qdq-ep {ep}'} --qdq-update-baselines`")
+        hint = (
+            f"baselines exist for other EPs, backbones or FID references only ({', '.join(others)}), "
+            "which never gate this one; "
+        )
+    return (
+        f"no baseline for model {baseline_model_name(model)!r} on the {ep} EP with backbones clip={backbones.clip}, "
+        f"fid={backbones.fid}, FID reference {reference!r} (looked for {path}); {hint}create it with "
+        f"`pytest -m quality{'' if ep == 'cpu' else f' --qdq-ep {ep}'} --qdq-update-baselines`"
+    )
 
 
 def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
@@ -99,7 +135,9 @@ def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
         raise ValueError("deriving tolerances needs an evaluation with seed noise (evaluate(..., with_noise=True))")
     n = len(ev.prompts)
     clip_sd = ev.noise["clip_diff_std"]
-    recal_sd = {k: float(np.std(np.asarray(ev.noise["recalibrated_mse"][k]) - np.asarray(ev.mse[k]), ddof=1)) for k in STEPS}
+    recal_sd = {
+        k: float(np.std(np.asarray(ev.noise["recalibrated_mse"][k]) - np.asarray(ev.mse[k]), ddof=1)) for k in STEPS
+    }
     return {
         "model": ev.model,
         "backbones": ev.backbones.record(),
@@ -118,21 +156,26 @@ def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
                 f"seed-to-seed CLIP differences. Per-image CLIP floor: baseline_i − {CLIP_FLOOR_SIGMA} σ. "
                 f"FID: tolerance = {FID_SIGMA} × std of FID over float@1 sets of {1 + len(NOISE_SEEDS)} seeds."
             ),
-            "noise": {"clip_diff_std": clip_sd, "fid_values": ev.noise["fid_values"], "fid_std": ev.noise["fid_std"],
-                      "mse_seed_mean": {str(k): float(np.mean(v)) for k, v in ev.noise["mse"].items()},
-                      "mse_recalibration_std": {str(k): recal_sd[k] for k in STEPS}},
+            "noise": {
+                "clip_diff_std": clip_sd,
+                "fid_values": ev.noise["fid_values"],
+                "fid_std": ev.noise["fid_std"],
+                "mse_seed_mean": {str(k): float(np.mean(v)) for k, v in ev.noise["mse"].items()},
+                "mse_recalibration_std": {str(k): recal_sd[k] for k in STEPS},
+            },
         },
         "prompts": [p.id for p in ev.prompts],
         "prompts_sha256": prompts_sha256(ev.prompts),
-        "mse": {
-            str(k): {"values": ev.mse[k], "tolerance": [MSE_RECAL_SIGMA * recal_sd[k]] * n}
+        "mse": {str(k): {"values": ev.mse[k], "tolerance": [MSE_RECAL_SIGMA * recal_sd[k]] * n} for k in STEPS},
+        "clip": ev.clip,
+        "clip_delta": {
+            str(k): {"value": float(np.mean(ev.clip_delta(k))), "tolerance": CLIP_DELTA_SE * clip_sd / math.sqrt(n)}
             for k in STEPS
         },
-        "clip": ev.clip,
-        "clip_delta": {str(k): {"value": float(np.mean(ev.clip_delta(k))), "tolerance": CLIP_DELTA_SE * clip_sd / math.sqrt(n)}
-                       for k in STEPS},
         "clip_floor": {str(k): {"tolerance": CLIP_FLOOR_SIGMA * clip_sd} for k in STEPS},
-        "fid": {label: {"value": value, "tolerance": FID_SIGMA * ev.noise["fid_std"]} for label, value in ev.fid.items()},
+        "fid": {
+            label: {"value": value, "tolerance": FID_SIGMA * ev.noise["fid_std"]} for label, value in ev.fid.items()
+        },
     }
 
 

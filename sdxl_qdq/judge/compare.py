@@ -37,10 +37,13 @@ class Difference:
         return "better" if lower == (self.better_is == "lower") else "worse"
 
     def line(self, a: str = "A", b: str = "B") -> str:
-        return (f"{self.metric:28s} {a} {self.a:10.5g}  {b} {self.b:10.5g}  {b}−{a} {self.difference:+.4g} "
-                f"[{self.low:+.4g}, {self.high:+.4g}]  {b} is {self.verdict}" if self.verdict != "indistinguishable" else
-                f"{self.metric:28s} {a} {self.a:10.5g}  {b} {self.b:10.5g}  {b}−{a} {self.difference:+.4g} "
-                f"[{self.low:+.4g}, {self.high:+.4g}]  indistinguishable")
+        return (
+            f"{self.metric:28s} {a} {self.a:10.5g}  {b} {self.b:10.5g}  {b}−{a} {self.difference:+.4g} "
+            f"[{self.low:+.4g}, {self.high:+.4g}]  {b} is {self.verdict}"
+            if self.verdict != "indistinguishable"
+            else f"{self.metric:28s} {a} {self.a:10.5g}  {b} {self.b:10.5g}  {b}−{a} {self.difference:+.4g} "
+            f"[{self.low:+.4g}, {self.high:+.4g}]  indistinguishable"
+        )
 
     def record(self) -> dict:
         return {**asdict(self), "verdict": self.verdict}

@@ -76,9 +76,20 @@ def evaluate(
     clip = {label: clip_scores(images[label], texts, backbones.clip) for label in ("float@1", "qdq@1", "qdq@2")}
     progress(f"FID with {backbones.fid}")
     fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
-    return Evaluation(model=model, backbones=backbones, prompts=prompts, ep=ep, recipe=recipe, image_dirs=dict(image_dirs),
-                      mse=mse, clip=clip, fid=fids, fid_reference=reference_name, fid_reference_id=reference_id,
-                      ep_detail=ep_detail)
+    return Evaluation(
+        model=model,
+        backbones=backbones,
+        prompts=prompts,
+        ep=ep,
+        recipe=recipe,
+        image_dirs=dict(image_dirs),
+        mse=mse,
+        clip=clip,
+        fid=fids,
+        fid_reference=reference_name,
+        fid_reference_id=reference_id,
+        ep_detail=ep_detail,
+    )
 
 
 def seed_noise(
@@ -96,15 +107,21 @@ def seed_noise(
     prompts, texts = ev.prompts, [p.text for p in ev.prompts]
     float_sets = {k: load_images(ev.image_dirs[f"float@{k}"], prompts) for k in STEPS}
     noise: dict[str, Any] = {"seeds": list(float1_seeds)}
-    noise["recalibrated_mse"] = {k: [image_mse(f, q) for f, q in zip(float_sets[k], load_images(d, prompts))]
-                                 for k, d in recalibrated.items()}
+    noise["recalibrated_mse"] = {
+        k: [image_mse(f, q) for f, q in zip(float_sets[k], load_images(d, prompts))] for k, d in recalibrated.items()
+    }
     sets = {seed: load_images(d, prompts) for seed, d in float1_seeds.items()}
     first = sets[next(iter(sets))]
-    noise["mse"] = {1: [image_mse(a, b) for a, b in zip(float_sets[1], first)],
-                    2: [image_mse(a, b) for a, b in zip(float_sets[2], load_images(float2_other_seed, prompts))]}
+    noise["mse"] = {
+        1: [image_mse(a, b) for a, b in zip(float_sets[1], first)],
+        2: [image_mse(a, b) for a, b in zip(float_sets[2], load_images(float2_other_seed, prompts))],
+    }
     clip_other = clip_scores(first, texts, ev.backbones.clip)
     noise["clip_diff_std"] = float(np.std(np.asarray(clip_other) - np.asarray(ev.clip["float@1"]), ddof=1))
-    fids = [ev.fid["float@1"], *fid_sets({str(k): s for k, s in sets.items()}, reference_images, ev.backbones.fid).values()]
+    fids = [
+        ev.fid["float@1"],
+        *fid_sets({str(k): s for k, s in sets.items()}, reference_images, ev.backbones.fid).values(),
+    ]
     noise["fid_values"] = fids
     noise["fid_std"] = float(np.std(fids, ddof=1))
     return noise
@@ -114,13 +131,17 @@ def check_coco_dir(coco_dir: Path) -> None:
     """Up front, before anything is built: ``coco_dir`` is a folder holding the image of every COCO prompt."""
     coco_dir = Path(coco_dir)
     if not coco_dir.is_dir():
-        raise ConfigError(f"--coco-dir {coco_dir}: no such folder; `sdxl-qdq coco-images {coco_dir}` downloads the "
-                          "100 COCO 2017 images of the prompts into it")
+        raise ConfigError(
+            f"--coco-dir {coco_dir}: no such folder; `sdxl-qdq coco-images {coco_dir}` downloads the "
+            "100 COCO 2017 images of the prompts into it"
+        )
     rows = [json.loads(line) for line in PROMPTS_COCO.read_text().splitlines() if line.strip()]
     missing = [row["file_name"] for row in rows if not (coco_dir / row["file_name"]).is_file()]
     if missing:
-        raise ConfigError(f"--coco-dir {coco_dir}: {len(missing)} of the {len(rows)} COCO images of the prompts are "
-                          f"missing (first: {missing[0]}); `sdxl-qdq coco-images {coco_dir}` completes the folder")
+        raise ConfigError(
+            f"--coco-dir {coco_dir}: {len(missing)} of the {len(rows)} COCO images of the prompts are "
+            f"missing (first: {missing[0]}); `sdxl-qdq coco-images {coco_dir}` completes the folder"
+        )
 
 
 def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 256) -> list[np.ndarray]:
@@ -132,8 +153,8 @@ def load_coco_reference(coco_dir: Path, prompts: list[Prompt], *, size: int = 25
     images = []
     for prompt in prompts:
         path = Path(coco_dir) / rows[prompt.index]["file_name"]
-        with Image.open(path) as im:
-            im = im.convert("RGB")
+        with Image.open(path) as opened:
+            im = opened.convert("RGB")
             side = min(im.size)
             left, top = (im.width - side) // 2, (im.height - side) // 2
             images.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
@@ -156,8 +177,10 @@ def download_coco_images(out: Path, *, progress: Any = lambda _: None) -> int:
                 with urllib.request.urlopen(row["coco_url"], timeout=60) as response:
                     tmp.write_bytes(response.read())
             except OSError as e:
-                raise ConfigError(f"could not download {row['coco_url']} ({e}); on a machine with network, run "
-                                  f"`sdxl-qdq coco-images {out}` again (it keeps what it has)") from e
+                raise ConfigError(
+                    f"could not download {row['coco_url']} ({e}); on a machine with network, run "
+                    f"`sdxl-qdq coco-images {out}` again (it keeps what it has)"
+                ) from e
             tmp.replace(dest)
         if (n + 1) % 25 == 0:
             progress(f"COCO images: {n + 1}/{len(rows)}")

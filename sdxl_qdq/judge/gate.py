@@ -19,8 +19,13 @@ PSNR_DROP_DB = 6.0  # ... or, where its baseline is already below 36 dB, 6 dB (4
 CLIP_DROP = 0.10  # a per-image CLIP score more than 10 % under its baseline
 CLIP_MEAN_DROP = 0.01  # a mean paired CLIP difference more than 1 % of the mean float CLIP under its baseline
 FID_RISE = 0.5  # an FID more than 50 % above its baseline
-HARM = {"psnr_floor_db": PSNR_FLOOR_DB, "psnr_drop_db": PSNR_DROP_DB, "clip_drop": CLIP_DROP,
-        "clip_mean_drop": CLIP_MEAN_DROP, "fid_rise": FID_RISE}
+HARM = {
+    "psnr_floor_db": PSNR_FLOOR_DB,
+    "psnr_drop_db": PSNR_DROP_DB,
+    "clip_drop": CLIP_DROP,
+    "clip_mean_drop": CLIP_MEAN_DROP,
+    "fid_rise": FID_RISE,
+}
 STATUSES = ("pass", "changed", "failed")
 
 
@@ -60,8 +65,10 @@ class Check:
 
     def _message(self, bound: float, window: str) -> str:
         word = "at most" if self.direction == "max" else "at least"
-        return (f"{self.metric}: measured {self.measured:.6g}, baseline {self.baseline:.6g}, {window} {bound:.6g} "
-                f"(must be {word} the {window}){' — ' + self.detail if self.detail else ''}")
+        return (
+            f"{self.metric}: measured {self.measured:.6g}, baseline {self.baseline:.6g}, {window} {bound:.6g} "
+            f"(must be {word} the {window}){' — ' + self.detail if self.detail else ''}"
+        )
 
     @property
     def failure(self) -> str | None:
@@ -104,8 +111,15 @@ class Gate:
         measured = self.evaluation.mse[steps][self.evaluation.prompts.index(prompt)]
         base, tol = entry["values"][i], entry["tolerance"][i]
         harm = mse_at_psnr(min(PSNR_FLOOR_DB, psnr_db(base) - PSNR_DROP_DB))
-        return Check(f"MSE qdq@{steps} vs float@{steps} [{prompt.id}]", measured, base, base + tol, "max",
-                     f"PSNR {psnr_db(measured):.2f} dB", harm=harm)
+        return Check(
+            f"MSE qdq@{steps} vs float@{steps} [{prompt.id}]",
+            measured,
+            base,
+            base + tol,
+            "max",
+            f"PSNR {psnr_db(measured):.2f} dB",
+            harm=harm,
+        )
 
     def clip_delta(self, steps: int) -> Check:
         delta = self.evaluation.clip_delta(steps)
@@ -113,23 +127,41 @@ class Gate:
         entry = self.baseline["clip_delta"][str(steps)]
         # fail only when the whole 95 % interval of the paired mean lies below baseline − tolerance
         harm = entry["value"] - CLIP_MEAN_DROP * float(np.mean(self.evaluation.clip["float@1"]))
-        return Check(f"mean CLIP(qdq@{steps}) − CLIP(float@1), 95% CI upper bound [{self.evaluation.backbones.clip}]",
-                     high, entry["value"], entry["value"] - entry["tolerance"], "min",
-                     f"mean {float(delta.mean()):+.4f}, CI [{low:+.4f}, {high:+.4f}]", harm=harm)
+        return Check(
+            f"mean CLIP(qdq@{steps}) − CLIP(float@1), 95% CI upper bound [{self.evaluation.backbones.clip}]",
+            high,
+            entry["value"],
+            entry["value"] - entry["tolerance"],
+            "min",
+            f"mean {float(delta.mean()):+.4f}, CI [{low:+.4f}, {high:+.4f}]",
+            harm=harm,
+        )
 
     def clip_floor(self, prompt: Prompt, steps: int) -> Check:
         i = self._index[prompt.id]
         base = self.baseline["clip"][f"qdq@{steps}"][i]
         tol = self.baseline["clip_floor"][str(steps)]["tolerance"]
         measured = self.evaluation.clip[f"qdq@{steps}"][self.evaluation.prompts.index(prompt)]
-        return Check(f"CLIP qdq@{steps} [{prompt.id}] [{self.evaluation.backbones.clip}]", measured, base, base - tol, "min",
-                     harm=base * (1 - CLIP_DROP))
+        return Check(
+            f"CLIP qdq@{steps} [{prompt.id}] [{self.evaluation.backbones.clip}]",
+            measured,
+            base,
+            base - tol,
+            "min",
+            harm=base * (1 - CLIP_DROP),
+        )
 
     def fid(self, label: str) -> Check:
         entry = self.baseline["fid"][label]
-        return Check(f"FID {label} [{self.evaluation.backbones.fid}]", self.evaluation.fid[label], entry["value"],
-                     entry["value"] + entry["tolerance"], "max", f"reference: {self.baseline.get('fid_reference')}",
-                     harm=entry["value"] * (1 + FID_RISE))
+        return Check(
+            f"FID {label} [{self.evaluation.backbones.fid}]",
+            self.evaluation.fid[label],
+            entry["value"],
+            entry["value"] + entry["tolerance"],
+            "max",
+            f"reference: {self.baseline.get('fid_reference')}",
+            harm=entry["value"] * (1 + FID_RISE),
+        )
 
     def all_checks(self) -> list[Check]:
         checks = []

@@ -64,9 +64,15 @@ class _A(nn.Module):
         self.branch_pool = _Conv(cin, pool, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(_avg_pool(x))], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class _B(nn.Module):
@@ -77,8 +83,14 @@ class _B(nn.Module):
         self.branch3x3dbl_3 = _Conv(96, 96, 3, stride=2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.branch3x3(x), self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class _C(nn.Module):
@@ -86,7 +98,11 @@ class _C(nn.Module):
         super().__init__()
         row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
         self.branch1x1 = _Conv(cin, 192, 1)
-        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = _Conv(cin, c7, 1), _Conv(c7, c7, **row), _Conv(c7, 192, **col)
+        self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = (
+            _Conv(cin, c7, 1),
+            _Conv(c7, c7, **row),
+            _Conv(c7, 192, **col),
+        )
         self.branch7x7dbl_1, self.branch7x7dbl_2 = _Conv(cin, c7, 1), _Conv(c7, c7, **col)
         self.branch7x7dbl_3, self.branch7x7dbl_4 = _Conv(c7, c7, **row), _Conv(c7, c7, **col)
         self.branch7x7dbl_5 = _Conv(c7, 192, **row)
@@ -96,8 +112,15 @@ class _C(nn.Module):
         dbl = x
         for i in range(1, 6):
             dbl = getattr(self, f"branch7x7dbl_{i}")(dbl)
-        return torch.cat([self.branch1x1(x), self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))), dbl,
-                          self.branch_pool(_avg_pool(x))], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x))),
+                dbl,
+                self.branch_pool(_avg_pool(x)),
+            ],
+            1,
+        )
 
 
 class _D(nn.Module):
@@ -118,7 +141,10 @@ class _E(nn.Module):
         self.max_pool = max_pool  # the graph's last block pools by max where the paper says average
         self.branch1x1 = _Conv(cin, 320, 1)
         self.branch3x3_1 = _Conv(cin, 384, 1)
-        self.branch3x3_2a, self.branch3x3_2b = _Conv(384, 384, (1, 3), padding=(0, 1)), _Conv(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3_2a, self.branch3x3_2b = (
+            _Conv(384, 384, (1, 3), padding=(0, 1)),
+            _Conv(384, 384, (3, 1), padding=(1, 0)),
+        )
         self.branch3x3dbl_1, self.branch3x3dbl_2 = _Conv(cin, 448, 1), _Conv(448, 384, 3, padding=1)
         self.branch3x3dbl_3a = _Conv(384, 384, (1, 3), padding=(0, 1))
         self.branch3x3dbl_3b = _Conv(384, 384, (3, 1), padding=(1, 0))
@@ -128,8 +154,17 @@ class _E(nn.Module):
         b3 = self.branch3x3_1(x)
         dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x)
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3), self.branch3x3dbl_3a(dbl),
-                          self.branch3x3dbl_3b(dbl), self.branch_pool(pooled)], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(dbl),
+                self.branch3x3dbl_3b(dbl),
+                self.branch_pool(pooled),
+            ],
+            1,
+        )
 
 
 def resize_like_tensorflow1(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -164,7 +199,12 @@ class FidInceptionV3(nn.Module):
         self.Conv2d_4a_3x3 = _Conv(80, 192, 3)
         self.Mixed_5b, self.Mixed_5c, self.Mixed_5d = _A(192, 32), _A(256, 64), _A(288, 64)
         self.Mixed_6a = _B(288)
-        self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = _C(768, 128), _C(768, 160), _C(768, 160), _C(768, 192)
+        self.Mixed_6b, self.Mixed_6c, self.Mixed_6d, self.Mixed_6e = (
+            _C(768, 128),
+            _C(768, 160),
+            _C(768, 160),
+            _C(768, 192),
+        )
         self.Mixed_7a = _D(768)
         self.Mixed_7b, self.Mixed_7c = _E(1280, max_pool=False), _E(2048, max_pool=True)
         self.fc = nn.Linear(2048, 1008)  # the logits head: unused by FID, present in the weights file

@@ -41,7 +41,9 @@ def psnr_db(mse: float, *, data_range: float = 255.0) -> float:
     return float("inf") if mse == 0 else float(10.0 * np.log10(data_range**2 / mse))
 
 
-def bootstrap_mean_ci(values: np.ndarray, *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: np.ndarray, *, confidence: float = 0.95, resamples: int = 10_000, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (seeded, so the interval is reproducible)."""
     x = np.asarray(values, dtype=np.float64)
     if x.ndim != 1 or x.size < 2:

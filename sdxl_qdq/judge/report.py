@@ -6,7 +6,7 @@ import html
 import json
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +29,26 @@ td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f4f4
 
 def _row(check: Check) -> str:
     sign = "≤" if check.direction == "max" else "≥"
-    cells = [html.escape(check.metric), f"{check.measured:.5g}", f"{check.baseline:.5g}", f"{sign} {check.limit:.5g}",
-             f"{sign} {check.harm:.5g}", check.status.upper(), html.escape(check.detail)]
-    return f"<tr class={check.status}>" + "".join(
-        f"<td class=l>{c}</td>" if i in (0, 6) else f"<td>{c}</td>" for i, c in enumerate(cells)) + "</tr>"
+    cells = [
+        html.escape(check.metric),
+        f"{check.measured:.5g}",
+        f"{check.baseline:.5g}",
+        f"{sign} {check.limit:.5g}",
+        f"{sign} {check.harm:.5g}",
+        check.status.upper(),
+        html.escape(check.detail),
+    ]
+    return (
+        f"<tr class={check.status}>"
+        + "".join(f"<td class=l>{c}</td>" if i in (0, 6) else f"<td>{c}</td>" for i, c in enumerate(cells))
+        + "</tr>"
+    )
 
 
-TABLE_HEAD = ("<tr><th>check</th><th>measured</th><th>baseline</th><th>noise limit</th><th>harm floor</th><th>status</th>"
-              "<th>detail</th></tr>")
+TABLE_HEAD = (
+    "<tr><th>check</th><th>measured</th><th>baseline</th><th>noise limit</th><th>harm floor</th><th>status</th>"
+    "<th>detail</th></tr>"
+)
 
 
 def _heat_map(reference: Path, test: Path, dest: Path) -> None:
@@ -44,7 +56,9 @@ def _heat_map(reference: Path, test: Path, dest: Path) -> None:
     from PIL import Image
 
     with Image.open(reference) as a, Image.open(test) as b:
-        diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16)).mean(axis=2)
+        diff = np.abs(np.asarray(a.convert("RGB"), dtype=np.int16) - np.asarray(b.convert("RGB"), dtype=np.int16)).mean(
+            axis=2
+        )
     Image.fromarray(np.clip(diff * 4, 0, 255).astype(np.uint8), mode="L").save(dest)
 
 
@@ -60,15 +74,18 @@ def _mse_plot(gate: Gate) -> str:
         return pad + i * (width - 2 * pad) / max(n - 1, 1), height - pad - v / top * (height - 2 * pad)
 
     colours = {1: "#1f77b4", 2: "#d62728"}
-    parts = [f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
-             f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#999"/>',
-             f'<text x="{pad}" y="{pad - 8}" font-size="12">per-prompt MSE (0–255 pixels), max {top / 1.05:.3g}; '
-             'dots: measured, lines: limit; blue 1 step, red 2 steps; x: prompt index</text>']
+    parts = [
+        f'<svg width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#999"/>',
+        f'<text x="{pad}" y="{pad - 8}" font-size="12">per-prompt MSE (0–255 pixels), max {top / 1.05:.3g}; '
+        'dots: measured, lines: limit; blue 1 step, red 2 steps; x: prompt index</text>',
+    ]
     for k, v in values.items():
         for i, value in enumerate(v):
             x, y = xy(i, float(value))
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colours[k]}"><title>{html.escape(ev.prompts[i].id)}: '
-                         f'{value:.3f}</title></circle>')
+            title = f"{html.escape(ev.prompts[i].id)}: {value:.3f}"
+            circle = f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="{colours[k]}">'
+            parts.append(f"{circle}<title>{title}</title></circle>")
         if k in limits:
             points = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, float(lim)) for i, lim in enumerate(limits[k])))
             parts.append(f'<polyline points="{points}" fill="none" stroke="{colours[k]}" stroke-dasharray="4 3"/>')
@@ -83,28 +100,41 @@ def _parity_line(model: str) -> str:
     if not path.is_file():
         return "No QNN-vs-CPU parity is recorded for this model: CPU-EP results may not be what the NPU draws."
     data = json.loads(path.read_text())
-    values = "; ".join(c + " " + ", ".join(f"{v['measured_db']:.1f}" for v in outs.values()) + " dB"
-                       for c, outs in data["outputs"].items())
-    return (f"QNN-vs-CPU parity of these QDQ components (SQNR, {html.escape(str(data.get('qnn_backend', 'QNN')))}, "
-            f"soc {html.escape(str(data.get('qnn_soc', '?')))}, {data.get('prompts')} prompts): {html.escape(values)}.")
+    values = "; ".join(
+        c + " " + ", ".join(f"{v['measured_db']:.1f}" for v in outs.values()) + " dB"
+        for c, outs in data["outputs"].items()
+    )
+    return (
+        f"QNN-vs-CPU parity of these QDQ components (SQNR, {html.escape(str(data.get('qnn_backend', 'QNN')))}, "
+        f"soc {html.escape(str(data.get('qnn_soc', '?')))}, {data.get('prompts')} prompts): {html.escape(values)}."
+    )
 
 
 def _summary_rows(gate: Gate) -> list[str]:
     """Mean MSE, CLIP and FID of each variant against the baseline's, as table rows."""
     ev, rows = gate.evaluation, []
+    base_mse = {
+        k: np.mean(gate.baseline["mse"][str(k)]["values"]) if gate.has("mse", str(k)) else float("nan") for k in STEPS
+    }
     for k in STEPS:
         mse = np.asarray(ev.mse[k])
-        rows.append(f"<tr><td class=l>mean MSE qdq@{k} vs float@{k}</td><td>{mse.mean():.5g}</td>"
-                    f"<td>{np.mean(gate.baseline['mse'][str(k)]['values']) if gate.has('mse', str(k)) else float('nan'):.5g}</td>"
-                    f"<td>PSNR {psnr_db(float(mse.mean())):.2f} dB</td></tr>")
+        rows.append(
+            f"<tr><td class=l>mean MSE qdq@{k} vs float@{k}</td><td>{mse.mean():.5g}</td>"
+            f"<td>{base_mse[k]:.5g}</td>"
+            f"<td>PSNR {psnr_db(float(mse.mean())):.2f} dB</td></tr>"
+        )
     for label, scores in ev.clip.items():
         base = np.mean(gate.baseline["clip"][label]) if label in gate.baseline.get("clip", {}) else float("nan")
-        rows.append(f"<tr><td class=l>mean CLIP {label} [{html.escape(ev.backbones.clip)}]</td>"
-                    f"<td>{np.mean(scores):.5g}</td><td>{base:.5g}</td><td></td></tr>")
+        rows.append(
+            f"<tr><td class=l>mean CLIP {label} [{html.escape(ev.backbones.clip)}]</td>"
+            f"<td>{np.mean(scores):.5g}</td><td>{base:.5g}</td><td></td></tr>"
+        )
     for label, value in ev.fid.items():
         base = gate.baseline.get("fid", {}).get(label, {}).get("value", float("nan"))
-        rows.append(f"<tr><td class=l>FID {label} [{html.escape(ev.backbones.fid)}]</td>"
-                    f"<td>{value:.5g}</td><td>{base:.5g}</td><td></td></tr>")
+        rows.append(
+            f"<tr><td class=l>FID {label} [{html.escape(ev.backbones.fid)}]</td>"
+            f"<td>{value:.5g}</td><td>{base:.5g}</td><td></td></tr>"
+        )
     return rows
 
 
@@ -124,16 +154,23 @@ def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
                 note = f"MSE {ev.mse[k][i]:.3f} · PSNR {psnr_db(ev.mse[k][i]):.1f} dB"
             if label in ev.clip:
                 note += f"{' · ' if note else ''}CLIP {ev.clip[label][i]:.2f}"
-            cells.append(f'<td><img src="{dest.relative_to(folder).as_posix()}" alt="{label}">'
-                         f'<span class=small>{note}</span></td>')
+            cells.append(
+                f'<td><img src="{dest.relative_to(folder).as_posix()}" alt="{label}">'
+                f'<span class=small>{note}</span></td>'
+            )
             if label.startswith("qdq"):
                 heat = folder / "images" / f"diff-{label[-1]}" / image_name(prompt)
                 heat.parent.mkdir(parents=True, exist_ok=True)
                 _heat_map(ev.image(f"float@{label[-1]}", prompt), ev.image(label, prompt), heat)
-                cells.append(f'<td><img src="{heat.relative_to(folder).as_posix()}" alt="|{label} − float|">'
-                             '<span class=small>|qdq − float| × 4</span></td>')
-        rows.append(f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
-                    + "".join(cells) + "</tr>")
+                cells.append(
+                    f'<td><img src="{heat.relative_to(folder).as_posix()}" alt="|{label} − float|">'
+                    '<span class=small>|qdq − float| × 4</span></td>'
+                )
+        rows.append(
+            f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
+            + "".join(cells)
+            + "</tr>"
+        )
     return rows
 
 
@@ -159,33 +196,51 @@ def write_report(gate: Gate, out: Path, *, strict: bool = False) -> Path:
     parity = _parity_line(ev.model)
     word = gate_verdict(checks, strict=strict)
     verdict = {"failed": "FAIL", "changed": "PASS, CHANGED", "pass": "PASS"}[word]
-    counts = (f"{len(failed)} of {len(checks)} checks outside their harm floor, {len(changed)} outside their noise window "
-              f"only{' (failing: --strict-gate)' if strict else ''}")
+    counts = (
+        f"{len(failed)} of {len(checks)} checks outside their harm floor, {len(changed)} outside their noise window "
+        f"only{' (failing: --strict-gate)' if strict else ''}"
+    )
     attention = (failed + changed)[:50]
+    ep_tag = {
+        g: (f" · {ev.ep.upper()} EP" if g.startswith("qdq") else " · CPU EP" if g.startswith("float") else "")
+        for g in HEADERS
+    }
+    grid_head = "".join(f"<th>{g}{html.escape(ep_tag[g])}</th>" for g in HEADERS)
+    n_failed, n_changed = (sum(c.status == s for c in per_prompt) for s in ("failed", "changed"))
+    rest = (
+        (
+            f"<details><summary>The other {len(grid) - 20} prompts' images</summary><table class=grid>"
+            f"{''.join(grid[20:])}</table></details>"
+        )
+        if len(grid) > 20
+        else ""
+    )
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Quality gate: {html.escape(ev.model)}</title>
 <style>{CSS}</style></head><body>
 <h1 class={word}>Quality gate: {html.escape(ev.model)} — {verdict}</h1>
-<p><b>{counts}.</b> A check outside its noise window means the quantized images <i>changed</i> beyond what re-seeding
-or re-calibrating moves them; outside its harm floor they are <i>harmed</i> (floors: <code>baselines/README.md</code>).</p>
+<p><b>{counts}.</b> A check outside its noise window means the quantized images <i>changed</i> beyond what
+re-seeding or re-calibrating moves them; outside its harm floor they are <i>harmed</i>
+(floors: <code>baselines/README.md</code>).</p>
 {f'<table>{TABLE_HEAD}{"".join(_row(c) for c in attention)}</table>' if attention else ''}
 <h2>Images, worst 1-step MSE first</h2>
 <details open><summary>{len(ev.prompts)} prompts</summary>
-<table class=grid><tr><th>prompt</th>{''.join(f'<th>{g}{" · " + html.escape(ev.ep.upper()) + " EP" if g.startswith("qdq") else " · CPU EP" if g.startswith("float") else ""}</th>' for g in HEADERS)}</tr>{''.join(grid[:20])}</table></details>
-<p>Recipe <b>{html.escape(ev.recipe)}</b>; quantized variants (qdq@1, qdq@2) run on the <b>{html.escape(ev.ep_detail or ev.ep)}</b>,
-float variants on the CPU EP; gated by the baseline made on the <b>{html.escape(str(gate.baseline.get('ep')))}</b> EP; {len(ev.prompts)} prompts;
+<table class=grid><tr><th>prompt</th>{grid_head}</tr>{''.join(grid[:20])}</table></details>
+<p>Recipe <b>{html.escape(ev.recipe)}</b>; quantized variants (qdq@1, qdq@2) run on the
+<b>{html.escape(ev.ep_detail or ev.ep)}</b>, float variants on the CPU EP; gated by the baseline made on the
+<b>{html.escape(str(gate.baseline.get('ep')))}</b> EP; {len(ev.prompts)} prompts;
 CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.escape(ev.backbones.fid)}</b>
 (FID reference: {html.escape(ev.fid_reference)}). Baseline: {html.escape(str(gate.baseline.get('source', '')))}.
 <br>{parity}
-<br><span class=small>Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} with {html.escape(versions)}. Machine-readable:
+<br><span class=small>Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} with {html.escape(versions)}. Machine-readable:
 <a href="summary.json">summary.json</a>.</span></p>
 <h2>Metrics vs baseline</h2>
 <table><tr><th>metric</th><th>measured</th><th>baseline</th><th></th></tr>{''.join(summary_rows)}</table>
 <table>{TABLE_HEAD}{''.join(_row(c) for c in aggregate)}</table>
 <h2>Per-prompt MSE</h2>{_mse_plot(gate)}
-<details><summary>All {len(per_prompt)} per-prompt checks (MSE bound, CLIP floor): {sum(c.status == "failed" for c in per_prompt)} failed,
-{sum(c.status == "changed" for c in per_prompt)} changed</summary>
+<details><summary>All {len(per_prompt)} per-prompt checks (MSE bound, CLIP floor): {n_failed} failed,
+{n_changed} changed</summary>
 <table>{TABLE_HEAD}{''.join(_row(c) for c in per_prompt)}</table></details>
-{f"<details><summary>The other {len(grid) - 20} prompts' images</summary><table class=grid>{''.join(grid[20:])}</table></details>" if len(grid) > 20 else ""}
+{rest}
 <p class=small>Baseline tolerances: {html.escape(str(gate.baseline.get('derivation', {}).get('text', '')))}</p>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")
@@ -193,7 +248,9 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
     return out / "index.html"
 
 
-def write_comparison(a: Evaluation, b: Evaluation, rows: list, out: Path, *, names: tuple[str, str] = ("A", "B")) -> Path:
+def write_comparison(
+    a: Evaluation, b: Evaluation, rows: list, out: Path, *, names: tuple[str, str] = ("A", "B")
+) -> Path:
     """``out/index.html`` (+ ``comparison.json``): the verdict per metric, then float | A | B per prompt, the prompts
     where the two recipes differ most first."""
     out = Path(out)
@@ -203,38 +260,63 @@ def write_comparison(a: Evaluation, b: Evaluation, rows: list, out: Path, *, nam
     table = "".join(
         f"<tr class={colour[r.verdict]}><td class=l>{html.escape(r.metric)}</td><td>{r.a:.5g}</td><td>{r.b:.5g}</td>"
         f"<td>{r.difference:+.4g}</td><td>[{r.low:+.4g}, {r.high:+.4g}]</td><td>{r.better_is} is better</td>"
-        f"<td class=l><b>{html.escape(names[1])} is {r.verdict}</b></td></tr>" if r.verdict != "indistinguishable" else
-        f"<tr><td class=l>{html.escape(r.metric)}</td><td>{r.a:.5g}</td><td>{r.b:.5g}</td><td>{r.difference:+.4g}</td>"
-        f"<td>[{r.low:+.4g}, {r.high:+.4g}]</td><td>{r.better_is} is better</td><td class=l>indistinguishable</td></tr>"
-        for r in rows)
+        f"<td class=l><b>{html.escape(names[1])} is {r.verdict}</b></td></tr>"
+        if r.verdict != "indistinguishable"
+        else f"<tr><td class=l>{html.escape(r.metric)}</td><td>{r.a:.5g}</td><td>{r.b:.5g}</td>"
+        f"<td>{r.difference:+.4g}</td><td>[{r.low:+.4g}, {r.high:+.4g}]</td><td>{r.better_is} is better</td>"
+        "<td class=l>indistinguishable</td></tr>"
+        for r in rows
+    )
     order = sorted(range(len(a.prompts)), key=lambda i: -max(abs(b.mse[k][i] - a.mse[k][i]) for k in STEPS))
     grid = []
     for i in order:
         prompt, cells = a.prompts[i], []
-        for label, ev, tag in (("float@1", a, "float"), ("qdq@1", a, names[0]), ("qdq@1", b, names[1]),
-                               ("qdq@2", a, names[0]), ("qdq@2", b, names[1])):
+        for label, ev, tag in (
+            ("float@1", a, "float"),
+            ("qdq@1", a, names[0]),
+            ("qdq@1", b, names[1]),
+            ("qdq@2", a, names[0]),
+            ("qdq@2", b, names[1]),
+        ):
             dest = tmp / "images" / f"{tag}-{label.replace('@', '-')}" / image_name(prompt)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(ev.image(label, prompt), dest)
             note = f"MSE {ev.mse[int(label[-1])][i]:.3f}" if label.startswith("qdq") else ""
-            cells.append(f'<td><img src="{dest.relative_to(tmp).as_posix()}" alt="{tag} {label}"><span class=small>{note}</span></td>')
-        grid.append(f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
-                    + "".join(cells) + "</tr>")
+            src = dest.relative_to(tmp).as_posix()
+            cells.append(f'<td><img src="{src}" alt="{tag} {label}"><span class=small>{note}</span></td>')
+        grid.append(
+            f"<tr><td class=l>{html.escape(prompt.id)}<br><span class=small>{html.escape(prompt.text)}</span></td>"
+            + "".join(cells)
+            + "</tr>"
+        )
     heads = ["float@1", f"{names[0]} qdq@1", f"{names[1]} qdq@1", f"{names[0]} qdq@2", f"{names[1]} qdq@2"]
+    first, second = html.escape(names[0]), html.escape(names[1])
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>Recipe comparison: {html.escape(a.model)}</title>
 <style>{CSS}</style></head><body>
-<h1>{html.escape(names[1])} ({html.escape(b.recipe)}) vs {html.escape(names[0])} ({html.escape(a.recipe)}) on {html.escape(a.model)}</h1>
-<p>Same {len(a.prompts)} prompts and noise; quantized variants on the {html.escape(a.ep_detail or a.ep)}. Difference = {html.escape(names[1])} −
-{html.escape(names[0])}: mean of paired per-prompt differences (MSE, CLIP) or of FID, with a 95 % bootstrap interval over prompts; a verdict
-only when the interval excludes 0.</p>
-<table><tr><th>metric</th><th>{html.escape(names[0])}</th><th>{html.escape(names[1])}</th><th>difference</th><th>95 % interval</th><th></th><th>verdict</th></tr>{table}</table>
+<h1>{second} ({html.escape(b.recipe)}) vs {first} ({html.escape(a.recipe)}) on {html.escape(a.model)}</h1>
+<p>Same {len(a.prompts)} prompts and noise; quantized variants on the {html.escape(a.ep_detail or a.ep)}.
+Difference = {second} − {first}: mean of paired per-prompt differences (MSE, CLIP) or of FID, with a 95 % bootstrap
+interval over prompts; a verdict only when the interval excludes 0.</p>
+<table><tr><th>metric</th><th>{first}</th><th>{second}</th><th>difference</th><th>95 % interval</th><th></th>
+<th>verdict</th></tr>{table}</table>
 <h2>Images, largest difference between the recipes first</h2>
 <table class=grid><tr><th>prompt</th>{''.join(f'<th>{html.escape(h)}</th>' for h in heads)}</tr>{''.join(grid)}</table>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")
-    (tmp / "comparison.json").write_text(json.dumps({"model": a.model, "a": {"name": names[0], "recipe": a.recipe},
-                                                     "b": {"name": names[1], "recipe": b.recipe}, "ep": a.ep,
-                                                     "prompts": len(a.prompts), "versions": package_versions(),
-                                                     "metrics": [r.record() for r in rows]}, indent=1) + "\n")
+    (tmp / "comparison.json").write_text(
+        json.dumps(
+            {
+                "model": a.model,
+                "a": {"name": names[0], "recipe": a.recipe},
+                "b": {"name": names[1], "recipe": b.recipe},
+                "ep": a.ep,
+                "prompts": len(a.prompts),
+                "versions": package_versions(),
+                "metrics": [r.record() for r in rows],
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     replace_folder(tmp, out)
     return out / "index.html"

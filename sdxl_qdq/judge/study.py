@@ -55,8 +55,10 @@ def study_baseline(study_dir: Path = STUDY_DIR) -> dict[str, Any]:
         "fid_reference_id": COCO_REFERENCE,
         "recipe": "qnn-w8a16",
         "ep": "cpu",
-        "ep_note": ("the study does not name the EP its QDQ models ran on; onnxruntime's default, the CPU EP, is assumed. "
-                    "It gates CPU-EP runs only: a QNN-EP run is gated by a baseline made on the QNN EP."),
+        "ep_note": (
+            "the study does not name the EP its QDQ models ran on; onnxruntime's default, the CPU EP, is assumed. "
+            "It gates CPU-EP runs only: a QNN-EP run is gated by a baseline made on the QNN EP."
+        ),
         "versions": {"study": STUDY_REF, "written_with": package_versions()},
         "source": f"published study ({STUDY_REF})",
         "derivation": {
@@ -73,7 +75,9 @@ def study_baseline(study_dir: Path = STUDY_DIR) -> dict[str, Any]:
         "prompts_sha256": prompts_sha256(prompts),
         "mse": {"1": {"values": mse, "tolerance": [2 * mse_sd] * n}},
         "clip": clip,
-        "clip_delta": {str(k): {"value": float(deltas[k].mean()), "tolerance": 2 * delta_sd / np.sqrt(n)} for k in (1, 2)},
+        "clip_delta": {
+            str(k): {"value": float(deltas[k].mean()), "tolerance": 2 * delta_sd / np.sqrt(n)} for k in (1, 2)
+        },
         "clip_floor": {str(k): {"tolerance": 3 * delta_sd} for k in (1, 2)},
         "fid": {label: {"value": value, "tolerance": fid_spread} for label, value in fid.items()},
     }

@@ -23,9 +23,16 @@ def _number(x: float) -> float | str:
 
 
 def check_record(check: Check) -> dict[str, Any]:
-    return {"metric": check.metric, "measured": _number(check.measured), "baseline": _number(check.baseline),
-            "limit": _number(check.limit), "harm": _number(check.harm), "direction": check.direction,
-            "status": check.status, "detail": check.detail}
+    return {
+        "metric": check.metric,
+        "measured": _number(check.measured),
+        "baseline": _number(check.baseline),
+        "limit": _number(check.limit),
+        "harm": _number(check.harm),
+        "direction": check.direction,
+        "status": check.status,
+        "detail": check.detail,
+    }
 
 
 def verdict(checks: list[Check], *, strict: bool) -> str:
@@ -63,18 +70,23 @@ def summary(gate: Gate, *, strict: bool = False) -> dict[str, Any]:
 def markdown(data: dict[str, Any], *, worst: int = 10) -> str:
     """A short Markdown account: the verdict, counts, then the checks that failed or changed (worst first)."""
     icon = {"pass": "✅", "changed": "⚠️", "failed": "❌"}[data["verdict"]]
-    lines = [f"### {icon} Quality gate {data['verdict'].upper()}: {data['model']} ({data['recipe']}) on {data['ep_detail']}",
-             "",
-             f"{data['counts']['failed']} failed, {data['counts']['changed']} changed (outside the noise window, inside "
-             f"the harm floor{'; failing under --strict-gate' if data['strict'] else ''}), {data['counts']['pass']} passed; "
-             f"{data['prompts']} prompts; CLIP {data['backbones']['clip']}, FID {data['backbones']['fid']}.", ""]
+    lines = [
+        f"### {icon} Quality gate {data['verdict'].upper()}: {data['model']} ({data['recipe']}) on {data['ep_detail']}",
+        "",
+        f"{data['counts']['failed']} failed, {data['counts']['changed']} changed (outside the noise window, inside "
+        f"the harm floor{'; failing under --strict-gate' if data['strict'] else ''}), {data['counts']['pass']} passed; "
+        f"{data['prompts']} prompts; CLIP {data['backbones']['clip']}, FID {data['backbones']['fid']}.",
+        "",
+    ]
     shown = [c for c in data["checks"] if c["status"] != "pass"]
     shown.sort(key=lambda c: (c["status"] != "failed", c["metric"]))
     if shown:
         lines += ["| status | check | measured | baseline | noise limit | harm floor |", "|---|---|---|---|---|---|"]
         for c in shown[:worst]:
             cells = [c["status"], c["metric"].replace("|", "\\|")] + [
-                f"{v:.5g}" if isinstance(v, float | int) else str(v) for v in (c["measured"], c["baseline"], c["limit"], c["harm"])]
+                f"{v:.5g}" if isinstance(v, float | int) else str(v)
+                for v in (c["measured"], c["baseline"], c["limit"], c["harm"])
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         if len(shown) > worst:
             lines.append(f"\n… and {len(shown) - worst} more in summary.json.")

@@ -36,7 +36,9 @@ def turbo_scheduler() -> Any:
     """A fresh EulerAncestralDiscreteScheduler configured as sdxl-turbo's."""
     from diffusers import EulerAncestralDiscreteScheduler
 
-    return EulerAncestralDiscreteScheduler.from_config({k: v for k, v in TURBO_SCHEDULER.items() if not k.startswith("_")})
+    return EulerAncestralDiscreteScheduler.from_config(
+        {k: v for k, v in TURBO_SCHEDULER.items() if not k.startswith("_")}
+    )
 
 
 # --------------------------------------------------------------------------------------------- tiny
@@ -48,35 +50,68 @@ TINY_LATENT = 16
 
 
 TINY_TEXT_ENCODER: dict[str, Any] = dict(  # CLIP ViT-L/14 text tower: 768 wide, 12 layers, quick_gelu
-    vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=TOKEN_LENGTH, hidden_act="quick_gelu", projection_dim=32,
-    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,  # sic: the real configs' values
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=TOKEN_LENGTH,
+    hidden_act="quick_gelu",
+    projection_dim=32,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,  # sic: the real configs' values
 )
 
 
 TINY_TEXT_ENCODER_2: dict[str, Any] = dict(  # OpenCLIP bigG text tower: 1280 wide, 32 layers, gelu, projection
-    vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-    max_position_embeddings=TOKEN_LENGTH, hidden_act="gelu", projection_dim=64,
-    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,
+    vocab_size=49408,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    max_position_embeddings=TOKEN_LENGTH,
+    hidden_act="gelu",
+    projection_dim=64,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
 )
 
 
 TINY_UNET: dict[str, Any] = dict(  # real: (320, 640, 1280), heads (5, 10, 20), transformer layers (1, 2, 10)
-    sample_size=TINY_LATENT, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(32, 64, 64), norm_num_groups=8,
+    sample_size=TINY_LATENT,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(32, 64, 64),
+    norm_num_groups=8,
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 2),
-    use_linear_projection=True, cross_attention_dim=32 + 64,  # hidden sizes of both text encoders
-    addition_embed_type="text_time", addition_time_embed_dim=8,
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    attention_head_dim=(2, 4, 4),
+    transformer_layers_per_block=(1, 1, 2),
+    use_linear_projection=True,
+    cross_attention_dim=32 + 64,  # hidden sizes of both text encoders
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
     projection_class_embeddings_input_dim=6 * 8 + 64,  # 6 time ids × embed dim + pooled text_embeds
 )
 
 
 TINY_VAE: dict[str, Any] = dict(  # real: (128, 256, 512, 512), 32 groups, factor 8
-    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-    block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, sample_size=TINY_LATENT * 8, scaling_factor=0.13025,
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=4,
+    block_out_channels=(8, 16, 16, 16),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    sample_size=TINY_LATENT * 8,
+    scaling_factor=0.13025,
     force_upcast=False,
 )
 
@@ -86,7 +121,8 @@ TINY_BUILD_VERSION = 1  # bump when the builder changes what it writes
 
 def clip_vocab_and_merges(path: Path = BPE_VOCAB) -> tuple[dict[str, int], list[tuple[str, ...]]]:
     """CLIP's vocabulary and merges, built exactly as OpenAI's ``simple_tokenizer`` builds them."""
-    lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        lines = f.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     # GPT-2 byte ↔ unicode table
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -133,7 +169,9 @@ def build_tiny_pipeline() -> Any:
     scheduler = turbo_scheduler()
     return StableDiffusionXLPipeline(
         text_encoder=seeded(lambda: CLIPTextModel(CLIPTextConfig(**TINY_TEXT_ENCODER)), TINY_SEED),
-        text_encoder_2=seeded(lambda: CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_ENCODER_2)), TINY_SEED + 1),
+        text_encoder_2=seeded(
+            lambda: CLIPTextModelWithProjection(CLIPTextConfig(**TINY_TEXT_ENCODER_2)), TINY_SEED + 1
+        ),
         unet=seeded(lambda: UNet2DConditionModel(**TINY_UNET), TINY_SEED + 2),
         vae=seeded(lambda: AutoencoderKL(**TINY_VAE), TINY_SEED + 3),
         tokenizer=tok,
@@ -148,28 +186,56 @@ def build_tiny_pipeline() -> Any:
 # the real architecture with seeded random weights. Weights are never saved; each component is built from
 # its config when it is exported, in its own process (the UNet alone is 2.57 B parameters).
 REAL_TEXT_ENCODER: dict[str, Any] = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=TOKEN_LENGTH, hidden_act="quick_gelu", projection_dim=768,
-    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=TOKEN_LENGTH,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
 )
 
 
 REAL_TEXT_ENCODER_2: dict[str, Any] = dict(
-    vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
-    max_position_embeddings=TOKEN_LENGTH, hidden_act="gelu", projection_dim=1280,
-    bos_token_id=0, eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5,
+    vocab_size=49408,
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    max_position_embeddings=TOKEN_LENGTH,
+    hidden_act="gelu",
+    projection_dim=1280,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
 )
 
 
 REAL_UNET: dict[str, Any] = dict(
-    TINY_UNET, sample_size=64, block_out_channels=(320, 640, 1280), norm_num_groups=32,
-    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
-    addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    TINY_UNET,
+    sample_size=64,
+    block_out_channels=(320, 640, 1280),
+    norm_num_groups=32,
+    attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048,
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
 )
 
 
 REAL_VAE: dict[str, Any] = dict(
-    TINY_VAE, layers_per_block=2, norm_num_groups=32, block_out_channels=(128, 256, 512, 512), sample_size=1024,
+    TINY_VAE,
+    layers_per_block=2,
+    norm_num_groups=32,
+    block_out_channels=(128, 256, 512, 512),
+    sample_size=1024,
     force_upcast=True,
 )
 

@@ -103,16 +103,25 @@ def _local_folder_source(path: Path) -> ModelSource:
         )
     for sub in ("text_encoder", "text_encoder_2", "unet", "vae"):
         folder = path / sub
-        pickled = sorted(p.name for p in folder.glob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"}) if folder.is_dir() else []
+        pickled = (
+            sorted(p.name for p in folder.glob("*") if p.suffix in {".bin", ".pt", ".pth", ".ckpt", ".pkl"})
+            if folder.is_dir()
+            else []
+        )
         if pickled and not any(folder.glob("*.safetensors")):
             raise ConfigError(
-                f"--model {str(path)!r}: {sub}/ holds only pickled weights ({', '.join(pickled[:2])}); this project loads "
+                f"--model {str(path)!r}: {sub}/ holds only pickled weights ({', '.join(pickled[:2])}); "
+                "this project loads "
                 "safetensors only (pickle can run code): convert them, e.g. load the pipeline and save_pretrained(..., "
-                "safe_serialization=True), or use a safetensors snapshot of the model")
+                "safe_serialization=True), or use a safetensors snapshot of the model"
+            )
     # what the loader reads: the index and the pipeline's folders, not the fp16 variants, the single-file checkpoint
     # or the ONNX exports a hub repo also holds
-    weights = sorted(p for p in [path / "model_index.json", *(q for sub in PIPELINE_FOLDERS for q in (path / sub).rglob("*"))]
-                     if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"} and ".fp16." not in p.name)
+    weights = sorted(
+        p
+        for p in [path / "model_index.json", *(q for sub in PIPELINE_FOLDERS for q in (path / sub).rglob("*"))]
+        if p.is_file() and p.suffix in {".safetensors", ".json", ".txt"} and ".fp16." not in p.name
+    )
     fingerprint = {
         "source": "local",
         # what the files hold, not where they are or when they were written: a key made here is a hit for the same
@@ -120,7 +129,9 @@ def _local_folder_source(path: Path) -> ModelSource:
         "files": [[p.relative_to(path).as_posix(), p.stat().st_size, content_digest(p)] for p in weights],
     }
     vae_cfg = json.loads((path / "vae" / "config.json").read_text()) if (path / "vae" / "config.json").is_file() else {}
-    unet_cfg = json.loads((path / "unet" / "config.json").read_text()) if (path / "unet" / "config.json").is_file() else {}
+    unet_cfg = (
+        json.loads((path / "unet" / "config.json").read_text()) if (path / "unet" / "config.json").is_file() else {}
+    )
     scale = 2 ** (len(vae_cfg.get("block_out_channels", (1, 2, 3, 4))) - 1)
     # sdxl-turbo is trained for 512×512 → 64×64 latents, whatever the UNet's sample_size says
     latent = 64 if unet_cfg.get("sample_size", 64) >= 64 else unet_cfg["sample_size"]
@@ -153,9 +164,18 @@ def _hub_source(repo_id: str, *, allow_download: bool) -> ModelSource:
 
 
 def _real_random_source() -> ModelSource:
-    configs = {"text_encoder": REAL_TEXT_ENCODER, "text_encoder_2": REAL_TEXT_ENCODER_2, "unet": REAL_UNET, "vae": REAL_VAE}
-    fingerprint = {"source": "sdxl-turbo:random", "version": 1, "seed": REAL_RANDOM_SEED,
-                   "configs": [configs, TURBO_SCHEDULER]}
+    configs = {
+        "text_encoder": REAL_TEXT_ENCODER,
+        "text_encoder_2": REAL_TEXT_ENCODER_2,
+        "unet": REAL_UNET,
+        "vae": REAL_VAE,
+    }
+    fingerprint = {
+        "source": "sdxl-turbo:random",
+        "version": 1,
+        "seed": REAL_RANDOM_SEED,
+        "configs": [configs, TURBO_SCHEDULER],
+    }
 
     def materialize(cache: ArtifactCache) -> Path:
         def build(out: Path) -> None:
@@ -189,7 +209,9 @@ def _canary_source(variant: str | None = None) -> ModelSource:
             f"canary weights are missing from {WEIGHTS_DIR}; regenerate them with `sdxl-qdq canary-train`"
         )
     fingerprint = {
-        "source": "canary", "variant": variant, "version": 1,
+        "source": "canary",
+        "variant": variant,
+        "version": 1,
         "weights": {p.name: file_digest(p) for p in files},
         "configs": [TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE, TURBO_SCHEDULER],
     }

@@ -25,8 +25,15 @@ def repo_folder_name(repo_id: str, kind: str = "model") -> str:
     return "--".join([f"{kind}s", *repo_id.split("/")])
 
 
-def write_hub_snapshot(folder: Path, *, repo_id: str, hub_cache: Path, revision: str | None = None,
-                       extra: dict[str, Path] | None = None, move: bool = False) -> Path:
+def write_hub_snapshot(
+    folder: Path,
+    *,
+    repo_id: str,
+    hub_cache: Path,
+    revision: str | None = None,
+    extra: dict[str, Path] | None = None,
+    move: bool = False,
+) -> Path:
     """Lay out every file below ``folder`` (plus ``extra``: repo path → file) as the snapshot of ``repo_id`` in
     ``hub_cache``; return the snapshot folder. ``revision``: the commit id (default: a digest of the files, so the
     same files give the same revision). Files are copied into ``blobs/`` (named by sha256, as the hub names LFS
@@ -74,8 +81,14 @@ SDXL_TURBO_INDEX = {
 }
 
 
-def write_random_pipeline(out: Path, configs: dict[str, dict[str, Any]], *, seed: int, fp16_variants: bool = False,
-                          progress: Callable[[str], None] = lambda _: None) -> Path:
+def write_random_pipeline(
+    out: Path,
+    configs: dict[str, dict[str, Any]],
+    *,
+    seed: int,
+    fp16_variants: bool = False,
+    progress: Callable[[str], None] = lambda _: None,
+) -> Path:
     """A diffusers folder of sdxl-turbo's layout (its file names; ``fp16_variants``: also the ``*.fp16.safetensors``
     the hub holds beside each, which the loader must skip) with seeded random weights of ``configs``' sizes,
     one component in memory at a time (the real UNet is 10 GB in float32)."""
@@ -113,27 +126,49 @@ def write_clip_tokenizer(folder: Path, *, pad: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": pad, "unk_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": pad,
+        "unk_token": "<|endoftext|>",
+    }
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
-    (folder / "tokenizer_config.json").write_text(json.dumps({
-        **special, "add_prefix_space": False, "clean_up_tokenization_spaces": True, "do_lower_case": True,
-        "errors": "replace", "model_max_length": TOKEN_LENGTH, "tokenizer_class": "CLIPTokenizer"}, indent=1))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                **special,
+                "add_prefix_space": False,
+                "clean_up_tokenization_spaces": True,
+                "do_lower_case": True,
+                "errors": "replace",
+                "model_max_length": TOKEN_LENGTH,
+                "tokenizer_class": "CLIPTokenizer",
+            },
+            indent=1,
+        )
+    )
     return folder
 
 
 # openai/clip-vit-base-patch16's geometry (its config.json); ``width="small"`` keeps the layout and the 224×224
 # preprocessing and shrinks the transformers, for tests and CI
 CLIP_VIT_B16 = {
-    "real": dict(text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
-                 vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
-                 projection_dim=512),
-    "small": dict(text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-                  vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
-                  projection_dim=64),
+    "real": dict(
+        text_config=dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8),
+        vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+        projection_dim=512,
+    ),
+    "small": dict(
+        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        vision_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),
+        projection_dim=64,
+    ),
 }
 
 
-def write_clip_snapshot(hub_cache: Path, *, width: str = "real", seed: int = 0, repo_id: str = "openai/clip-vit-base-patch16") -> Path:
+def write_clip_snapshot(
+    hub_cache: Path, *, width: str = "real", seed: int = 0, repo_id: str = "openai/clip-vit-base-patch16"
+) -> Path:
     """A stand-in for ``openai/clip-vit-base-patch16`` in ``hub_cache``: CLIPModel with ViT-B/16's architecture
     (patch 16, 224×224, 77 tokens) and seeded random weights, its preprocessor config and CLIP's tokenizer files, laid
     out as the hub snapshot the real loader reads."""
@@ -144,16 +179,22 @@ def write_clip_snapshot(hub_cache: Path, *, width: str = "real", seed: int = 0, 
 
     geometry = CLIP_VIT_B16[width]
     config = CLIPConfig(
-        text_config=dict(vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **geometry["text_config"]),
+        text_config=dict(
+            vocab_size=49408, max_position_embeddings=77, hidden_act="quick_gelu", **geometry["text_config"]
+        ),
         vision_config=dict(image_size=224, patch_size=16, hidden_act="quick_gelu", **geometry["vision_config"]),
-        projection_dim=geometry["projection_dim"])
+        projection_dim=geometry["projection_dim"],
+    )
     with tempfile.TemporaryDirectory(dir=hub_cache if Path(hub_cache).is_dir() else None) as tmp:
         folder = Path(tmp)
         torch.manual_seed(seed)
         CLIPModel(config).eval().save_pretrained(folder, safe_serialization=True)
         CLIPImageProcessorPil(  # openai's preprocessor_config.json: resize 224 (shortest edge), center crop 224
-            size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
-            image_mean=[0.48145466, 0.4578275, 0.40821073], image_std=[0.26862954, 0.26130258, 0.27577711],
+            size={"shortest_edge": 224},
+            crop_size={"height": 224, "width": 224},
+            do_center_crop=True,
+            image_mean=[0.48145466, 0.4578275, 0.40821073],
+            image_std=[0.26862954, 0.26130258, 0.27577711],
         ).save_pretrained(folder)
         write_clip_tokenizer(folder, pad="<|endoftext|>")
         return write_hub_snapshot(folder, repo_id=repo_id, hub_cache=hub_cache)

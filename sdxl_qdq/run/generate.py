@@ -120,8 +120,12 @@ def generate_together(
             timing["prompt_s"].append(round(time.perf_counter() - start, 2))
             meter.step()
         timing["executed"] = dict(pipe.executed)
-        return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn),
-                                      lambda out, v=v: _move_images(drawn / v.label, out)) for v in variants}
+        return {
+            v: cache.get_or_build(
+                "images", _inputs(key, v, prompts, qnn), lambda out, v=v: _move_images(drawn / v.label, out)
+            )
+            for v in variants
+        }
 
 
 def _never_built(out: Path) -> None:

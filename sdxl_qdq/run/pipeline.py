@@ -74,7 +74,7 @@ class OrtSDXLPipeline:
         from transformers import CLIPTokenizer
 
         self.components, self.qnn, self.threads = components, qnn, threads
-        self.eps = {c: ep for c in COMPONENTS} if isinstance(ep, str) else ep
+        self.eps = dict.fromkeys(COMPONENTS, ep) if isinstance(ep, str) else ep
         self.sessions: dict[str, Any] = {}
         self.load(*load)
         self.io = {c: components.io(c) for c in COMPONENTS}
@@ -145,7 +145,9 @@ class OrtSDXLPipeline:
         hidden, pooled = self.encode_prompt(prompt)
         return self.decode(self.denoise(prompt, hidden, pooled, steps=steps, seed=seed))
 
-    def denoise(self, prompt: str, hidden: np.ndarray, pooled: np.ndarray, *, steps: int, seed: int | None = None) -> Any:
+    def denoise(
+        self, prompt: str, hidden: np.ndarray, pooled: np.ndarray, *, steps: int, seed: int | None = None
+    ) -> Any:
         """The final latents (torch) of ``steps`` Euler-ancestral steps from the prompt's seeded noise."""
         import torch
 
@@ -181,7 +183,9 @@ class OrtSDXLPipeline:
         return (image * 255).round().astype(np.uint8)
 
 
-def record_inputs(float_models: ComponentSet, prompts: list[Prompt], *, steps: int = 1) -> dict[str, list[dict[str, np.ndarray]]]:
+def record_inputs(
+    float_models: ComponentSet, prompts: list[Prompt], *, steps: int = 1
+) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every component's inputs while the float pipeline draws ``prompts``."""
     feeds: dict[str, list[dict[str, np.ndarray]]] = defaultdict(list)
     pipe = OrtSDXLPipeline(float_models, recorder=lambda c, f: feeds[c].append(dict(f)))

@@ -1,5 +1,6 @@
 """The NPU runner's checks, from a bundle, with the device profile only (no torch, diffusers, transformers,
-datasets or Olive): ``pytest tests/device --qdq-bundle DIR [--qdq-qnn-soc 60] [--qdq-device-out DIR]``. On x86_64 they run
+datasets or Olive): ``pytest tests/device --qdq-bundle DIR [--qdq-qnn-soc 60] [--qdq-device-out DIR]``. On x86_64
+they run
 on the HTP simulator (the night's rehearsal)."""
 
 from __future__ import annotations
@@ -51,7 +52,9 @@ def test_context_binary_draws_what_the_model_draws(bundle: Bundle, qdq_qnn_optio
     """The EP-context binary the host compiled for this chip gives the uncompiled model's outputs here."""
     context = bundle.context(component)
     if context is None:
-        pytest.skip("the bundle has no EP-context binaries: the host had no QNN backend or ran `sdxl-qdq bundle --no-context`")
+        pytest.skip(
+            "the bundle has no EP-context binaries: the host had no QNN backend or ran `sdxl-qdq bundle --no-context`"
+        )
     feeds = bundle.parity(component)[0]["in"]
     plain = create_session(bundle.model(component), ep="qnn", qnn=qdq_qnn_options).run(None, feeds)
     compiled = create_session(context, ep="qnn", qnn=qdq_qnn_options)
@@ -65,10 +68,15 @@ def test_parity_qnn_vs_cpu_above_bound(bundle: Bundle, qdq_qnn_options, device_o
     """QNN vs this machine's CPU EP on the bundle's recorded inputs, against baselines/<model>/parity.json. A model
     with no bound yet (a new runner's first night) records what it measured in the device output and says so."""
     calls = bundle.parity(component)
-    npu, cpu = create_session(bundle.model(component), ep="qnn", qnn=qdq_qnn_options), create_session(bundle.model(component))
+    npu, cpu = (
+        create_session(bundle.model(component), ep="qnn", qnn=qdq_qnn_options),
+        create_session(bundle.model(component)),
+    )
     names = [o.name for o in cpu.get_outputs()]
     runs = [(cpu.run(None, c["in"]), npu.run(None, c["in"])) for c in calls]
-    measured = {n: sqnr_db(np.stack([r[0][i] for r in runs]), np.stack([r[1][i] for r in runs])) for i, n in enumerate(names)}
+    measured = {
+        n: sqnr_db(np.stack([r[0][i] for r in runs]), np.stack([r[1][i] for r in runs])) for i, n in enumerate(names)
+    }
     record = device_out / "parity-measured.json"
     figures = json.loads(record.read_text()) if record.is_file() else {}
     figures[component] = {n: round(v, 2) for n, v in measured.items()}
@@ -76,11 +84,16 @@ def test_parity_qnn_vs_cpu_above_bound(bundle: Bundle, qdq_qnn_options, device_o
     bounds_file = BASELINES_DIR / baseline_model_name(bundle.model_name) / "parity.json"
     bounds = json.loads(bounds_file.read_text())["outputs"].get(component) if bounds_file.is_file() else None
     if bounds is None:
-        pytest.skip(f"no parity bound for {bundle.model_name} yet: measured {figures[component]} dB, written to {record}; "
-                    f"record the bounds with `sdxl-qdq parity --model {bundle.model_name} --write` on this runner, review, commit")
+        pytest.skip(
+            f"no parity bound for {bundle.model_name} yet: measured {figures[component]} dB, written to {record}; "
+            f"record the bounds with `sdxl-qdq parity --model {bundle.model_name} --write` on this runner, "
+            "review, commit"
+        )
     for name, value in measured.items():
-        assert value >= bounds[name]["bound_db"], (f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
-                                                   f"{bounds[name]['measured_db']} dB, limit {bounds[name]['bound_db']} dB")
+        assert value >= bounds[name]["bound_db"], (
+            f"{component}.{name}: QNN vs CPU SQNR measured {value:.2f} dB, baseline "
+            f"{bounds[name]['measured_db']} dB, limit {bounds[name]['bound_db']} dB"
+        )
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
@@ -89,7 +102,12 @@ def test_latency_on_qnn(benchmark, bundle: Bundle, qdq_qnn_options, component: s
     session = create_session(bundle.context(component) or bundle.model(component), ep="qnn", qnn=qdq_qnn_options)
     assert_assignment(session, "qnn")
     feeds = bundle.parity(component)[0]["in"]
-    benchmark.extra_info.update(component=component, ep="qnn", soc=bundle.soc, compiled=bundle.context(component) is not None,
-                                bundle=bundle.digest[:16])
+    benchmark.extra_info.update(
+        component=component,
+        ep="qnn",
+        soc=bundle.soc,
+        compiled=bundle.context(component) is not None,
+        bundle=bundle.digest[:16],
+    )
     outputs = benchmark(session.run, None, feeds)
     assert all(np.isfinite(o).all() for o in outputs)

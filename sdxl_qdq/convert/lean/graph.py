@@ -30,7 +30,8 @@ class Graph:
 
         return {
             next(e.value for e in t.external_data if e.key == "location")
-            for t in _get_all_tensors(self.proto) if uses_external_data(t)
+            for t in _get_all_tensors(self.proto)
+            if uses_external_data(t)
         }
 
     def save(self, path: Path) -> Graph:
@@ -65,7 +66,9 @@ class Graph:
         import onnxruntime
 
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.base_dir))
-        return onnxruntime.InferenceSession(self.proto.SerializeToString(), so, providers=["CPUExecutionProvider"], **kwargs)
+        return onnxruntime.InferenceSession(
+            self.proto.SerializeToString(), so, providers=["CPUExecutionProvider"], **kwargs
+        )
 
     def weight_bytes(self) -> int:
         return sum(tensor_bytes(t) for t in self.proto.graph.initializer)

@@ -36,7 +36,9 @@ def qnn_preprocess(graph: Graph, work: Path, **options: Any) -> Graph:
     return Graph(onnx.load(str(out), load_external_data=False), optimized[0].base_dir)
 
 
-def graph_surgeries(graph: Graph, work: Path, surgeries: list[dict[str, Any]], remove_duplicate_initializers: bool = True) -> Graph:
+def graph_surgeries(
+    graph: Graph, work: Path, surgeries: list[dict[str, Any]], remove_duplicate_initializers: bool = True
+) -> Graph:
     """Olive's GraphSurgeries pass (surgeons, then initializer de-duplication), on the graph: the tensors a
     surgeon or the de-duplication inspects are read from the data file on demand (relative to the cwd, as
     ``numpy_helper.to_array`` and onnx_ir's external tensors read them), never all at once."""

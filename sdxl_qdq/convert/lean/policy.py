@@ -1,5 +1,6 @@
 """Which quantizer a component gets: the recipe's Olive workflows where they fit a 16 GiB host, the
-memory-bounded path (``sdxl_qdq.convert.lean``) where they may not. The choice depends on the model, never on the machine
+memory-bounded path (``sdxl_qdq.convert.lean``) where they may not. The choice depends on the model, never on the
+machine
 that builds it."""
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def stock_peak_estimate(model: Path) -> int:
     acts = 0
     for vi in [*proto.graph.value_info, *proto.graph.output]:
         t = vi.type.tensor_type
-        if t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and all(d.HasField("dim_value") for d in t.shape.dim):
+        if t.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16) and all(
+            d.HasField("dim_value") for d in t.shape.dim
+        ):
             acts += int(np.prod([d.dim_value for d in t.shape.dim], dtype=np.int64)) * 4
     return 3 * graph.weight_bytes() + acts
 

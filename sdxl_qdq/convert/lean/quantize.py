@@ -14,7 +14,8 @@ load_external_data=False)``, weights stay in their external data file):
    inference.
 4. ``get_qnn_qdq_config`` on that graph (the same QNN overrides, the same contrib-op choice as the stock
    path, which asks before the opset bump), then the graph alone is converted to opset 21.
-5. Calibration in segments (``sdxl_qdq.convert.lean.segmented``): contiguous slices of the topologically sorted graph, each
+5. Calibration in segments (``sdxl_qdq.convert.lean.segmented``): contiguous slices of the topologically sorted
+graph, each
    with ~``segment_bytes`` of weights, run over every distinct sample; a slice's boundary activations
    feed the next. MinMax ranges merge exactly, so they equal the single-pass ranges (a repeated sample
    cannot change a min or a max, so repeats are skipped). Or no calibration here: the ranges were collected
@@ -44,9 +45,9 @@ from typing import Any
 from sdxl_qdq.convert.calibration import iter_calibration
 from sdxl_qdq.convert.files import PREPARED_INPUT, PREPARED_META, PREPARED_MODEL, save_with_external_data
 from sdxl_qdq.convert.lean.graph import Graph
-from sdxl_qdq.convert.ort_patches import graph_only_quantizer, linear_quantizer, patched
 from sdxl_qdq.convert.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
 from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
+from sdxl_qdq.convert.ort_patches import graph_only_quantizer, linear_quantizer, patched
 from sdxl_qdq.convert.recipe import load_recipe, with_quant_types
 from sdxl_qdq.convert.recipe_passes import lean_problem
 from sdxl_qdq.errors import ConfigError
@@ -75,13 +76,17 @@ class QuantSettings:
         default = cls()
         overrides = (options.get("extra_options") or {}).get("TensorQuantOverrides")
         if overrides:
-            converted = with_quant_types({"passes": {"quantization": {"extra_options": {"TensorQuantOverrides": overrides}}}})
+            converted = with_quant_types(
+                {"passes": {"quantization": {"extra_options": {"TensorQuantOverrides": overrides}}}}
+            )
             overrides = converted["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]
-        return cls(activation_type=str(options.get("activation_type", default.activation_type)),
-                   weight_type=str(options.get("precision", default.weight_type)),
-                   quant_preprocess=bool(options.get("quant_preprocess", default.quant_preprocess)),
-                   per_channel=bool(options.get("per_channel", default.per_channel)),
-                   overrides=overrides or None)
+        return cls(
+            activation_type=str(options.get("activation_type", default.activation_type)),
+            weight_type=str(options.get("precision", default.weight_type)),
+            quant_preprocess=bool(options.get("quant_preprocess", default.quant_preprocess)),
+            per_channel=bool(options.get("per_channel", default.per_channel)),
+            overrides=overrides or None,
+        )
 
 
 def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -96,9 +101,13 @@ def plan(workflow: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             raise ConfigError(f"pass {name!r} {problem}; use --quantizer olive for this recipe")
         steps.append((kind, options))
     kinds = [kind for kind, _ in steps]
-    if kinds.count("OnnxStaticQuantization") != 1 or any(k != "GraphSurgeries" for k in kinds[kinds.index("OnnxStaticQuantization") + 1:]):
-        raise ConfigError("the memory-bounded quantizer needs a workflow with one OnnxStaticQuantization, followed by "
-                          f"GraphSurgeries passes only; got passes {kinds}; use --quantizer olive for this recipe")
+    if kinds.count("OnnxStaticQuantization") != 1 or any(
+        k != "GraphSurgeries" for k in kinds[kinds.index("OnnxStaticQuantization") + 1 :]
+    ):
+        raise ConfigError(
+            "the memory-bounded quantizer needs a workflow with one OnnxStaticQuantization, followed by "
+            f"GraphSurgeries passes only; got passes {kinds}; use --quantizer olive for this recipe"
+        )
     return steps
 
 
@@ -122,13 +131,23 @@ def lean_quantize(
         prepared = Path(tmp) / "prepared"
         steps = lean_prepare(workflow, model, prepared, progress=progress)
         component = model_component(calibration_dir, model)
-        steps += lean_finish(workflow, prepared, out, calibration=lambda: iter_calibration(calibration_dir, component),
-                             segment_bytes=segment_bytes, segments=segments, optimized=optimized, progress=progress)
+        steps += lean_finish(
+            workflow,
+            prepared,
+            out,
+            calibration=lambda: iter_calibration(calibration_dir, component),
+            segment_bytes=segment_bytes,
+            segments=segments,
+            optimized=optimized,
+            progress=progress,
+        )
     shutil.copy(model.parent / "io.json", out / "io.json")
     return steps
 
 
-def lean_prepare(workflow: dict[str, Any], model: Path, out: Path, *, progress: Progress = lambda _: None) -> list[dict[str, Any]]:
+def lean_prepare(
+    workflow: dict[str, Any], model: Path, out: Path, *, progress: Progress = lambda _: None
+) -> list[dict[str, Any]]:
     """``workflow``'s passes up to calibration, memory-bounded, into ``out``: ``model.onnx`` (opset 21, ready to
     calibrate) beside its data, ``pre.onnx`` (the quantization pass's input, on which the QDQ configuration is
     computed) and ``prepared.json`` (the tensors to calibrate). Returns the per-step measurements."""
@@ -146,8 +165,12 @@ def lean_prepare(workflow: dict[str, Any], model: Path, out: Path, *, progress: 
                     graph = qnn_preprocess(graph, step_dir, fuse_layernorm=bool(options.get("fuse_layernorm", False)))
             elif kind == "GraphSurgeries":
                 with meter("graph_surgeries"):
-                    graph = graph_surgeries(graph, step_dir, options.get("surgeries", []),
-                                            options.get("remove_duplicate_initializers", True))
+                    graph = graph_surgeries(
+                        graph,
+                        step_dir,
+                        options.get("surgeries", []),
+                        options.get("remove_duplicate_initializers", True),
+                    )
             else:  # OnnxStaticQuantization: [quant_preprocess,] the QNN QDQ configuration and the opset-21 graph
                 settings = QuantSettings.from_options(options)
                 if settings.quant_preprocess:
@@ -162,9 +185,18 @@ def lean_prepare(workflow: dict[str, Any], model: Path, out: Path, *, progress: 
     return meter.steps
 
 
-def lean_finish(workflow: dict[str, Any], prepared: Path, out: Path, *, ranges: Any = None,
-                calibration: Callable[[], Iterator[dict[str, Any]]] | None = None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                segments: int | None = None, optimized: bool = False, progress: Progress = lambda _: None) -> list[dict[str, Any]]:
+def lean_finish(
+    workflow: dict[str, Any],
+    prepared: Path,
+    out: Path,
+    *,
+    ranges: Any = None,
+    calibration: Callable[[], Iterator[dict[str, Any]]] | None = None,
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    segments: int | None = None,
+    optimized: bool = False,
+    progress: Progress = lambda _: None,
+) -> list[dict[str, Any]]:
     """The rest of ``workflow`` on a ``prepared`` folder (``lean_prepare``): calibration over ``calibration()``'s
     samples, in segments, unless ``ranges`` (``TensorsData``) were collected while the float pipeline ran; the
     quantization from those ranges; the passes after it. Writes ``out/model.onnx`` (+ data); returns the steps."""
@@ -184,21 +216,32 @@ def lean_finish(workflow: dict[str, Any], prepared: Path, out: Path, *, ranges: 
                 raise ValueError("lean_finish needs calibration samples or recorded ranges")
             timings: dict[str, float] = {}
             with meter("calibration"):
-                ranges = segmented_minmax_ranges(Graph.load(prepared / PREPARED_MODEL), calibration, segments=segments,
-                                                 segment_bytes=segment_bytes, op_types_to_calibrate=config.op_types_to_quantize,
-                                                 work=work / "calibration", progress=progress, timings=timings,
-                                                 optimized=optimized)
+                ranges = segmented_minmax_ranges(
+                    Graph.load(prepared / PREPARED_MODEL),
+                    calibration,
+                    segments=segments,
+                    segment_bytes=segment_bytes,
+                    op_types_to_calibrate=config.op_types_to_quantize,
+                    work=work / "calibration",
+                    progress=progress,
+                    timings=timings,
+                    optimized=optimized,
+                )
             meter.steps[-1].update(timings)
         with meter("quantize"):
             produced = work / "qdq" / "model.onnx"
             produced.parent.mkdir(parents=True)
             quantize_with_ranges(prepared / PREPARED_MODEL, produced, ranges, config, lazy_weights=True)
         graph = Graph.load(produced)
-        for i, (_, options) in enumerate(steps[at + 1:], start=at + 1):  # GraphSurgeries (plan checked)
+        for i, (_, options) in enumerate(steps[at + 1 :], start=at + 1):  # GraphSurgeries (plan checked)
             _drop_unused(work, graph)
             with meter("graph_surgeries"):
-                graph = graph_surgeries(graph, work / f"{i}-GraphSurgeries", options.get("surgeries", []),
-                                        options.get("remove_duplicate_initializers", True))
+                graph = graph_surgeries(
+                    graph,
+                    work / f"{i}-GraphSurgeries",
+                    options.get("surgeries", []),
+                    options.get("remove_duplicate_initializers", True),
+                )
         with meter("save"):
             staged = _save_result(graph, work / "result")
         for f in staged.iterdir():
@@ -211,9 +254,14 @@ def qdq_config(proto: Any, settings: QuantSettings) -> Any:
     from olive.passes.onnx.quantization import quant_type_from_precision
     from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-    return get_qnn_qdq_config(proto, None, activation_type=quant_type_from_precision(settings.activation_type),
-                              weight_type=quant_type_from_precision(settings.weight_type), per_channel=settings.per_channel,
-                              init_overrides=copy.deepcopy(settings.overrides))
+    return get_qnn_qdq_config(
+        proto,
+        None,
+        activation_type=quant_type_from_precision(settings.activation_type),
+        weight_type=quant_type_from_precision(settings.weight_type),
+        per_channel=settings.per_channel,
+        init_overrides=copy.deepcopy(settings.overrides),
+    )
 
 
 def _place(pre: Graph, ready: Graph, work: Path, out: Path) -> None:
@@ -259,13 +307,25 @@ def model_component(calibration_dir: Path, model: Path) -> str:
     """The component a float model belongs to (its folder name), checked against the calibration data."""
     component = model.parent.name
     if not (calibration_dir / component / "inputs.json").is_file():
-        raise ConfigError(f"no calibration data for {component!r} under {calibration_dir}; record it first (sdxl_qdq.convert)")
+        raise ConfigError(
+            f"no calibration data for {component!r} under {calibration_dir}; record it first (sdxl_qdq.convert)"
+        )
     return component
 
 
-def quantize_child(recipe_path: Path, component: str, model: Path, calibration_dir: Path, out: Path,
-                   segment_bytes: int = DEFAULT_SEGMENT_BYTES, *, prepare: bool = False, prepared: Path | None = None,
-                   ranges: Path | None = None, optimized: bool = False) -> None:
+def quantize_child(
+    recipe_path: Path,
+    component: str,
+    model: Path,
+    calibration_dir: Path,
+    out: Path,
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+    *,
+    prepare: bool = False,
+    prepared: Path | None = None,
+    ranges: Path | None = None,
+    optimized: bool = False,
+) -> None:
     """One component's memory-bounded quantization in this process (``python -m sdxl_qdq _lean``, started by
     ``sdxl_qdq.convert.stages``): the whole workflow; or only its preparation (``prepare``); or the rest of it from a
     ``prepared`` folder, with ``ranges`` recorded while the float pipeline ran. Its steps go to
@@ -279,17 +339,27 @@ def quantize_child(recipe_path: Path, component: str, model: Path, calibration_d
     if prepare:
         steps = lean_prepare(workflow, model, out, progress=progress)
     elif prepared is not None:
-        steps = lean_finish(workflow, prepared, out, ranges=load_tensors_data(ranges) if ranges else None,
-                            calibration=lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model)),
-                            segment_bytes=segment_bytes, optimized=optimized, progress=progress)
+        steps = lean_finish(
+            workflow,
+            prepared,
+            out,
+            ranges=load_tensors_data(ranges) if ranges else None,
+            calibration=lambda: iter_calibration(calibration_dir, model_component(calibration_dir, model)),
+            segment_bytes=segment_bytes,
+            optimized=optimized,
+            progress=progress,
+        )
         shutil.copy(model.parent / "io.json", out / "io.json")
     else:
-        steps = lean_quantize(workflow, model, calibration_dir, out, segment_bytes=segment_bytes, optimized=optimized,
-                              progress=progress)
+        steps = lean_quantize(
+            workflow, model, calibration_dir, out, segment_bytes=segment_bytes, optimized=optimized, progress=progress
+        )
     (out / "steps.json").write_text(json.dumps(steps, indent=1))
 
 
-def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config: Any, *, lazy_weights: bool = False) -> None:
+def quantize_with_ranges(
+    model_path: Path, output: Path, ranges: Any, qdq_config: Any, *, lazy_weights: bool = False
+) -> None:
     """``quantize_static`` with ``qdq_config`` (e.g. from ``get_qnn_qdq_config``), ranges from ``ranges`` (through
     onnxruntime's calibration cache, so nothing is calibrated again).
 
@@ -307,8 +377,12 @@ def quantize_with_ranges(model_path: Path, output: Path, ranges: Any, qdq_config
         kwargs = {k: v for k, v in inspect.getmembers(qdq_config) if not k.startswith("_")}
         kwargs.pop("calibration_data_reader", None)
         kwargs["use_external_data_format"] = True
-        run = lambda: quantize_static(str(model_path), str(output), calibration_data_reader=None,  # noqa: E731
-                                      calibration_cache_path=str(cache), **kwargs)
+
+        def run() -> None:
+            quantize_static(
+                str(model_path), str(output), calibration_data_reader=None, calibration_cache_path=str(cache), **kwargs
+            )
+
         if not lazy_weights:
             with patched(linear_quantizer()):
                 run()

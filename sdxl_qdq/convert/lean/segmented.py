@@ -48,8 +48,14 @@ def _calibrator_class() -> type:
         reads the weights from there (the augmented graph is written elsewhere, graph only).
         """
 
-        def __init__(self, *args: Any, subset: set[str] | None, optimized: bool = False, data_dir: Path | None = None,
-                     **kwargs: Any) -> None:
+        def __init__(
+            self,
+            *args: Any,
+            subset: set[str] | None,
+            optimized: bool = False,
+            data_dir: Path | None = None,
+            **kwargs: Any,
+        ) -> None:
             self.subset, self.optimized, self.data_dir = subset, optimized, data_dir
             super().__init__(*args, **kwargs)
             self.boundary = [o.name for o in self.model.graph.output]
@@ -73,13 +79,17 @@ def _calibrator_class() -> type:
             if self.data_dir is not None:
                 so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(self.data_dir))
                 model = Path(self.augmented_model_path).read_bytes()
-            self.infer_session = onnxruntime.InferenceSession(model, sess_options=so, providers=self.execution_providers)
+            self.infer_session = onnxruntime.InferenceSession(
+                model, sess_options=so, providers=self.execution_providers
+            )
 
         def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             """Run one sample; keep its ReduceMin/Max outputs as ``collect_data`` does, return the boundary ones."""
             names = [o.name for o in self.infer_session.get_outputs()]
             values = self.infer_session.run(None, feeds)
-            self.intermediate_outputs.append([None if n in self.model_original_outputs else v for n, v in zip(names, values)])
+            self.intermediate_outputs.append(
+                [None if n in self.model_original_outputs else v for n, v in zip(names, values)]
+            )
             return {n: v for n, v in zip(names, values) if n in self.model_original_outputs}
 
     return SegmentCalibrater
@@ -98,8 +108,14 @@ class RangeCollector:
     def __init__(self, model: Path, op_types: list[str] | None, work: Path, *, optimized: bool = False) -> None:
         work.mkdir(parents=True, exist_ok=True)
         with patched(graph_only_calibrator() + linear_quantizer()):
-            self.calibrator = _calibrator_class()(str(model), op_types, augmented_model_path=str(work / "augmented.onnx"),
-                                                  subset=None, data_dir=Path(model).parent, optimized=optimized)
+            self.calibrator = _calibrator_class()(
+                str(model),
+                op_types,
+                augmented_model_path=str(work / "augmented.onnx"),
+                subset=None,
+                data_dir=Path(model).parent,
+                optimized=optimized,
+            )
             self.calibrator.augment_graph()
         self.calibrator.create_inference_session()
         self.output_names = list(self.calibrator.boundary)
@@ -129,7 +145,9 @@ def reductions_after_producers(path: Path, tensors: set[str]) -> None:
     nodes = [onnx.NodeProto() for _ in model.graph.node]
     for copy, node in zip(nodes, model.graph.node):
         copy.CopyFrom(node)
-    wanted = {t: [f"{t}_{op}{suffix}" for op in ("ReduceMin", "ReduceMax") for suffix in ("", "_Reshape")] for t in tensors}
+    wanted = {
+        t: [f"{t}_{op}{suffix}" for op in ("ReduceMin", "ReduceMax") for suffix in ("", "_Reshape")] for t in tensors
+    }
     by_name = {n.name: n for n in nodes}
     added = {name for names in wanted.values() for name in names if name in by_name}
     group = {t: [by_name[name] for name in names if name in added] for t, names in wanted.items()}
@@ -158,8 +176,11 @@ def session_options(*, optimized: bool = False) -> Any:
     import onnxruntime
 
     so = onnxruntime.SessionOptions()
-    so.graph_optimization_level = (onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
-                                   else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.graph_optimization_level = (
+        onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized
+        else onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     so.enable_cpu_mem_arena = False
     so.enable_mem_pattern = False
     so.execution_order = onnxruntime.ExecutionOrder.PRIORITY_BASED
@@ -170,7 +191,9 @@ def tensors_to_calibrate(model: Any, op_types_to_calibrate: list[str] | None) ->
     """onnxruntime's selection (``CalibraterBase.select_tensors_to_calibrate``) on a shape-inferred graph."""
     from onnxruntime.quantization.calibrate import CalibraterBase
 
-    return CalibraterBase.select_tensors_to_calibrate(SimpleNamespace(op_types_to_calibrate=op_types_to_calibrate), model)[0]
+    return CalibraterBase.select_tensors_to_calibrate(
+        SimpleNamespace(op_types_to_calibrate=op_types_to_calibrate), model
+    )[0]
 
 
 def split_nodes(model: Any, *, segments: int | None = None, segment_bytes: int | None = None) -> list[list[int]]:
@@ -215,7 +238,9 @@ def segment_models(model: Any, parts: list[list[int]]) -> list[tuple[Any, list[s
     graph = model.graph
     for node in graph.node:
         if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in node.attribute):
-            raise ValueError(f"node {node.name!r} ({node.op_type}) has a subgraph; segmented calibration needs a flat graph")
+            raise ValueError(
+                f"node {node.name!r} ({node.op_type}) has a subgraph; segmented calibration needs a flat graph"
+            )
     initializers = {t.name: t for t in graph.initializer}
     infos = {v.name: v for v in [*graph.value_info, *graph.input, *graph.output]}
     graph_outputs = [o.name for o in graph.output]
@@ -240,7 +265,10 @@ def segment_models(model: Any, parts: list[list[int]]) -> list[tuple[Any, list[s
         if missing:
             raise ValueError(f"no type information for {missing[:3]}; run shape inference before segmenting")
         seg = onnx.helper.make_graph(
-            nodes, f"{graph.name}_segment{k}", [infos[n] for n in inputs], [infos[n] for n in outputs],
+            nodes,
+            f"{graph.name}_segment{k}",
+            [infos[n] for n in inputs],
+            [infos[n] for n in outputs],
             initializer=[initializers[n] for n in read if n in initializers],
             value_info=[infos[n] for n in produced if n in infos and n not in outputs],
         )
@@ -295,26 +323,44 @@ def segmented_minmax_ranges(
         if n_samples == 0:
             raise ValueError(f"no calibration samples for {graph.proto.graph.name!r}")
         if progress:
-            progress(f"calibration: {n_samples} distinct samples ({spent['duplicates']} repeats skipped), "
-                     f"{len(seg_models)} segments")
+            progress(
+                f"calibration: {n_samples} distinct samples ({spent['duplicates']} repeats skipped), "
+                f"{len(seg_models)} segments"
+            )
         for k, (seg, produced) in enumerate(seg_models):
             subset = {t for t in produced if t in selected}
-            subset |= {i.name for i in seg.graph.input if i.name in selected and i.name in graph_inputs and first_reader[i.name] == k}
+            subset |= {
+                i.name
+                for i in seg.graph.input
+                if i.name in selected and i.name in graph_inputs and first_reader[i.name] == k
+            }
             done = [i.name for i in seg.graph.input if last_reader[i.name] == k]  # no later segment reads them
-            ranges, setup, ran, first = _calibrate_segment(Graph(seg, graph.base_dir), subset, op_types_to_calibrate,
-                                                           store, n_samples, done, Path(tmp, f"segment{k}"), optimized=optimized)
+            ranges, setup, ran, first = _calibrate_segment(
+                Graph(seg, graph.base_dir),
+                subset,
+                op_types_to_calibrate,
+                store,
+                n_samples,
+                done,
+                Path(tmp, f"segment{k}"),
+                optimized=optimized,
+            )
             merged.update(ranges)
             spent["setup_s"] += setup
             spent["samples_s"] += ran
             spent["first_sample_s"] = spent.get("first_sample_s", 0.0) + first
             if progress:
-                progress(f"calibration segment {k + 1}/{len(seg_models)}: {len(seg.graph.node)} nodes, "
-                         f"{len(subset)} tensors, {n_samples} samples; setup {setup:.1f}s, samples {ran:.1f}s")
+                progress(
+                    f"calibration segment {k + 1}/{len(seg_models)}: {len(seg.graph.node)} nodes, "
+                    f"{len(subset)} tensors, {n_samples} samples; setup {setup:.1f}s, samples {ran:.1f}s"
+                )
     if timings is not None:
         timings.update({k: round(v, 2) for k, v in spent.items()}, samples=n_samples)
     missing = selected - set(merged)
     if missing:
-        raise RuntimeError(f"segmented calibration left {len(missing)} tensors without a range, e.g. {sorted(missing)[:3]}")
+        raise RuntimeError(
+            f"segmented calibration left {len(missing)} tensors without a range, e.g. {sorted(missing)[:3]}"
+        )
     return TensorsData(CalibrationMethod.MinMax, merged)
 
 
@@ -333,16 +379,31 @@ def _spill_distinct(samples: Iterable[dict[str, np.ndarray]], store: Path) -> tu
     return len(distinct), repeats
 
 
-def _calibrate_segment(seg: Graph, subset: set[str], op_types: list[str] | None, store: Path, n_samples: int,
-                       done: list[str], folder: Path, *, optimized: bool = False) -> tuple[dict[str, Any], float, float, float]:
+def _calibrate_segment(
+    seg: Graph,
+    subset: set[str],
+    op_types: list[str] | None,
+    store: Path,
+    n_samples: int,
+    done: list[str],
+    folder: Path,
+    *,
+    optimized: bool = False,
+) -> tuple[dict[str, Any], float, float, float]:
     """Run one segment over every stored sample with onnxruntime's calibrator for ``subset``: its boundary outputs
     replace, in ``store``, the inputs no later segment reads (``done``). Returns (ranges, setup s, samples s, first
     sample s: a session's first run pays for allocations the later ones reuse)."""
     started = time.perf_counter()
     folder.mkdir()
     save_with_external_data(seg.loaded(), folder / "model.onnx")
-    calibrator = _calibrator_class()(str(folder / "model.onnx"), op_types, augmented_model_path=str(folder / "augmented.onnx"),
-                                     use_external_data_format=True, subset=subset, optimized=optimized)
+    calibrator = _calibrator_class()(
+        str(folder / "model.onnx"),
+        op_types,
+        augmented_model_path=str(folder / "augmented.onnx"),
+        use_external_data_format=True,
+        subset=subset,
+        optimized=optimized,
+    )
     with patched(linear_quantizer()):  # onnxruntime's augmentation, linear in the graph (the same graph)
         calibrator.augment_graph()
     calibrator.create_inference_session()
@@ -373,5 +434,3 @@ def _load(store: Path, sample: int, names: list[str]) -> dict[str, np.ndarray]:
 
 def _safe(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()  # tensor names may hold '/', ':' and the like
-
-

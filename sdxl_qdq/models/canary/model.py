@@ -20,19 +20,51 @@ WEIGHTS_DIR = DATA_DIR / "canary"
 SEED = 0
 THREADS = 2
 LATENT = 8
-TEXT_ENCODER = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=32, bos_token_id=0,
-                    eos_token_id=2, pad_token_id=1, layer_norm_eps=1e-5)
+TEXT_ENCODER = dict(
+    vocab_size=49408,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=32,
+    bos_token_id=0,
+    eos_token_id=2,
+    pad_token_id=1,
+    layer_norm_eps=1e-5,
+)
 TEXT_ENCODER_2 = {**TEXT_ENCODER, "hidden_act": "gelu"}
-UNET = dict(sample_size=LATENT, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 64),
-            norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            mid_block_type="UNetMidBlock2DCrossAttn", attention_head_dim=(2, 4, 4), transformer_layers_per_block=(1, 1, 1),
-            use_linear_projection=True, cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=6 * 8 + 32)
-VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=8,
-           block_out_channels=(16, 32, 32, 32), down_block_types=("DownEncoderBlock2D",) * 4,
-           up_block_types=("UpDecoderBlock2D",) * 4, sample_size=64, force_upcast=False)
+UNET = dict(
+    sample_size=LATENT,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(32, 64, 64),
+    norm_num_groups=8,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    mid_block_type="UNetMidBlock2DCrossAttn",
+    attention_head_dim=(2, 4, 4),
+    transformer_layers_per_block=(1, 1, 1),
+    use_linear_projection=True,
+    cross_attention_dim=64,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=6 * 8 + 32,
+)
+VAE = dict(
+    in_channels=3,
+    out_channels=3,
+    latent_channels=4,
+    layers_per_block=1,
+    norm_num_groups=8,
+    block_out_channels=(16, 32, 32, 32),
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    sample_size=64,
+    force_upcast=False,
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -76,8 +108,16 @@ def _scorer_class() -> type:
             super().__init__()
             nn = torch.nn
             self.image = nn.Sequential(
-                nn.Conv2d(3, 32, 4, 2, 1), nn.GELU(), nn.Conv2d(32, 64, 4, 2, 1), nn.GELU(),
-                nn.Conv2d(64, 64, 4, 2, 1), nn.GELU(), nn.Flatten(), nn.Linear(64 * 8 * 8, 128), nn.GELU(), nn.Linear(128, self.dim),
+                nn.Conv2d(3, 32, 4, 2, 1),
+                nn.GELU(),
+                nn.Conv2d(32, 64, 4, 2, 1),
+                nn.GELU(),
+                nn.Conv2d(64, 64, 4, 2, 1),
+                nn.GELU(),
+                nn.Flatten(),
+                nn.Linear(64 * 8 * 8, 128),
+                nn.GELU(),
+                nn.Linear(128, self.dim),
             )
             self.token = nn.Embedding(49408, 64)
             self.text = nn.Sequential(nn.Linear(64 * 4, 128), nn.GELU(), nn.Linear(128, self.dim))
@@ -93,14 +133,13 @@ def _scorer_class() -> type:
     return _Scorer
 
 
-def Scorer() -> Any:  # noqa: N802 - a factory that reads like a class
+def Scorer() -> Any:
     return _scorer_class()()
 
 
 def scorer_token_ids(captions: list[str]) -> Any:
     """The words that carry meaning (count/article, colour, shape, layout) as CLIP token ids, N×4."""
     import torch
-
 
     tok = build_tokenizers()[0]
     rows = []
@@ -122,7 +161,9 @@ def used_token_ids() -> list[int]:
     return sorted(ids)
 
 
-def load_models(folder: Path = WEIGHTS_DIR, names: tuple[str, ...] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def load_models(
+    folder: Path = WEIGHTS_DIR, names: tuple[str, ...] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The trained models (float32) from the committed weights (all, or only ``names``), and their metadata."""
     import torch
     from safetensors.torch import load_file
@@ -151,7 +192,6 @@ def pipeline_from_weights(variant: str | None = None, folder: Path = WEIGHTS_DIR
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-
     models, meta = load_models(folder)
     unet = models["unet"]
     if variant == "unet-noise5":
@@ -172,7 +212,13 @@ def pipeline_from_weights(variant: str | None = None, folder: Path = WEIGHTS_DIR
     vae.register_to_config(scaling_factor=meta["scaling_factor"])
     tok, tok_2 = build_tokenizers()
     scheduler = turbo_scheduler()
-    return StableDiffusionXLPipeline(vae=vae, text_encoder=models["text_encoder"], text_encoder_2=models["text_encoder_2"],
-                                     unet=unet, tokenizer=tok, tokenizer_2=tok_2, scheduler=scheduler,
-                                     force_zeros_for_empty_prompt=True)
-
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=models["text_encoder"],
+        text_encoder_2=models["text_encoder_2"],
+        unet=unet,
+        tokenizer=tok,
+        tokenizer_2=tok_2,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+    )

@@ -90,11 +90,12 @@ def train_unet(models: dict[str, Any], tokenizers: tuple[Any, Any], scaling: flo
     """Text encoders and UNet together, x0 loss at t ∈ {999, 499} (sdxl-turbo's 1- and 2-step timesteps)."""
     import torch
 
-
     alphas = turbo_scheduler().alphas_cumprod
     scenes = [s for s in world.all_scenes() if not s.held_out]
     with torch.no_grad():
-        latents = models["vae"].encode(to_tensor(np.stack([world.render(s) for s in scenes]))).latent_dist.mean * scaling
+        latents = (
+            models["vae"].encode(to_tensor(np.stack([world.render(s) for s in scenes]))).latent_dist.mean * scaling
+        )
     params = [p for name in ("text_encoder", "text_encoder_2", "unet") for p in models[name].parameters()]
     opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.0)
     # the schedule always spans the full run, so a shortened run reproduces the full run's first steps
@@ -111,7 +112,9 @@ def train_unet(models: dict[str, Any], tokenizers: tuple[Any, Any], scaling: flo
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         hidden, pooled = encode_prompts(models, tokenizers, [scenes[i].caption for i in idx])
-        eps = models["unet"](xt, t.float(), hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(32, 6)}).sample
+        eps = models["unet"](
+            xt, t.float(), hidden, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids.expand(32, 6)}
+        ).sample
         x0_hat = (xt - (1 - a).sqrt() * eps) / a.sqrt()
         loss = torch.nn.functional.mse_loss(x0_hat, x0)
         opt.zero_grad()
@@ -151,7 +154,10 @@ def train_scorer(scorer: Any, steps: int, log: Log) -> None:
         txt = torch.nn.functional.normalize(scorer.text_features(ids[idx]), dim=-1)
         cos = img @ txt.T
         labels = torch.arange(len(idx))
-        nce = (torch.nn.functional.cross_entropy(cos / 0.05, labels) + torch.nn.functional.cross_entropy(cos.T / 0.05, labels)) / 2
+        nce = (
+            torch.nn.functional.cross_entropy(cos / 0.05, labels)
+            + torch.nn.functional.cross_entropy(cos.T / 0.05, labels)
+        ) / 2
         off = cos[~torch.eye(len(idx), dtype=torch.bool)]
         # push matched pairs to cos 1 and mismatched ones to cos ≤ 0, so 100·max(cos, 0) reads as a score
         loss = nce + (1 - cos.diag()).mean() + torch.relu(off).pow(2).mean() * 4
@@ -176,13 +182,22 @@ def save(models: dict[str, Any], scaling: float, out: Path, log_rows: dict[str, 
         for k in [k for k in state if k.endswith("token_embedding.weight") or k == "token.weight"]:
             state[k] = state[k][keep]
         save_file({k: v.half().contiguous() for k, v in state.items()}, str(out / f"{name}.safetensors"))
-    meta = {"scaling_factor": scaling, "token_ids": keep.tolist(), "steps": STEPS, "seed": SEED, "threads": THREADS,
-            "train_seconds": round(seconds, 1), "first_losses": {k: v[:5] for k, v in log_rows.items()},
-            "last_losses": {k: v[-5:] for k, v in log_rows.items()}}
+    meta = {
+        "scaling_factor": scaling,
+        "token_ids": keep.tolist(),
+        "steps": STEPS,
+        "seed": SEED,
+        "threads": THREADS,
+        "train_seconds": round(seconds, 1),
+        "first_losses": {k: v[:5] for k, v in log_rows.items()},
+        "last_losses": {k: v[-5:] for k, v in log_rows.items()},
+    }
     (out / "canary.json").write_text(json.dumps(meta, indent=1))
 
 
-def train(out: Path, *, steps: dict[str, int] | None = None, progress: Callable[[str], None] = print) -> dict[str, list[float]]:
+def train(
+    out: Path, *, steps: dict[str, int] | None = None, progress: Callable[[str], None] = print
+) -> dict[str, list[float]]:
     """Run all three stages and save; returns the loss log."""
     steps = {**STEPS, **(steps or {})}
     start = time.perf_counter()
@@ -192,7 +207,10 @@ def train(out: Path, *, steps: dict[str, int] | None = None, progress: Callable[
     def log(stage: str, step: int, loss: float) -> None:
         rows[stage].append(loss)
         if (step + 1) % 250 == 0 or step + 1 == steps[stage]:
-            progress(f"[{time.perf_counter() - start:6.0f}s] {stage} {step + 1}/{steps[stage]} loss {np.mean(rows[stage][-50:]):.5f}")
+            progress(
+                f"[{time.perf_counter() - start:6.0f}s] {stage} {step + 1}/{steps[stage]} "
+                f"loss {np.mean(rows[stage][-50:]):.5f}"
+            )
 
     seed_everything(SEED)
     scaling = train_vae(models["vae"], steps["vae"], log)

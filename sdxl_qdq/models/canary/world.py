@@ -1,7 +1,8 @@
 """A synthetic captioned world for the ``canary`` model: coloured shapes on a plain background.
 
 Captions say a colour, a shape and a layout: one shape on the left, right, top, bottom or in the center
-("a red circle on the left"), or two shapes side by side ("two green triangles"); 6 × 3 × 6 = 108 scenes. Each caption draws one deterministic
+("a red circle on the left"), or two shapes side by side ("two green triangles"); 6 × 3 × 6 = 108 scenes. Each
+caption draws one deterministic
 64×64 image, so the float model's posterior mean at t=999 is a sharp picture and 1-step sampling can
 follow the prompt. Some combinations are held out of training; the procedural ``check`` says whether an
 image shows the caption's colour, shape and layout.
@@ -17,17 +18,37 @@ import numpy as np
 
 SIZE = 64
 BACKGROUND = (235, 235, 235)
-COLOURS: dict[str, tuple[int, int, int]] = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220),
-                                            "yellow": (230, 200, 30), "purple": (150, 50, 200), "cyan": (30, 190, 210)}
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 70, 220),
+    "yellow": (230, 200, 30),
+    "purple": (150, 50, 200),
+    "cyan": (30, 190, 210),
+}
 SHAPES = ("circle", "square", "triangle")
 LAYOUTS = ("left", "right", "top", "bottom", "center", "two")
 # (colour, shape, layout) combinations never shown in training: the held-out test of generalisation
-HELD_OUT = {("red", "triangle", "top"), ("green", "circle", "right"), ("blue", "square", "two"),
-            ("yellow", "circle", "left"), ("red", "square", "bottom"), ("blue", "triangle", "left"),
-            ("green", "square", "top"), ("yellow", "triangle", "two"), ("purple", "circle", "center"),
-            ("cyan", "square", "right")}
-CENTRES = {"left": [(32, 16)], "right": [(32, 48)], "top": [(16, 32)], "bottom": [(48, 32)], "center": [(32, 32)],
-           "two": [(32, 16), (32, 48)]}
+HELD_OUT = {
+    ("red", "triangle", "top"),
+    ("green", "circle", "right"),
+    ("blue", "square", "two"),
+    ("yellow", "circle", "left"),
+    ("red", "square", "bottom"),
+    ("blue", "triangle", "left"),
+    ("green", "square", "top"),
+    ("yellow", "triangle", "two"),
+    ("purple", "circle", "center"),
+    ("cyan", "square", "right"),
+}
+CENTRES = {
+    "left": [(32, 16)],
+    "right": [(32, 48)],
+    "top": [(16, 32)],
+    "bottom": [(48, 32)],
+    "center": [(32, 32)],
+    "two": [(32, 16), (32, 48)],
+}
 RADIUS = 11  # half the side of a shape's box
 
 
@@ -94,8 +115,10 @@ def prompt_rows(seed: int = 0) -> list[dict]:
     held = [s for s in all_scenes() if s.held_out]
     order = [seen[i] for i in rng.permutation(len(seen))]
     train, test = order[:50], held + order[50 : 50 + 50 - len(held)]
-    return [{"idx": i, "split": "train" if i < 50 else "test", "prompt": s.caption, "held_out": s.held_out}
-            for i, s in enumerate(train + test)]
+    return [
+        {"idx": i, "split": "train" if i < 50 else "test", "prompt": s.caption, "held_out": s.held_out}
+        for i, s in enumerate(train + test)
+    ]
 
 
 # ------------------------------------------------------------------------------------------- checker
@@ -136,7 +159,7 @@ def classify_shape(pixels: np.ndarray) -> str:
     blob = np.zeros((SIZE, SIZE), dtype=bool)
     blob[pixels[:, 0], pixels[:, 1]] = True
     y0, y1, x0, x1 = pixels[:, 0].min(), pixels[:, 0].max(), pixels[:, 1].min(), pixels[:, 1].max()
-    centre = (int(round((y0 + y1) / 2)), int(round((x0 + x1) / 2)))
+    centre = (round((y0 + y1) / 2), round((x0 + x1) / 2))
     half = (max(y1 - y0, x1 - x0)) / 2  # half the extent of the blob's bounding box
 
     def iou(shape: str) -> float:
@@ -156,7 +179,12 @@ def check(image: np.ndarray, caption: str) -> dict[str, bool]:
         layout_ok = len(comps) == 2 and {_side(c) for c in comps} == {"left", "right"}
     else:
         layout_ok = len(comps) == 1 and _side(comps[0]) == scene.layout
-    return {"colour": colour_ok, "shape": shape_ok, "layout": layout_ok, "correct": colour_ok and shape_ok and layout_ok}
+    return {
+        "colour": colour_ok,
+        "shape": shape_ok,
+        "layout": layout_ok,
+        "correct": colour_ok and shape_ok and layout_ok,
+    }
 
 
 def _side(pixels: np.ndarray) -> str:
