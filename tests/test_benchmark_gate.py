@@ -56,7 +56,11 @@ def test_compare_passes_against_itself_and_fails_against_a_30_percent_faster_run
 
 def test_compare_without_a_stored_run_for_this_machine_says_how_to_record_one(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_bench=BENCH)
-    # no conftest: the plugin is an installed entry point, loaded in any folder
+    # another project's session: pytest-benchmark's own behaviour, nothing of this suite's
+    guest = _run(pytester, "--benchmark-only", "--benchmark-compare")
+    assert "make bench-save" not in guest.stdout.str() + guest.stderr.str()
+    # this suite (its ini says so; no conftest: the plugin is an installed entry point, loaded in any folder)
+    pytester.makeini("[pytest]\nqdq_suite = true\n")
     result = _run(pytester, "--benchmark-only", "--benchmark-compare")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*no stored benchmark run for this machine*make bench-save*"])
