@@ -18,7 +18,7 @@ from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.stages import Build, build
 from sdxl_qdq.errors import QuantError
 from sdxl_qdq.judge.backbones import CLIP_CHOICES, FID_CHOICES
-from sdxl_qdq.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions, require_qnn_package
+from sdxl_qdq.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions, execution_provider
 
 GATE_KEY = pytest.StashKey["object"]()
 START_KEY = pytest.StashKey[float]()
@@ -435,8 +435,7 @@ def _check_options(config: pytest.Config) -> None:
             if value and not Path(value).is_dir():
                 flag = PREFIX + option.removeprefix("qdq_").replace("_", "-")
                 raise pytest.UsageError(f"{flag} {value}: no such folder")
-        if config.getoption("qdq_ep") == "qnn":
-            require_qnn_package()
+        execution_provider(config.getoption("qdq_ep")).require()
         if config.getoption("qdq_coco_dir"):
             check_coco_dir(Path(config.getoption("qdq_coco_dir")))
     except QuantError as e:

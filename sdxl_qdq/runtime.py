@@ -14,6 +14,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,6 @@ from sdxl_qdq.errors import ConfigError, ExecutionProviderError
 
 QNN_EP = "QNNExecutionProvider"
 CPU_EP = "CPUExecutionProvider"
-EPS = ("cpu", "qnn")
 # Simulated or real Snapdragon chips by QNN soc_model id (QNN SDK's SocModel list).
 QNN_SOCS: dict[str, str] = {
     "60": "Snapdragon X Elite (SC8380XP)",
@@ -125,6 +125,46 @@ def session_options(*, threads: int | None = None, deterministic: bool = True) -
     return so
 
 
+@dataclass(frozen=True)
+class ExecutionProvider:
+    """One execution provider the gate runs on: its onnxruntime name, how a session gets it (``attach``: registers
+    what it needs and adds it to the session options; None: onnxruntime's built-in default), what it needs
+    installed (``require``: raises one line, checked before any work), and how it is described in reports.
+    ``EXECUTION_PROVIDERS`` is the table every ``--ep`` choice, session and placement check reads."""
+
+    name: str  # the --ep value
+    ort_name: str
+    attach: Callable[[Any, QnnOptions | None, bool], None] | None = None
+    require: Callable[[], None] = lambda: None
+    describe: Callable[[QnnOptions | None], str] = lambda _: ""
+
+
+def _attach_qnn(so: Any, qnn: QnnOptions | None, cpu_fallback: bool) -> None:
+    register_qnn()
+    if not cpu_fallback:
+        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    so.add_provider_for_devices(_qnn_devices(), (qnn or QnnOptions()).provider_options())
+
+
+def _describe_qnn(qnn: QnnOptions | None) -> str:
+    soc = (qnn or QnnOptions()).soc_model or DEFAULT_QNN_SOC
+    backend = f"simulator on {platform.machine()}" if qnn_is_simulated() else "NPU"
+    return f"QNN EP, HTP {backend}, soc {soc} ({QNN_SOCS.get(soc, '?')})"
+
+
+EXECUTION_PROVIDERS: dict[str, ExecutionProvider] = {
+    "cpu": ExecutionProvider("cpu", CPU_EP, describe=lambda _: f"CPU EP ({platform.machine()})"),
+    "qnn": ExecutionProvider("qnn", QNN_EP, attach=_attach_qnn, require=require_qnn_package, describe=_describe_qnn),
+}
+EPS = tuple(EXECUTION_PROVIDERS)
+
+
+def execution_provider(ep: str) -> ExecutionProvider:
+    if ep not in EXECUTION_PROVIDERS:
+        raise ConfigError(f"execution provider {ep!r} is not supported; allowed: {', '.join(EXECUTION_PROVIDERS)}")
+    return EXECUTION_PROVIDERS[ep]
+
+
 def create_session(
     model: str | Path | bytes,
     *,
@@ -135,32 +175,30 @@ def create_session(
     extra_config: dict[str, str] | None = None,
     optimize: bool = True,
 ) -> Any:
-    """An ``InferenceSession`` of ``model`` (a path, or a serialized model) on ``ep`` ("cpu" or "qnn"). QNN
-    sessions disable CPU fallback unless asked. ``optimize=False`` runs the graph as written (onnxruntime's
-    fusions change a QDQ model's rounding: two CPU runs of the same tensor, one with it exposed as an output,
-    differ at 47 dB)."""
+    """An ``InferenceSession`` of ``model`` (a path, or a serialized model) on ``ep`` (a key of
+    ``EXECUTION_PROVIDERS``). Sessions of an attached EP disable CPU fallback unless asked. ``optimize=False`` runs
+    the graph as written (onnxruntime's fusions change a QDQ model's rounding: two CPU runs of the same tensor, one
+    with it exposed as an output, differ at 47 dB)."""
     import onnxruntime as ort
 
-    if ep not in EPS:
-        raise ConfigError(f"execution provider {ep!r} is not supported; allowed: {', '.join(EPS)}")
+    provider = execution_provider(ep)
     so = session_options(threads=threads)
     if not optimize:  # the graph as written: a QDQ model's float emulation, no fused integer kernels
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for key, value in (extra_config or {}).items():
         so.add_session_config_entry(key, value)
     source = model if isinstance(model, bytes) else str(model)
-    if ep == "cpu":
-        return ort.InferenceSession(source, sess_options=so, providers=[CPU_EP])
-    register_qnn()
-    if not cpu_fallback:
-        so.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
-    so.add_provider_for_devices(_qnn_devices(), (qnn or QnnOptions()).provider_options())
+    if provider.attach is None:
+        return ort.InferenceSession(source, sess_options=so, providers=[provider.ort_name])
+    provider.attach(so, qnn, cpu_fallback)
     try:
         return ort.InferenceSession(source, sess_options=so)
     except Exception as e:  # onnxruntime raises bare RuntimeError/Fail subclasses
-        hint = " (CPU fallback is disabled: some node is not supported by QNN)" if not cpu_fallback else ""
+        hint = f" (CPU fallback is disabled: some node is not supported by {ep.upper()})" if not cpu_fallback else ""
         what = "the serialized model" if isinstance(model, bytes) else model
-        raise ExecutionProviderError(f"QNN EP could not load {what}{hint}: {e}") from e
+        raise ExecutionProviderError(
+            f"{provider.ort_name.removesuffix('ExecutionProvider')} EP could not load {what}{hint}: {e}"
+        ) from e
 
 
 def graph_io_counts(model: str | Path) -> dict[str, int]:
@@ -184,7 +222,7 @@ def graph_assignment(session: Any) -> dict[str, Counter[str]]:
 
 def assert_assignment(session: Any, ep: str) -> dict[str, Counter[str]]:
     """Raise unless every node of ``session`` is assigned to ``ep``; return the assignment."""
-    want = QNN_EP if ep == "qnn" else CPU_EP
+    want = execution_provider(ep).ort_name
     assignment = graph_assignment(session)
     others = {name: dict(ops) for name, ops in assignment.items() if name != want}
     if others or want not in assignment:
@@ -247,8 +285,4 @@ def context_binaries(model: str | Path) -> list[str]:
 
 def ep_description(ep: str, qnn: QnnOptions | None = None) -> str:
     """The EP in words: for QNN, the chip and whether HTP is the x86 simulator or the NPU."""
-    if ep != "qnn":
-        return f"CPU EP ({platform.machine()})"
-    soc = (qnn or QnnOptions()).soc_model or DEFAULT_QNN_SOC
-    backend = f"simulator on {platform.machine()}" if qnn_is_simulated() else "NPU"
-    return f"QNN EP, HTP {backend}, soc {soc} ({QNN_SOCS.get(soc, '?')})"
+    return execution_provider(ep).describe(qnn)

@@ -179,3 +179,16 @@ def test_ep_context_model_without_its_binary_is_a_clear_error(tmp_path: Path) ->
         context_binaries(tmp_path / "unet.onnx")
     (tmp_path / "unet_qnn.bin").write_bytes(b"x")
     assert context_binaries(tmp_path / "unet.onnx") == ["unet_qnn.bin"]
+
+
+def test_execution_providers_are_one_table() -> None:
+    """Every --ep choice is an entry of EXECUTION_PROVIDERS: its session, placement check, requirement and
+    description come from it (a new EP is one entry)."""
+    from sdxl_qdq.errors import ConfigError
+    from sdxl_qdq.runtime import EPS, EXECUTION_PROVIDERS, ep_description, execution_provider
+
+    assert EPS == tuple(EXECUTION_PROVIDERS) == ("cpu", "qnn")
+    assert ep_description("cpu").startswith("CPU EP") and ep_description("qnn").startswith("QNN EP, HTP")
+    assert execution_provider("qnn").ort_name == "QNNExecutionProvider"
+    with pytest.raises(ConfigError, match="execution provider 'gpu' is not supported; allowed: cpu, qnn"):
+        execution_provider("gpu")
