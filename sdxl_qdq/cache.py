@@ -32,6 +32,7 @@ from filelock import FileLock
 from sdxl_qdq.errors import IntegrityError, QuantError
 from sdxl_qdq.manifest import FORMAT as MANIFEST_FORMAT
 from sdxl_qdq.manifest import MANIFEST, read_manifest, sha256, write_manifest
+from sdxl_qdq.stage_table import check_inputs
 
 ENV_CACHE_DIR = "SDXL_QDQ_CACHE_DIR"
 
@@ -126,6 +127,7 @@ class ArtifactCache:
         self.misses: list[str] = []
 
     def path(self, stage: str, inputs: dict[str, Any]) -> Path:
+        check_inputs(stage, inputs)  # a declared stage's key hashes all its key fields
         return self.root / stage / make_key(inputs)
 
     def get_or_build(self, stage: str, inputs: dict[str, Any], build: Callable[[Path], None]) -> Path:

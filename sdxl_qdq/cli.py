@@ -48,6 +48,7 @@ from sdxl_qdq.paths import BASELINES_DIR
 from sdxl_qdq.procs import report_peak_at_exit, stage_log
 from sdxl_qdq.run.pipeline import record_inputs
 from sdxl_qdq.runtime import DEFAULT_QNN_SOC, QNN_SOCS, QnnOptions, qnn_is_simulated, require_qnn_package
+from sdxl_qdq.stage_table import STAGES
 
 
 def _build_options(p: argparse.ArgumentParser) -> None:
@@ -280,8 +281,9 @@ def _parser() -> argparse.ArgumentParser:
         "--stage",
         action="append",
         default=None,
+        choices=list(STAGES),
         metavar="NAME",
-        help="only this stage (source, export, calibration, qdq, images); repeatable (default: all)",
+        help=f"only this stage ({', '.join(STAGES)}); repeatable (default: all)",
     )
     co = sub.add_parser(
         "coco-images",

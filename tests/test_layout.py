@@ -204,3 +204,29 @@ def test_the_import_package_is_named_for_the_project() -> None:
     assert importlib.util.find_spec("sdxl_qdq") is not None
     assert importlib.util.find_spec("quant") is None
     assert PACKAGE.is_dir() and not (ROOT / "quant").exists()
+
+
+def test_every_cached_stage_is_declared_in_the_stage_table() -> None:
+    """Each stage name the package hands the cache (``get_or_build``/``path`` with a literal) is a row of
+    ``sdxl_qdq.stage_table.STAGES``, whose reads name declared stages; a declared stage's inputs without one of
+    its key fields are refused."""
+    import pytest
+
+    from sdxl_qdq.stage_table import STAGES, check_inputs
+
+    used = set()
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("get_or_build", "path")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
+                used.add(node.args[0].value)
+    assert used and used <= set(STAGES), sorted(used - set(STAGES))
+    assert all(set(s.reads) <= set(STAGES) for s in STAGES.values())
+    with pytest.raises(ValueError, match=r"inputs of stage 'qdq' lack its key fields \['workflow'\]"):
+        check_inputs("qdq", {"export": 1, "calibration": 2, "component": "unet", "revision": 2})

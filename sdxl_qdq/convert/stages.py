@@ -24,9 +24,9 @@ from sdxl_qdq.models.prompts import Prompt, load_prompts
 from sdxl_qdq.models.source import ModelSource, resolve_source
 from sdxl_qdq.procs import Progress, StageClock, StepMeter, run_measured
 from sdxl_qdq.run.pipeline import ComponentSet
+from sdxl_qdq.stage_table import STAGES
 
 # Bump a stage's revision when its code changes what it writes: old artifacts are then rebuilt, not reused.
-STAGE_REVISION = {"export": 1, "calibration": 1, "qdq": 2, "prepared": 1}
 RECORDED = ("text_encoder", "text_encoder_2", "unet")  # the components the float pipeline runs while it records
 # The lean path calibrates with onnxruntime's graph optimizations (every calibrated tensor is still computed):
 # ranges equal to float rounding (measured on the real UNet: 1.5e-6 of a range's width at most, a uint16 step being
@@ -96,7 +96,7 @@ def build(
     versions = package_versions()
     pipeline_dir = _source_dir(source, cache, clock("source"))
 
-    export_inputs = {"source": source.fingerprint, "revision": STAGE_REVISION["export"], "versions": versions}
+    export_inputs = {"source": source.fingerprint, "revision": STAGES["export"].revision, "versions": versions}
     isolate = source.fingerprint.get("source") not in ("tiny", "canary")  # real sizes: one component per process
     export_dir = cache.get_or_build(
         "export", export_inputs, lambda out: _export(pipeline_dir, source, out, clock("export"), isolate=isolate)
@@ -119,7 +119,7 @@ def build(
         "export": export_inputs,
         "prompts": [p.text for p in prompts],
         "steps": list(steps),
-        "revision": STAGE_REVISION["calibration"],
+        "revision": STAGES["calibration"].revision,
     }
     if collected:
         calib_inputs["collect"] = {
@@ -141,7 +141,7 @@ def build(
             "calibration": calib_inputs,
             "component": component,
             "workflow": workflows[component],
-            "revision": STAGE_REVISION["qdq"],
+            "revision": STAGES["qdq"].revision,
         }
         qdq_dir, qdq_keys[component] = _qdq_component(
             cache,
@@ -187,7 +187,9 @@ def _stock_peaks(cache: ArtifactCache, export_inputs: dict[str, Any], float_set:
         }
         (out / "stock_peak.json").write_text(json.dumps(peaks, indent=1))
 
-    folder = cache.get_or_build("stock-peak", {"export": export_inputs, "revision": 1}, make)
+    folder = cache.get_or_build(
+        "stock-peak", {"export": export_inputs, "revision": STAGES["stock-peak"].revision}, make
+    )
     return json.loads((folder / "stock_peak.json").read_text())
 
 
@@ -257,7 +259,7 @@ class _Prepared:
             "export": export_inputs,
             "component": component,
             "workflow": workflow,
-            "revision": STAGE_REVISION["prepared"],
+            "revision": STAGES["prepared"].revision,
         }
         self.key = cache.path("prepared", self.inputs).name
 

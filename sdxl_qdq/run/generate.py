@@ -20,8 +20,7 @@ from sdxl_qdq.models.prompts import Prompt, slugify
 from sdxl_qdq.procs import Meter
 from sdxl_qdq.run.pipeline import ComponentSet, OrtSDXLPipeline, prompt_seed
 from sdxl_qdq.runtime import QnnOptions
-
-GENERATE_REVISION = 1
+from sdxl_qdq.stage_table import STAGES
 
 
 @dataclass(frozen=True)
@@ -78,7 +77,7 @@ def _inputs(key: dict[str, Any], variant: Variant, prompts: list[Prompt], qnn: Q
         "variant": variant.label,
         "qnn": qnn.soc_model if (variant.ep == "qnn" and qnn) else None,
         "prompts": [[p.index, p.text] for p in prompts],
-        "revision": GENERATE_REVISION,
+        "revision": STAGES["images"].revision,
         "versions": package_versions(),
     }
 
