@@ -82,7 +82,7 @@ real-size-gate: setup
 real-baseline: setup
 	$(BIN)/sdxl-qdq coco-images reports/coco
 	$(PYTEST) -m quality --qdq-model stabilityai/sdxl-turbo --qdq-coco-dir reports/coco --qdq-allow-download --qdq-update-baselines \
-		--report reports/real-baseline
+		--qdq-report reports/real-baseline
 
 # The same path at tiny width, every nightly command as the nightly runs it (CI: .ci/run).
 rehearse-tiny: setup

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-WORKFLOWS = sorted((Path(__file__).resolve().parent.parent / ".github" / "workflows").glob("*.yml"))
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
 
 def _validate(path: Path) -> subprocess.CompletedProcess:
@@ -42,7 +43,7 @@ def test_workflows_run_the_documented_gates() -> None:
     build = "\n".join(str(step.get("run", "")) + str(step.get("uses", "")) for step in night["build"]["steps"])
     assert "sdxl-qdq bundle" in build
     judge = "\n".join(str(step.get("run", "")) for step in night["judge"]["steps"])
-    assert "-m quality" in judge and "--ep qnn" in judge and "--from-device" in judge
+    assert "-m quality" in judge and "--qdq-ep qnn" in judge and "--qdq-from-device" in judge
 
 
 def test_nightly_steps_are_single_commands_in_a_shell_the_runner_has() -> None:
@@ -83,10 +84,52 @@ def test_device_tests_compare_with_the_stored_run_or_record_a_first_night(tmp_pa
     (storage / get_machine_id() / "0001_first-night.json").write_text("{}")
     command, notice = device_test_command(tmp_path / "bundle", tmp_path / "out", soc="60", storage=storage)
     assert notice is None and "--benchmark-compare" in command and "--benchmark-compare-fail=median:25%" in command
-    assert command[command.index("--bundle") + 1] == str(tmp_path / "bundle") and "--qnn-soc" in command
+    assert command[command.index("--qdq-bundle") + 1] == str(tmp_path / "bundle") and "--qdq-qnn-soc" in command
 
 
 def test_validator_rejects_a_broken_workflow(tmp_path: Path) -> None:
     broken = tmp_path / "broken.yml"
     broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps: not-a-list\n")
     assert _validate(broken).returncode != 0
+
+
+def _pytest_commands(path: Path) -> list[str]:
+    """The pytest command lines of a Makefile or shell script (continuations joined) or of a workflow's steps."""
+    if path.suffix == ".yml":
+        import yaml
+
+        runs = [
+            str(step.get("run", ""))
+            for job in yaml.safe_load(path.read_text())["jobs"].values()
+            for step in job.get("steps", [])
+        ]
+        lines = [line for run in runs for line in run.replace("\\\n", " ").splitlines()]
+    else:
+        lines = path.read_text().replace("\\\n", " ").splitlines()
+    return [line for line in lines if "-m pytest" in line or "$(PYTEST)" in line]
+
+
+def test_every_scripted_pytest_command_uses_options_pytest_knows() -> None:
+    """A flag the plugin renamed (--ep → --qdq-ep) in a workflow, the Makefile or a CI script is a usage error
+    only on the night it runs: every option of every scripted pytest command is in `pytest --help`."""
+    import re
+
+    known = set(
+        re.findall(
+            r"(?<![\w-])--[a-z][\w-]*",
+            subprocess.run(
+                [sys.executable, "-m", "pytest", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+            ).stdout,
+        )
+    )
+    files = [
+        ROOT / "Makefile",
+        ROOT / ".ci" / "night-rehearsal",
+        *sorted((ROOT / ".github" / "workflows").glob("*.yml")),
+    ]
+    commands = [(f.name, c) for f in files for c in _pytest_commands(f)]
+    assert any("--qdq-from-device" in c for _, c in commands), "the night's judge command was found"
+    unknown = [
+        (name, flag) for name, c in commands for flag in re.findall(r"(?<![\w-])--[a-z][\w-]*", c) if flag not in known
+    ]
+    assert not unknown, unknown
