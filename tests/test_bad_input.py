@@ -21,6 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SDXL_QDQ = Path(sys.executable).with_name("sdxl-qdq")
 
 
+PYTEST_QUALITY = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-m", "quality"]
+
+
 def _recipe(tmp: Path, edit: Callable[[dict], None]) -> str:
     recipe = json.loads(DEFAULT_RECIPE.read_text())
     edit(recipe)
@@ -170,16 +173,7 @@ def test_pytest_bad_input_is_a_usage_error_and_one_line(tmp_path: Path, case: st
     """The same inputs through the plugin (its flags are the command line's with --qdq-, and so are its messages)."""
     done = _run(
         [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:xdist",
-            "-m",
-            "quality",
+            *PYTEST_QUALITY,
             *_plugin(["--cache-dir", str(tmp_path / "cache"), *make(tmp_path)]),
             str(REPO_ROOT / "tests" / "test_quality.py"),
             "-k",
@@ -202,16 +196,7 @@ def test_qnn_without_onnxruntime_qnn_is_one_line_before_any_build(tmp_path: Path
         [str(SDXL_QDQ), "sqnr", "--ep", "qnn", *cache]
         if door == "cli"
         else [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-p",
-            "no:xdist",
-            "-m",
-            "quality",
+            *PYTEST_QUALITY,
             "--qdq-ep",
             "qnn",
             *_plugin(cache),

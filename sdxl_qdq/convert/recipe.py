@@ -178,26 +178,36 @@ def with_quant_types(workflow: dict[str, Any]) -> dict[str, Any]:
     """``extra_options.TensorQuantOverrides`` as onnxruntime reads it: a recipe is JSON, so it names each
     ``quant_type`` (and ``convert.quant_type``) as a string ("QUInt16"); onnxruntime compares ``QuantType`` members
     (given strings, Olive's run emits no model at all). Converted here, where the workflow is handed to Olive."""
+    out = copy.deepcopy(workflow)
+    for name, spec in out.get("passes", {}).items():
+        extra = (spec.get("extra_options") or {}) if isinstance(spec, dict) else {}
+        if extra.get("TensorQuantOverrides"):
+            extra["TensorQuantOverrides"] = overrides_with_quant_types(extra["TensorQuantOverrides"], f"pass {name!r}")
+    return out
+
+
+def overrides_with_quant_types(overrides: dict[str, Any], where: str) -> dict[str, Any]:
+    """A copy of one pass's ``TensorQuantOverrides`` with onnxruntime ``QuantType`` members for their JSON names."""
     from onnxruntime.quantization import QuantType
 
-    def convert(value: Any, where: str) -> Any:
+    def convert(value: Any, tensor: str) -> Any:
         if isinstance(value, QuantType):
             return value
         try:
             return QuantType.from_string(value)
         except (KeyError, TypeError, ValueError):
-            raise ConfigError(f"{where}: quant_type {value!r} is not one of {[q.name for q in QuantType]}") from None
+            raise ConfigError(
+                f"{where}, TensorQuantOverrides[{tensor!r}]: quant_type {value!r} is not one of "
+                f"{[q.name for q in QuantType]}"
+            ) from None
 
-    out = copy.deepcopy(workflow)
-    for name, spec in out.get("passes", {}).items():
-        overrides = (spec.get("extra_options") or {}).get("TensorQuantOverrides") if isinstance(spec, dict) else None
-        for tensor, entries in (overrides or {}).items():
-            for entry in entries:
-                where = f"pass {name!r}, TensorQuantOverrides[{tensor!r}]"
-                if "quant_type" in entry:
-                    entry["quant_type"] = convert(entry["quant_type"], where)
-                if isinstance(entry.get("convert"), dict) and "quant_type" in entry["convert"]:
-                    entry["convert"]["quant_type"] = convert(entry["convert"]["quant_type"], where)
+    out = copy.deepcopy(overrides)
+    for tensor, entries in out.items():
+        for entry in entries:
+            if "quant_type" in entry:
+                entry["quant_type"] = convert(entry["quant_type"], tensor)
+            if isinstance(entry.get("convert"), dict) and "quant_type" in entry["convert"]:
+                entry["convert"]["quant_type"] = convert(entry["convert"]["quant_type"], tensor)
     return out
 
 

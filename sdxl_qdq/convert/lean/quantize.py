@@ -48,7 +48,7 @@ from sdxl_qdq.convert.lean.graph import Graph
 from sdxl_qdq.convert.lean.passes import graph_surgeries, qnn_preprocess, quant_preprocess, to_opset21
 from sdxl_qdq.convert.lean.segmented import segmented_minmax_ranges
 from sdxl_qdq.convert.ort_patches import graph_only_quantizer, linear_quantizer, patched
-from sdxl_qdq.convert.recipe import load_recipe, with_quant_types
+from sdxl_qdq.convert.recipe import load_recipe, overrides_with_quant_types
 from sdxl_qdq.convert.recipe_passes import lean_problem
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.procs import Progress, StepMeter, report_peak_at_exit
@@ -76,10 +76,7 @@ class QuantSettings:
         default = cls()
         overrides = (options.get("extra_options") or {}).get("TensorQuantOverrides")
         if overrides:
-            converted = with_quant_types(
-                {"passes": {"quantization": {"extra_options": {"TensorQuantOverrides": overrides}}}}
-            )
-            overrides = converted["passes"]["quantization"]["extra_options"]["TensorQuantOverrides"]
+            overrides = overrides_with_quant_types(overrides, "OnnxStaticQuantization")
         return cls(
             activation_type=str(options.get("activation_type", default.activation_type)),
             weight_type=str(options.get("precision", default.weight_type)),
