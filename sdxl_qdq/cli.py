@@ -291,6 +291,28 @@ def _parser() -> argparse.ArgumentParser:
         "reference, for --coco-dir; needs network)",
     )
     co.add_argument("out", type=Path, metavar="DIR", help="folder for the images (completed if it exists)")
+    bg = sub.add_parser(
+        "bench-gate",
+        help="fail a benchmark run that regressed against the stored run, after correcting for the machine's speed "
+        "(both runs time the same fixed workload beside each benchmark)",
+    )
+    bg.add_argument("run", type=Path, metavar="JSON", help="this run, as written by --benchmark-json")
+    bg.add_argument(
+        "--stored",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="the stored run to compare with (default: this machine's latest under --storage)",
+    )
+    bg.add_argument(
+        "--storage", type=Path, default=Path("baselines/benchmarks"), help="pytest-benchmark's storage folder"
+    )
+    bg.add_argument(
+        "--fail",
+        default="median:200%",
+        metavar="STAT:PCT%",
+        help="fail when STAT grew more than PCT%% after the correction (default median:200%%, i.e. 3x)",
+    )
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
     ct = sub.add_parser(
         "canary-train", help="train the canary and its scorer (about 14 min on 2 cores), write fp16 safetensors"
@@ -645,6 +667,24 @@ def _cmd_coco_images(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_gate(args: argparse.Namespace) -> int:
+    """Exit 1 when a benchmark regressed past the threshold after the machine-speed correction, else 0."""
+    from pytest_benchmark.utils import get_machine_id
+
+    from sdxl_qdq.benchgate import compare, latest_stored, parse_fail, regressions
+
+    stat, limit = parse_fail(args.fail)
+    stored = args.stored or latest_stored(args.storage, get_machine_id())
+    rows = compare(args.run, stored, stat=stat)
+    print(f"{stat} of {args.run} against {stored}, corrected for the machine's speed:")
+    for row in rows:
+        print("  " + row.line(limit))
+    bad = regressions(rows, limit)
+    if bad:
+        print(f"{len(bad)} benchmark(s) regressed: {', '.join(r.name for r in bad)}")
+    return 1 if bad else 0
+
+
 def _cmd_study_baseline(args: argparse.Namespace) -> int:
     path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu", reference=COCO_REFERENCE)
     write_baseline(study_baseline(), path)
@@ -722,4 +762,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "_lean": _cmd_lean_child,
     "_qnn-cut": _cmd_qnn_cut_child,
     "_olive-pass-options": _cmd_olive_pass_options,
+    "bench-gate": _cmd_bench_gate,
 }

@@ -2,7 +2,8 @@
 
 Build: a cold build of the tiny model ≤ 20 s on 2 cores (in-process); a warm build ≤ 20 ms that never invokes Olive.
 Latency: per component (float on CPU EP, QDQ on CPU EP, QDQ on QNN) and the end-to-end pipeline at 1 and
-2 steps. Stored runs in baselines/benchmarks/<machine>/ gate regressions through --benchmark-compare-fail.
+2 steps. Stored runs in baselines/benchmarks/<machine>/ gate regressions through `sdxl-qdq bench-gate`, relative to a
+fixed workload timed beside each benchmark (`machine_probe_s`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sdxl_qdq.benchgate import probe_seconds
 from sdxl_qdq.cache import ArtifactCache, package_versions
 from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.stages import build
@@ -20,7 +22,12 @@ VARIANTS = [("float", "cpu"), ("qdq", "cpu"), ("qdq", "qnn")]
 
 
 def _info(benchmark, qdq_artifacts, **extra) -> None:
-    benchmark.extra_info.update(model=qdq_artifacts.source.name, versions=package_versions(), **extra)
+    benchmark.extra_info.update(
+        model=qdq_artifacts.source.name,
+        versions=package_versions(),
+        machine_probe_s=probe_seconds(),  # the machine's speed now, for `sdxl-qdq bench-gate`
+        **extra,
+    )
 
 
 def test_build_warm(benchmark, qdq_artifacts, qdq_cache) -> None:
