@@ -1,53 +1,49 @@
 """The quality gate (pytest -m quality): images of the quantized model against baselines/.
 
-MSE per prompt and step count, mean paired CLIP difference with a bootstrap interval, a per-image CLIP
-floor, FID. Each check has two windows: outside the noise window the variant *changed* (a warning; a failure
-under --strict-gate), outside the harm floor it *failed*. Each message gives measured value, baseline, the bound
-and direction; each test records its numbers as JUnit properties.
+The registered metrics' checks (sdxl_qdq/judge/checks/): MSE per prompt and step count, mean paired CLIP
+difference with a bootstrap interval, a per-image CLIP floor, FID. Each check has two windows: outside the noise
+window the variant *changed* (a warning; a failure under --strict-gate), outside the harm floor it *failed*. Each
+message gives measured value, baseline, the bound and direction; each test records its numbers as JUnit properties.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from sdxl_qdq.judge.evaluation import STEPS
+from sdxl_qdq.judge.checks import registry
 
 pytestmark = pytest.mark.quality
 # `qdq_quality_prompt` is parametrized by the plugin (sdxl_qdq/plugin.py) with the prompt set of the model under test;
 # `qdq_judge` asserts a check (harm always, a change under --qdq-strict-gate), warns of a change, and records its
-# numbers
+# numbers. The checks are the registered metrics' (sdxl_qdq/judge/checks/): a new metric's module adds its tests here.
+PER_IMAGE = [(kind.key, key) for m in registry() for kind in m.kinds if kind.per_prompt for key in m.check_keys()]
+PER_SET = [(kind.key, key) for m in registry() for kind in m.kinds if not kind.per_prompt for key in m.check_keys()]
 
 
-def _needs(qdq_gate, metric: str, key: str) -> None:
-    if not qdq_gate.has(metric, key):
+def _id(key: str) -> str:
+    return f"{key}step" if key.isdigit() else key
+
+
+def _needs(qdq_gate, kind: str, key: str) -> None:
+    if not qdq_gate.has(kind, key):
         pytest.skip(
-            f"baseline {qdq_gate.evaluation.model} has no {metric} for {key} (the published study gave none); "
-            "run `pytest -m quality --qdq-update-baselines` on this model to add it"
+            f"baseline {qdq_gate.evaluation.model} has no {kind} for {key} (the published study gave none, or it was "
+            "made before the metric existed); run `pytest -m quality --qdq-update-baselines` on this model to add it"
         )
 
 
-@pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-def test_image_mse_within_bound(qdq_gate, qdq_judge, qdq_quality_prompt, steps: int) -> None:
-    _needs(qdq_gate, "mse", str(steps))
-    qdq_judge(qdq_gate.mse(qdq_quality_prompt, steps))
+@pytest.mark.parametrize(("kind", "key"), PER_IMAGE, ids=[f"{kind}-{_id(key)}" for kind, key in PER_IMAGE])
+def test_image(qdq_gate, qdq_judge, qdq_quality_prompt, kind: str, key: str) -> None:
+    """A per-image check (MSE bound, CLIP floor, …) of one prompt."""
+    _needs(qdq_gate, kind, key)
+    qdq_judge(qdq_gate.check(kind, key, qdq_quality_prompt))
 
 
-@pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-def test_mean_clip_difference_vs_float(qdq_gate, qdq_judge, steps: int) -> None:
-    _needs(qdq_gate, "clip_delta", str(steps))
-    qdq_judge(qdq_gate.clip_delta(steps))
-
-
-@pytest.mark.parametrize("steps", STEPS, ids=lambda k: f"{k}step")
-def test_image_clip_floor(qdq_gate, qdq_judge, qdq_quality_prompt, steps: int) -> None:
-    _needs(qdq_gate, "clip_floor", str(steps))
-    qdq_judge(qdq_gate.clip_floor(qdq_quality_prompt, steps))
-
-
-@pytest.mark.parametrize("label", ["qdq@1", "qdq@2"])
-def test_fid_within_tolerance(qdq_gate, qdq_judge, label: str) -> None:
-    _needs(qdq_gate, "fid", label)
-    qdq_judge(qdq_gate.fid(label))
+@pytest.mark.parametrize(("kind", "key"), PER_SET, ids=[f"{kind}-{_id(key)}" for kind, key in PER_SET])
+def test_image_set(qdq_gate, qdq_judge, kind: str, key: str) -> None:
+    """A check of a whole image set (mean CLIP difference, FID, …)."""
+    _needs(qdq_gate, kind, key)
+    qdq_judge(qdq_gate.check(kind, key))
 
 
 def test_every_number_carries_its_backbone(qdq_gate) -> None:

@@ -15,8 +15,9 @@ import pytest
 
 from sdxl_qdq.convert.recipe import DEFAULT_RECIPE
 from sdxl_qdq.judge.backbones import Backbones
+from sdxl_qdq.judge.checks.mse import PSNR_FLOOR_DB, mse_at_psnr
 from sdxl_qdq.judge.evaluation import Evaluation
-from sdxl_qdq.judge.gate import PSNR_FLOOR_DB, Check, Gate, mse_at_psnr
+from sdxl_qdq.judge.gate import Check, Gate
 from sdxl_qdq.judge.metrics import psnr_db
 from sdxl_qdq.judge.summary import append_step_summary, markdown, summary, validate, verdict
 from sdxl_qdq.models.prompts import Prompt
@@ -95,15 +96,15 @@ def test_image_harm_is_a_psnr_floor_or_a_drop_under_a_poor_baseline(tmp_path: Pa
     gate = _gate(
         tmp_path, [mse_at_psnr(35.0), mse_at_psnr(29.0), mse_at_psnr(20.0), mse_at_psnr(17.0)], [good, good, poor, poor]
     )
-    statuses = [gate.mse(p, 1).status for p in gate.evaluation.prompts]
+    statuses = [gate.check("mse", "1", p).status for p in gate.evaluation.prompts]
     assert statuses == ["changed", "failed", "changed", "failed"]
-    assert psnr_db(gate.mse(gate.evaluation.prompts[0], 1).harm) == pytest.approx(PSNR_FLOOR_DB)
-    assert psnr_db(gate.mse(gate.evaluation.prompts[2], 1).harm) == pytest.approx(18.0)
+    assert psnr_db(gate.check("mse", "1", gate.evaluation.prompts[0]).harm) == pytest.approx(PSNR_FLOOR_DB)
+    assert psnr_db(gate.check("mse", "1", gate.evaluation.prompts[2]).harm) == pytest.approx(18.0)
 
 
 def test_per_image_clip_harm_is_a_ten_percent_drop(tmp_path: Path) -> None:
     gate = _gate(tmp_path, [1.0] * 3, [1.0] * 3, clip=[89.5, 85.0, 80.0])
-    assert [gate.clip_floor(p, 1).status for p in gate.evaluation.prompts] == ["pass", "changed", "failed"]
+    assert [gate.check("clip_floor", "1", p).status for p in gate.evaluation.prompts] == ["pass", "changed", "failed"]
 
 
 def test_summary_json_follows_its_schema_and_counts_every_status(tmp_path: Path) -> None:

@@ -4,26 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from filelock import FileLock
 
 from sdxl_qdq.cache import package_versions
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.judge.backbones import Backbones
-from sdxl_qdq.judge.evaluation import NOISE_SEEDS, STEPS, Evaluation
+from sdxl_qdq.judge.checks import registry
+from sdxl_qdq.judge.evaluation import NOISE_SEEDS, Evaluation
 from sdxl_qdq.models.prompts import Prompt
 from sdxl_qdq.paths import BASELINES_DIR
-
-MSE_RECAL_SIGMA = 3.0  # a prompt fails when its error grows by > 3 σ of what re-calibrating moves it
-CLIP_DELTA_SE = 2.0  # mean CLIP difference: tolerance of 2 standard errors of the seed-resampling noise
-CLIP_FLOOR_SIGMA = 3.0  # per-image CLIP floor: 3 σ of the per-prompt seed-to-seed CLIP difference
-FID_SIGMA = 3.0  # FID: 3 σ of FID over the float sets drawn with different seeds
 
 
 def baseline_model_name(model: str) -> str:
@@ -38,11 +32,7 @@ REQUIRED = (
     "fid_reference_id",
     "prompts",
     "prompts_sha256",
-    "mse",
-    "clip",
-    "clip_delta",
-    "clip_floor",
-    "fid",
+    *(key for metric in registry() if metric.required for key in metric.baseline_keys),
 )
 
 
@@ -133,11 +123,12 @@ def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
     """A baseline with tolerances derived from the seed noise measured in ``ev`` (needs ``with_noise``)."""
     if ev.noise is None:
         raise ValueError("deriving tolerances needs an evaluation with seed noise (evaluate(..., with_noise=True))")
-    n = len(ev.prompts)
-    clip_sd = ev.noise["clip_diff_std"]
-    recal_sd = {
-        k: float(np.std(np.asarray(ev.noise["recalibrated_mse"][k]) - np.asarray(ev.mse[k]), ddof=1)) for k in STEPS
-    }
+    texts, noise, entries = [], {}, {}
+    for metric in registry():
+        text, figures = metric.derivation(ev)
+        texts.append(text)
+        noise.update(figures)
+        entries.update(metric.baseline_entries(ev))
     return {
         "model": ev.model,
         "backbones": ev.backbones.record(),
@@ -148,34 +139,14 @@ def baseline_from_evaluation(ev: Evaluation) -> dict[str, Any]:
         "versions": package_versions(),
         "source": "measured with `pytest -m quality --qdq-update-baselines`",
         "derivation": {
-            "text": (
-                f"Tolerances come from the float model's seed-to-seed noise (seed bases 0 vs {NOISE_SEEDS}). "
-                f"MSE: limit_i = baseline_i + {MSE_RECAL_SIGMA} σ_k, σ_k = std over prompts of the change in per-image "
-                "MSE when the same recipe is calibrated on the 50 test prompts instead of the 50 train prompts. "
-                f"Mean CLIP difference vs float@1: tolerance = {CLIP_DELTA_SE} × σ/√n, σ = std of per-prompt "
-                f"seed-to-seed CLIP differences. Per-image CLIP floor: baseline_i − {CLIP_FLOOR_SIGMA} σ. "
-                f"FID: tolerance = {FID_SIGMA} × std of FID over float@1 sets of {1 + len(NOISE_SEEDS)} seeds."
+            "text": " ".join(
+                [f"Tolerances come from the float model's seed-to-seed noise (seed bases 0 vs {NOISE_SEEDS}).", *texts]
             ),
-            "noise": {
-                "clip_diff_std": clip_sd,
-                "fid_values": ev.noise["fid_values"],
-                "fid_std": ev.noise["fid_std"],
-                "mse_seed_mean": {str(k): float(np.mean(v)) for k, v in ev.noise["mse"].items()},
-                "mse_recalibration_std": {str(k): recal_sd[k] for k in STEPS},
-            },
+            "noise": noise,
         },
         "prompts": [p.id for p in ev.prompts],
         "prompts_sha256": prompts_sha256(ev.prompts),
-        "mse": {str(k): {"values": ev.mse[k], "tolerance": [MSE_RECAL_SIGMA * recal_sd[k]] * n} for k in STEPS},
-        "clip": ev.clip,
-        "clip_delta": {
-            str(k): {"value": float(np.mean(ev.clip_delta(k))), "tolerance": CLIP_DELTA_SE * clip_sd / math.sqrt(n)}
-            for k in STEPS
-        },
-        "clip_floor": {str(k): {"tolerance": CLIP_FLOOR_SIGMA * clip_sd} for k in STEPS},
-        "fid": {
-            label: {"value": value, "tolerance": FID_SIGMA * ev.noise["fid_std"]} for label, value in ev.fid.items()
-        },
+        **entries,
     }
 
 

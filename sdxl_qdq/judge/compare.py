@@ -8,11 +8,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from sdxl_qdq.judge.backbones import fid_features, fid_from_features
-from sdxl_qdq.judge.evaluation import STEPS, Evaluation, load_images
+from sdxl_qdq.judge.backbones import fid_features
+from sdxl_qdq.judge.evaluation import STEPS, Evaluation
 from sdxl_qdq.judge.metrics import bootstrap_mean_ci
-
-FID_RESAMPLES = 200  # FID needs a covariance per resample: fewer than the per-image metrics' 10,000
 
 
 @dataclass(frozen=True)
@@ -49,33 +47,27 @@ class Difference:
         return {**asdict(self), "verdict": self.verdict}
 
 
-def _paired(metric: str, a: list[float], b: list[float], better_is: str) -> Difference:
+def paired(metric: str, a: list[float], b: list[float], better_is: str) -> Difference:
     d = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
     low, high = bootstrap_mean_ci(d)
     return Difference(metric, float(np.mean(a)), float(np.mean(b)), float(d.mean()), low, high, better_is)
 
 
-def _fid(label: str, a: Evaluation, b: Evaluation, reference: np.ndarray, *, seed: int = 0) -> Difference:
-    """FID(B) − FID(A) with an interval from resampling the prompts (the same prompts for both: paired)."""
-    fa = fid_features(load_images(a.image_dirs[label], a.prompts), a.backbones.fid)
-    fb = fid_features(load_images(b.image_dirs[label], b.prompts), b.backbones.fid)
-    rng = np.random.default_rng(seed)
-    diffs = []
-    for _ in range(FID_RESAMPLES):
-        idx = rng.integers(0, len(fa), size=len(fa))
-        diffs.append(fid_from_features(fb[idx], reference) - fid_from_features(fa[idx], reference))
-    low, high = (float(q) for q in np.quantile(diffs, [0.025, 0.975]))
-    return Difference(f"FID {label}", a.fid[label], b.fid[label], b.fid[label] - a.fid[label], low, high, "lower")
-
-
 def compare(a: Evaluation, b: Evaluation, reference_images: list[np.ndarray]) -> list[Difference]:
-    """Every metric of the gate, B against A (same model, prompts and backbones; checked)."""
+    """Every metric of the gate (``sdxl_qdq.judge.checks``), B against A (same model, prompts and backbones; checked):
+    per step count each per-step metric's rows, then the other metrics' labels."""
+    from sdxl_qdq.judge.checks import registry
+
     if [p.id for p in a.prompts] != [p.id for p in b.prompts] or a.backbones != b.backbones:
         raise ValueError("compare needs two evaluations of the same prompts with the same backbones")
     reference = fid_features(reference_images, a.backbones.fid)
     rows = []
     for k in STEPS:
-        rows.append(_paired(f"MSE qdq@{k} vs float@{k}", a.mse[k], b.mse[k], "lower"))
-        rows.append(_paired(f"CLIP qdq@{k}", a.clip[f"qdq@{k}"], b.clip[f"qdq@{k}"], "higher"))
-    rows += [_fid(f"qdq@{k}", a, b, reference) for k in STEPS]
+        for metric in registry():
+            if metric.by_step:
+                rows += metric.differences(a, b, str(k), reference)
+    for metric in registry():
+        if not metric.by_step:
+            for key in metric.keys:
+                rows += metric.differences(a, b, key, reference)
     return rows

@@ -6,7 +6,7 @@ from. Nothing here draws an image: the sets come from ``sdxl_qdq.run.generate`` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ class Evaluation:
     fid_reference_id: str = ""
     noise: dict[str, Any] | None = None
     ep_detail: str = ""  # what ran the quantized variants, in words (the float ones always run on the CPU EP)
+    measured: dict[str, Any] = field(default_factory=dict)  # what registered metrics measure beyond MSE, CLIP, FID
 
     def image(self, label: str, prompt: Prompt) -> Path:
         return self.image_dirs[label] / image_name(prompt)
@@ -68,7 +69,10 @@ def evaluate(
     ep_detail: str = "",
     progress: Any = lambda _: None,
 ) -> Evaluation:
-    """MSE, CLIP and FID of the drawn ``VARIANTS`` (``image_dirs``: label → folder) against ``reference_images``."""
+    """MSE, CLIP and FID of the drawn ``VARIANTS`` (``image_dirs``: label → folder) against ``reference_images``, and
+    whatever else a registered metric (``sdxl_qdq.judge.checks``) measures."""
+    from sdxl_qdq.judge.checks import registry
+
     images = {label: load_images(image_dirs[label], prompts) for label in VARIANTS}
     mse = {k: [image_mse(f, q) for f, q in zip(images[f"float@{k}"], images[f"qdq@{k}"])] for k in STEPS}
     texts = [p.text for p in prompts]
@@ -76,6 +80,11 @@ def evaluate(
     clip = {label: clip_scores(images[label], texts, backbones.clip) for label in ("float@1", "qdq@1", "qdq@2")}
     progress(f"FID with {backbones.fid}")
     fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
+    measured = {}
+    for metric in registry():
+        value = metric.measure(images, prompts, backbones, progress)
+        if value is not None:
+            measured[metric.name] = value
     return Evaluation(
         model=model,
         backbones=backbones,
@@ -89,6 +98,7 @@ def evaluate(
         fid_reference=reference_name,
         fid_reference_id=reference_id,
         ep_detail=ep_detail,
+        measured=measured,
     )
 
 
@@ -104,26 +114,20 @@ def seed_noise(
     base → float@1 set; ``float2_other_seed``: float@2 of the first of them), and how much the quantization
     error moves when the same recipe is calibrated on other, equally valid prompts (``recalibrated``: steps →
     its qdq@k set)."""
-    prompts, texts = ev.prompts, [p.text for p in ev.prompts]
-    float_sets = {k: load_images(ev.image_dirs[f"float@{k}"], prompts) for k in STEPS}
-    noise: dict[str, Any] = {"seeds": list(float1_seeds)}
-    noise["recalibrated_mse"] = {
-        k: [image_mse(f, q) for f, q in zip(float_sets[k], load_images(d, prompts))] for k, d in recalibrated.items()
-    }
+    from sdxl_qdq.judge.checks import NoiseSets, registry
+
+    prompts = ev.prompts
     sets = {seed: load_images(d, prompts) for seed, d in float1_seeds.items()}
-    first = sets[next(iter(sets))]
-    noise["mse"] = {
-        1: [image_mse(a, b) for a, b in zip(float_sets[1], first)],
-        2: [image_mse(a, b) for a, b in zip(float_sets[2], load_images(float2_other_seed, prompts))],
-    }
-    clip_other = clip_scores(first, texts, ev.backbones.clip)
-    noise["clip_diff_std"] = float(np.std(np.asarray(clip_other) - np.asarray(ev.clip["float@1"]), ddof=1))
-    fids = [
-        ev.fid["float@1"],
-        *fid_sets({str(k): s for k, s in sets.items()}, reference_images, ev.backbones.fid).values(),
-    ]
-    noise["fid_values"] = fids
-    noise["fid_std"] = float(np.std(fids, ddof=1))
+    noise_sets = NoiseSets(
+        float_sets={k: load_images(ev.image_dirs[f"float@{k}"], prompts) for k in STEPS},
+        seed_sets=sets,
+        float2_other_seed=load_images(float2_other_seed, prompts),
+        recalibrated={k: load_images(d, prompts) for k, d in recalibrated.items()},
+        reference_images=reference_images,
+    )
+    noise: dict[str, Any] = {"seeds": list(float1_seeds)}
+    for metric in registry():
+        noise.update(metric.noise(ev, noise_sets))
     return noise
 
 

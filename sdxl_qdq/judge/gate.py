@@ -1,40 +1,21 @@
-"""The quality gate's checks: an evaluation against its baseline, one ``Check`` per comparison."""
+"""The quality gate's checks: an evaluation against its baseline, one ``Check`` per comparison; what each metric
+checks lives in its module under ``sdxl_qdq/judge/checks/``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from sdxl_qdq.errors import ConfigError
+from sdxl_qdq.judge.checks import metric_of, registry
 from sdxl_qdq.judge.evaluation import STEPS, Evaluation
-from sdxl_qdq.judge.metrics import bootstrap_mean_ci, psnr_db
 from sdxl_qdq.models.prompts import Prompt
 
-# Harm floors: how far a quantized variant may move from its baseline before the change is harm, whatever the
-# noise says (the noise window says only whether it changed). Derived in baselines/README.md from measured numbers.
-PSNR_FLOOR_DB = 30.0  # an image is harmed below 30 dB PSNR vs float (AI Hub's lower bar) ...
-PSNR_DROP_DB = 6.0  # ... or, where its baseline is already below 36 dB, 6 dB (4× the MSE) under its baseline
-CLIP_DROP = 0.10  # a per-image CLIP score more than 10 % under its baseline
-CLIP_MEAN_DROP = 0.01  # a mean paired CLIP difference more than 1 % of the mean float CLIP under its baseline
-FID_RISE = 0.5  # an FID more than 50 % above its baseline
-HARM = {
-    "psnr_floor_db": PSNR_FLOOR_DB,
-    "psnr_drop_db": PSNR_DROP_DB,
-    "clip_drop": CLIP_DROP,
-    "clip_mean_drop": CLIP_MEAN_DROP,
-    "fid_rise": FID_RISE,
-}
 STATUSES = ("pass", "changed", "failed")
 
 
 class QualityChanged(UserWarning):
     """A check outside its noise window but inside its harm floor: reported, failing only under --strict-gate."""
-
-
-def mse_at_psnr(psnr: float, *, data_range: float = 255.0) -> float:
-    return data_range**2 / 10 ** (psnr / 10)
 
 
 @dataclass(frozen=True)
@@ -51,6 +32,7 @@ class Check:
     direction: str
     detail: str = ""
     harm: float | None = None  # None: the noise window is also the harm floor
+    per_prompt: bool = False  # one of a metric's per-prompt checks (else a check of a whole image set)
 
     def __post_init__(self) -> None:
         looser = max if self.direction == "max" else min
@@ -103,74 +85,36 @@ class Gate:
         if missing:
             raise ConfigError(f"baseline has no entry for prompts {missing[:3]}…; prompts changed: update the baseline")
 
-    def has(self, metric: str, key: str) -> bool:
-        return key in self.baseline.get(metric, {})
+    def has(self, kind: str, key: str) -> bool:
+        """Whether the baseline holds ``kind`` checks for ``key`` (a step count or a label)."""
+        return key in self.baseline.get(kind, {})
 
-    def mse(self, prompt: Prompt, steps: int) -> Check:
-        i, entry = self._index[prompt.id], self.baseline["mse"][str(steps)]
-        measured = self.evaluation.mse[steps][self.evaluation.prompts.index(prompt)]
-        base, tol = entry["values"][i], entry["tolerance"][i]
-        harm = mse_at_psnr(min(PSNR_FLOOR_DB, psnr_db(base) - PSNR_DROP_DB))
-        return Check(
-            f"MSE qdq@{steps} vs float@{steps} [{prompt.id}]",
-            measured,
-            base,
-            base + tol,
-            "max",
-            f"PSNR {psnr_db(measured):.2f} dB",
-            harm=harm,
-        )
+    def index(self, prompt: Prompt) -> int:
+        """``prompt``'s position in the baseline's lists."""
+        return self._index[prompt.id]
 
-    def clip_delta(self, steps: int) -> Check:
-        delta = self.evaluation.clip_delta(steps)
-        low, high = bootstrap_mean_ci(delta)
-        entry = self.baseline["clip_delta"][str(steps)]
-        # fail only when the whole 95 % interval of the paired mean lies below baseline − tolerance
-        harm = entry["value"] - CLIP_MEAN_DROP * float(np.mean(self.evaluation.clip["float@1"]))
-        return Check(
-            f"mean CLIP(qdq@{steps}) − CLIP(float@1), 95% CI upper bound [{self.evaluation.backbones.clip}]",
-            high,
-            entry["value"],
-            entry["value"] - entry["tolerance"],
-            "min",
-            f"mean {float(delta.mean()):+.4f}, CI [{low:+.4f}, {high:+.4f}]",
-            harm=harm,
-        )
-
-    def clip_floor(self, prompt: Prompt, steps: int) -> Check:
-        i = self._index[prompt.id]
-        base = self.baseline["clip"][f"qdq@{steps}"][i]
-        tol = self.baseline["clip_floor"][str(steps)]["tolerance"]
-        measured = self.evaluation.clip[f"qdq@{steps}"][self.evaluation.prompts.index(prompt)]
-        return Check(
-            f"CLIP qdq@{steps} [{prompt.id}] [{self.evaluation.backbones.clip}]",
-            measured,
-            base,
-            base - tol,
-            "min",
-            harm=base * (1 - CLIP_DROP),
-        )
-
-    def fid(self, label: str) -> Check:
-        entry = self.baseline["fid"][label]
-        return Check(
-            f"FID {label} [{self.evaluation.backbones.fid}]",
-            self.evaluation.fid[label],
-            entry["value"],
-            entry["value"] + entry["tolerance"],
-            "max",
-            f"reference: {self.baseline.get('fid_reference')}",
-            harm=entry["value"] * (1 + FID_RISE),
-        )
+    def check(self, kind: str, key: str, prompt: Prompt | None = None) -> Check:
+        """The ``kind`` check (a key of ``sdxl_qdq.judge.checks``' metrics: mse, clip_delta, clip_floor, fid, …) for
+        ``key`` (a step count or a label) and, for a per-prompt kind, ``prompt``."""
+        return metric_of(kind).check(self, kind, key, prompt)
 
     def all_checks(self) -> list[Check]:
-        checks = []
+        """Every check the baseline allows, in the registry's order: per step count, each per-step metric's kinds
+        (per prompt or one), then the other metrics' labels."""
+        checks: list[Check] = []
+
+        def add(metric, key: str) -> None:
+            for kind in metric.kinds:
+                if self.has(kind.key, key):
+                    prompts = self.evaluation.prompts if kind.per_prompt else [None]
+                    checks.extend(metric.check(self, kind.key, key, p) for p in prompts)
+
         for k in STEPS:
-            if self.has("mse", str(k)):
-                checks += [self.mse(p, k) for p in self.evaluation.prompts]
-            if self.has("clip_delta", str(k)):
-                checks.append(self.clip_delta(k))
-            if self.has("clip_floor", str(k)):
-                checks += [self.clip_floor(p, k) for p in self.evaluation.prompts]
-        checks += [self.fid(label) for label in ("qdq@1", "qdq@2") if self.has("fid", label)]
+            for metric in registry():
+                if metric.by_step:
+                    add(metric, str(k))
+        for metric in registry():
+            if not metric.by_step:
+                for key in metric.keys:
+                    add(metric, key)
         return checks

@@ -66,7 +66,11 @@ def _mse_plot(gate: Gate) -> str:
     """An inline SVG: per-prompt MSE (qdq@k vs float@k) as points, with the baseline limit as a line."""
     ev, width, height, pad = gate.evaluation, 900, 260, 40
     values = {k: np.asarray(ev.mse[k]) for k in STEPS}
-    limits = {k: np.asarray([gate.mse(p, k).limit for p in ev.prompts]) for k in STEPS if gate.has("mse", str(k))}
+    limits = {
+        k: np.asarray([gate.check("mse", str(k), p).limit for p in ev.prompts])
+        for k in STEPS
+        if gate.has("mse", str(k))
+    }
     top = max([float(v.max()) for v in values.values()] + [float(v.max()) for v in limits.values()] + [1e-9]) * 1.05
     n = len(ev.prompts)
 
@@ -111,31 +115,15 @@ def _parity_line(model: str) -> str:
 
 
 def _summary_rows(gate: Gate) -> list[str]:
-    """Mean MSE, CLIP and FID of each variant against the baseline's, as table rows."""
-    ev, rows = gate.evaluation, []
-    base_mse = {
-        k: np.mean(gate.baseline["mse"][str(k)]["values"]) if gate.has("mse", str(k)) else float("nan") for k in STEPS
-    }
-    for k in STEPS:
-        mse = np.asarray(ev.mse[k])
-        rows.append(
-            f"<tr><td class=l>mean MSE qdq@{k} vs float@{k}</td><td>{mse.mean():.5g}</td>"
-            f"<td>{base_mse[k]:.5g}</td>"
-            f"<td>PSNR {psnr_db(float(mse.mean())):.2f} dB</td></tr>"
-        )
-    for label, scores in ev.clip.items():
-        base = np.mean(gate.baseline["clip"][label]) if label in gate.baseline.get("clip", {}) else float("nan")
-        rows.append(
-            f"<tr><td class=l>mean CLIP {label} [{html.escape(ev.backbones.clip)}]</td>"
-            f"<td>{np.mean(scores):.5g}</td><td>{base:.5g}</td><td></td></tr>"
-        )
-    for label, value in ev.fid.items():
-        base = gate.baseline.get("fid", {}).get(label, {}).get("value", float("nan"))
-        rows.append(
-            f"<tr><td class=l>FID {label} [{html.escape(ev.backbones.fid)}]</td>"
-            f"<td>{value:.5g}</td><td>{base:.5g}</td><td></td></tr>"
-        )
-    return rows
+    """Each registered metric's rows (sdxl_qdq.judge.checks): what, measured, baseline, note."""
+    from sdxl_qdq.judge.checks import registry
+
+    return [
+        f"<tr><td class=l>{html.escape(what)}</td><td>{measured:.5g}</td><td>{base:.5g}</td>"
+        f"<td>{html.escape(note)}</td></tr>"
+        for metric in registry()
+        for what, measured, base, note in metric.report_rows(gate)
+    ]
 
 
 def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
@@ -186,8 +174,8 @@ def write_report(gate: Gate, out: Path, *, strict: bool = False) -> Path:
     checks = gate.all_checks()
     failed = [c for c in checks if c.status == "failed"]
     changed = [c for c in checks if c.status == "changed"]
-    aggregate = [c for c in checks if c.metric.startswith(("mean CLIP", "FID"))]
-    per_prompt = [c for c in checks if c not in aggregate]
+    aggregate = [c for c in checks if not c.per_prompt]
+    per_prompt = [c for c in checks if c.per_prompt]
 
     summary_rows = _summary_rows(gate)
     grid = _image_grid(ev, tmp)

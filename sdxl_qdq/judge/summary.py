@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from sdxl_qdq.cache import package_versions
-from sdxl_qdq.judge.gate import HARM, STATUSES, Check, Gate
+from sdxl_qdq.judge.checks import harm_floors
+from sdxl_qdq.judge.gate import STATUSES, Check, Gate
 from sdxl_qdq.paths import DATA_DIR
 
 SCHEMA = DATA_DIR / "summary.schema.json"
@@ -61,7 +62,7 @@ def summary(gate: Gate, *, strict: bool = False) -> dict[str, Any]:
         "fid_reference_id": ev.fid_reference_id,
         "prompts": len(ev.prompts),
         "versions": package_versions(),
-        "harm_floors": HARM,
+        "harm_floors": harm_floors(),
         "counts": {s: counts.get(s, 0) for s in STATUSES},
         "checks": [check_record(c) for c in checks],
     }
