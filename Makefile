@@ -36,7 +36,7 @@ gate-qnn: setup
 # The tests: lint first, then everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed,
 # under xdist).
 test: setup lint
-	$(PYTEST) -n 2 -m "not slow"
+	$(PYTEST) -n 2 -m "not slow" --durations=30
 
 # Latency and build-time benchmarks (pytest-benchmark); JSON under baselines/benchmarks/<machine>/.
 bench: setup

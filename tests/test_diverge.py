@@ -49,6 +49,24 @@ def test_cuts_compute_what_the_model_computes(qdq_artifacts) -> None:
     np.testing.assert_array_equal(_run(cut, model.parent, fed), np.stack([r[target] for r in ref]))
 
 
+@pytest.mark.parametrize("component", ["text_encoder", "text_encoder_2", "unet", "vae_decoder"])
+def test_every_activation_has_a_shape_and_a_cut(qdq_artifacts, component: str) -> None:
+    """Olive's QDQ models record no shape for a graph output's ``<name>_QuantizeLinear_Input`` (text_encoder_2's
+    ``penultimate_hidden_states`` and ``text_embeds``, the UNet's ``out_sample``, the VAE's ``sample``): the
+    localizer crashed on them with "no shape recorded". Every activation now has a shape, and a cut ending at the
+    last one computes what the CPU EP computes there."""
+    model = qdq_artifacts.qdq.models[component]
+    graph = CutGraph(model)
+    assert all(graph.value_info_of(t) for a in graph.activations for t in (a.tensor, a.dequantized))
+    outputs = {o.name for o in graph.proto.graph.output}
+    last = [a for a in graph.activations if any(d in outputs for d in [a.dequantized])]
+    assert last and all(a.tensor in graph.inferred for a in last), [a.tensor for a in last]
+    feeds = distinct_samples(load_calibration(qdq_artifacts.calibration_dir, component), 1)
+    target = last[0].tensor
+    ref = cpu_reference(graph, feeds, [target])
+    np.testing.assert_array_equal(_run(graph.extract(target), model.parent, feeds), np.stack([r[target] for r in ref]))
+
+
 @pytest.mark.parametrize(
     ("component", "expected"),
     [

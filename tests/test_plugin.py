@@ -139,3 +139,44 @@ def test_package_messages_name_the_plugins_flags() -> None:
         plugin_flags("pass --coco-dir DIR, or --ep qnn --update-baselines; not --eps or --model-x")
         == "pass --qdq-coco-dir DIR, or --qdq-ep qnn --qdq-update-baselines; not --eps or --model-x"
     )
+
+
+BROKEN_DIAGNOSIS = """
+import sdxl_qdq.diagnose.localize as localize
+
+
+def broken(build):
+    raise KeyError("no shape recorded for 'penultimate_hidden_states_QuantizeLinear_Input'")
+
+
+localize.localize_build = broken  # the localizer's old crash, planted
+"""
+
+FAILING_QUALITY = """
+import pytest
+
+
+@pytest.mark.quality
+def test_quality_fails(qdq_artifacts):
+    assert qdq_artifacts.qdq.models
+    assert 1 == 2, "a planted quality failure"
+"""
+
+
+def test_a_failing_diagnosis_is_one_line_and_keeps_the_verdict(pytester: pytest.Pytester) -> None:
+    """The failure summary explains; it never adds a failure. With the localizer raising (as it did with "no shape
+    recorded" on text_encoder_2), the session still reports the one failed test with exit code 1, and the summary
+    says in one line that the diagnosis failed (it ended the session with a traceback before)."""
+    pytester.makeini("[pytest]\nqdq_suite = true\n")
+    pytester.makeconftest(BROKEN_DIAGNOSIS)
+    pytester.makepyfile(test_q=FAILING_QUALITY)
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:xdist", "-p", "no:cacheprovider")
+    text = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text[-3000:]
+    result.assert_outcomes(failed=1)
+    assert "INTERNALERROR" not in text
+    line = [x for x in result.outlines if "diagnosis failed" in x]
+    assert line == [
+        "(diagnosis failed, the verdict stands: KeyError: \"no shape recorded for "
+        "'penultimate_hidden_states_QuantizeLinear_Input'\")"
+    ], text[-3000:]

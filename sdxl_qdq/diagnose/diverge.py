@@ -75,6 +75,7 @@ class CutGraph:
         self.initializers = {t.name: t for t in graph.initializer}
         self.inputs = {v.name for v in graph.input}
         self.value_info = {v.name: v for v in (*graph.value_info, *graph.input, *graph.output)}
+        self.inferred: list[str] = []  # tensors whose shapes the model did not record (found by shape inference)
         self.blocks_of = _assign_blocks(self.nodes, self.producer, self.consumers, depth)
         self.activations = []
         for i, n in enumerate(self.nodes):
@@ -96,6 +97,50 @@ class CutGraph:
                         )
                     )
         self.by_dequantized = {a.dequantized: a for a in self.activations}
+        self._infer_missing_shapes()
+
+    def _infer_missing_shapes(self) -> None:
+        """Olive's QDQ models record no shape for some activations: a graph output's ``<name>_QuantizeLinear_Input``,
+        and tensors a pass added. Cuts ending or starting there need one (and QNN needs every shape). QuantizeLinear
+        and DequantizeLinear keep the shape, so an activation has its dequantized tensor's shape (a graph output's,
+        for the last one) and the reverse; what is still missing is left to ONNX shape inference on the graph
+        (initializers keep their dims without their data)."""
+        from onnx import TensorProto, helper
+
+        def dims(name: str) -> list[int] | None:
+            v = self.value_info.get(name)
+            if v is None or not v.type.tensor_type.HasField("shape"):
+                return None
+            return [d.dim_value for d in v.type.tensor_type.shape.dim]
+
+        def elem_type(node: Any, tensor: str) -> int:
+            """Float on the float side of a Q or DQ node; on the other, its zero point's type (uint8 without one)."""
+            if (node.op_type == "QuantizeLinear") == (tensor == node.input[0]):
+                return TensorProto.FLOAT
+            zero_point = self.initializers.get(node.input[2]) if len(node.input) > 2 else None
+            return zero_point.data_type if zero_point is not None else TensorProto.UINT8
+
+        # a shape known on one side of a QuantizeLinear or DequantizeLinear is the other side's (also along the
+        # Q→DQ→Q→DQ chains of a precision conversion), to a fixed point
+        qdq = [n for n in self.nodes if n.op_type in _QDQ and n.input[0] not in self.initializers]
+        changed = True
+        while changed:
+            changed = False
+            for n in qdq:
+                for have, want in ((n.input[0], n.output[0]), (n.output[0], n.input[0])):
+                    if want not in self.value_info and dims(have) is not None:
+                        self.value_info[want] = helper.make_tensor_value_info(want, elem_type(n, want), dims(have))
+                        self.inferred.append(want)
+                        changed = True
+        missing = [t for a in self.activations for t in (a.tensor, a.dequantized) if t not in self.value_info]
+        if missing:
+            from onnx import shape_inference
+
+            for v in shape_inference.infer_shapes(self.proto, strict_mode=False).graph.value_info:
+                if v.name not in self.value_info and v.type.tensor_type.HasField("shape"):
+                    self.value_info[v.name] = v
+                    self.inferred.append(v.name)
+        self.proto.graph.value_info.extend(self.value_info[name] for name in self.inferred)
 
     # -- structure
     def block_names(self) -> list[str]:
