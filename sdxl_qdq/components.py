@@ -9,6 +9,7 @@ from typing import Any
 
 COMPONENTS: tuple[str, ...] = ("text_encoder", "text_encoder_2", "unet", "vae_decoder")
 TOKEN_LENGTH = 77  # CLIP's context: both text encoders read 77 token ids
+STEPS: tuple[int, ...] = (1, 2)  # the step counts every variant is drawn and gated at (SDXL-turbo, guidance 0)
 
 
 @dataclass(frozen=True)

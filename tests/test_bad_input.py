@@ -177,7 +177,7 @@ def test_pytest_bad_input_is_a_usage_error_and_one_line(tmp_path: Path, case: st
             *_plugin(["--cache-dir", str(tmp_path / "cache"), *make(tmp_path)]),
             str(REPO_ROOT / "tests" / "test_quality.py"),
             "-k",
-            "fid_within_tolerance",
+            "test_image_set and fid",
         ],
         tmp_path,
     )

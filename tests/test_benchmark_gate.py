@@ -130,10 +130,11 @@ def test_bench_gate_judges_the_code_not_the_hour(tmp_path: Path, machine: float,
     assert rc == (1 if fails else 0)
 
 
-def test_a_2x_slower_hour_fails_the_raw_comparison_and_passes_the_gate(pytester: pytest.Pytester) -> None:
+def test_a_slower_hour_fails_the_raw_comparison_and_passes_the_gate(pytester: pytest.Pytester) -> None:
     """Why the CI gate corrects for the machine: pytest-benchmark's raw median:200% fails a run whose every time,
-    the probes' included, is 3.2x the stored one (the tiny warm build measured 4.1 ms in one stored run and 12 to
-    25 ms for the same code in other hours of the same machine kind)."""
+    the probes' included, is 5x the stored one (the tiny warm build measured 4.1 ms in one stored run and 12 to
+    25 ms for the same code in other hours of the same machine kind: 3-6x). 5x, not 3.2x: the re-run's own noise
+    (a 20 ms sleep measured 20.1 ms and 23.3 ms medians in two runs) must not decide the raw comparison."""
     pytester.makepyfile(
         test_bench="""
 import time
@@ -146,7 +147,7 @@ def test_sleep(benchmark):
     )
     assert _run(pytester, "--benchmark-only", "--benchmark-save=baseline").ret == 0
     (saved,) = _stored(pytester)
-    saved.with_name("0002_faster_hour.json").write_text(json.dumps(_scaled(json.loads(saved.read_text()), 1 / 3.2)))
+    saved.with_name("0002_faster_hour.json").write_text(json.dumps(_scaled(json.loads(saved.read_text()), 1 / 5)))
     raw = _run(
         pytester,
         "--benchmark-only",

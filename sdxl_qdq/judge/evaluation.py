@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from sdxl_qdq.components import STEPS
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.judge.backbones import Backbones, clip_scores
 from sdxl_qdq.judge.backbones import fids as fid_sets
@@ -19,7 +20,6 @@ from sdxl_qdq.judge.metrics import image_mse
 from sdxl_qdq.models.prompts import PROMPTS_COCO, Prompt
 from sdxl_qdq.run.generate import image_name, load_png
 
-STEPS = (1, 2)
 VARIANTS = ("float@1", "qdq@1", "float@2", "qdq@2")
 NOISE_SEEDS = (2, 3, 4)  # seed bases of extra float@1 sets that measure seed-to-seed noise (baseline updates)
 REFERENCE_SEED = 1  # seed base of the offline FID reference set (float@1 drawn from other noise)

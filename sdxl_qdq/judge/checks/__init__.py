@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the gate, the evaluation and the A/B import this registry: their types are named, not imported
     import numpy as np
 
     from sdxl_qdq.judge.backbones import Backbones
-    from sdxl_qdq.judge.compare import Difference
-    from sdxl_qdq.judge.evaluation import Evaluation
-    from sdxl_qdq.judge.gate import Check, Gate
     from sdxl_qdq.models.prompts import Prompt
+
+Evaluation = Gate = Check = Difference = Any  # sdxl_qdq.judge.{evaluation,gate,compare}'s classes, for annotations
 
 
 @dataclass(frozen=True)
@@ -61,7 +60,7 @@ class GatedMetric:
     required: bool = True  # a baseline without its keys is refused (False: its checks skip until --update-baselines)
 
     def check_keys(self) -> tuple[str, ...]:
-        from sdxl_qdq.judge.evaluation import STEPS
+        from sdxl_qdq.components import STEPS
 
         return tuple(str(k) for k in STEPS) if self.by_step else self.keys
 
