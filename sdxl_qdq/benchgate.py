@@ -5,10 +5,11 @@ compares raw times, so on a shared machine whose speed moves up to 2x between ho
 one that stored the run) it judges the hour as much as the code. Here every benchmark also times a fixed workload,
 `machine_speed_probe`, just before it runs (`probe_seconds`, the fastest of a few calls, kept in the benchmark's
 extra_info as `machine_probe_s`). The machine's speed factor is the median of those probes now over the stored run's,
-over the benchmarks both runs have, and a benchmark fails when its time divided by that factor grew past the
-threshold. A machine 2x slower moves both and passes; code 3x slower moves one and fails. The probe is timed beside
-every benchmark, not once, because this machine kind's speed also moves within seconds (the probe's BLAS part, timed
-30 times in three rounds a few seconds apart: medians 5.9, 4.6 and 3.2 ms).
+over the benchmarks both runs have, clamped to [1/2, 2] (the span of this machine kind's speed), and a benchmark
+fails when its time divided by that factor grew past the threshold. A machine 2x slower moves both and passes;
+code 3x slower moves one and fails. The probe is timed beside every benchmark, not once, because this machine kind's
+speed also moves within seconds (the probe's BLAS part, timed 30 times in three rounds a few seconds apart: medians
+5.9, 4.6 and 3.2 ms).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ import numpy as np
 from sdxl_qdq.errors import ConfigError
 
 PROBE = "machine_probe_s"  # the extra_info key
+# The correction excuses at most what this machine kind's speed does between hours (measured: up to 2x). A larger
+# probe ratio is load on a shared machine, not its speed, and a regression must not hide behind it: a planted 10x
+# slowdown under xdist load measured 10.4x raw with a 3.6x probe ratio (2.9x corrected, a miss; 5.2x clamped).
+MACHINE_SPAN = 2.0
 STATS = ("min", "median", "mean")
 
 
@@ -144,6 +149,7 @@ def compare(now_path: Path, stored_path: Path, *, stat: str = "median") -> list[
     # over the same benchmarks on both sides: a stored full run's probes beside the QNN simulator's long benchmarks
     # are not counted against a CI run that has none
     machine = machine_seconds(now_runs, now_path, shared) / machine_seconds(stored_runs, stored_path, shared)
+    machine = min(max(machine, 1 / MACHINE_SPAN), MACHINE_SPAN)
     rows = [
         Row(name, stored[name], now[name], machine, (now[name] / stored[name]) / machine)
         for name in now

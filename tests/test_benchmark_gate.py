@@ -113,13 +113,30 @@ def _run_json(benchmarks: dict[str, float], probe_s: float | None = 0.03) -> dic
 
 @pytest.mark.parametrize(
     ("machine", "code", "fails"),
-    [(1.0, 1.0, False), (2.5, 1.0, False), (0.4, 1.0, False), (1.0, 10.0, True), (2.0, 3.5, True), (0.4, 7.0, True)],
-    ids=["same", "machine-2.5x-slower", "machine-2.5x-faster", "code-10x", "both-slower", "faster-machine-hides"],
+    [
+        (1.0, 1.0, False),
+        (2.0, 1.0, False),
+        (0.5, 1.0, False),
+        (1.0, 10.0, True),
+        (2.0, 3.5, True),
+        (0.4, 7.0, True),
+        (3.6, 2.9, True),
+    ],
+    ids=[
+        "same",
+        "machine-2x-slower",
+        "machine-2x-faster",
+        "code-10x",
+        "both-slower",
+        "faster-machine-hides",
+        "load-is-not-the-machine",
+    ],
 )
 def test_bench_gate_judges_the_code_not_the_hour(tmp_path: Path, machine: float, code: float, fails: bool) -> None:
     """A machine slower by a factor moves every time, the probes' too, and passes; code slower moves one and fails,
     even when a faster hour would have hidden it from a raw comparison (0.4 x 7 = 2.8x raw, under the 3x limit;
-    7x corrected)."""
+    5.6x corrected). The correction stops at 2x (this machine kind's span between hours): a 3.6x probe ratio is load,
+    and code 2.9x slower under it still fails (10.4x raw / 2 = 5.2x; the miss CI's make test once had)."""
     from sdxl_qdq.cli import main
 
     stored = _run_json({"test_build_warm": 0.010, "test_pipeline_latency[qdq-1step]": 0.07})
@@ -132,9 +149,9 @@ def test_bench_gate_judges_the_code_not_the_hour(tmp_path: Path, machine: float,
 
 def test_a_slower_hour_fails_the_raw_comparison_and_passes_the_gate(pytester: pytest.Pytester) -> None:
     """Why the CI gate corrects for the machine: pytest-benchmark's raw median:200% fails a run whose every time,
-    the probes' included, is 5x the stored one (the tiny warm build measured 4.1 ms in one stored run and 12 to
-    25 ms for the same code in other hours of the same machine kind: 3-6x). 5x, not 3.2x: the re-run's own noise
-    (a 20 ms sleep measured 20.1 ms and 23.3 ms medians in two runs) must not decide the raw comparison."""
+    the probes' included, is 4x the stored one (the correction stops at 2x: 4x / 2 = 2x, under the 3x limit;
+    the tiny warm build measured 4.1 ms in one stored run and 12 to 25 ms for the same code in other hours). 4x, not
+    3.2x: the re-run's own noise (a 20 ms sleep measured 20.1 and 23.3 ms medians) must not decide the raw one."""
     pytester.makepyfile(
         test_bench="""
 import time
@@ -147,7 +164,7 @@ def test_sleep(benchmark):
     )
     assert _run(pytester, "--benchmark-only", "--benchmark-save=baseline").ret == 0
     (saved,) = _stored(pytester)
-    saved.with_name("0002_faster_hour.json").write_text(json.dumps(_scaled(json.loads(saved.read_text()), 1 / 5)))
+    saved.with_name("0002_faster_hour.json").write_text(json.dumps(_scaled(json.loads(saved.read_text()), 1 / 4)))
     raw = _run(
         pytester,
         "--benchmark-only",
