@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,8 +57,6 @@ def machine_speed_probe() -> int:
 
 def probe_seconds(calls: int = 5) -> float:
     """The fastest of `calls` timings of machine_speed_probe: the machine's speed at this moment."""
-    import time
-
     times = []
     for _ in range(calls):
         start = time.perf_counter()

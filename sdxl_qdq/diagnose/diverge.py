@@ -128,8 +128,9 @@ class CutGraph:
             changed = False
             for n in qdq:
                 for have, want in ((n.input[0], n.output[0]), (n.output[0], n.input[0])):
-                    if want not in self.value_info and dims(have) is not None:
-                        self.value_info[want] = helper.make_tensor_value_info(want, elem_type(n, want), dims(have))
+                    shape = None if want in self.value_info else dims(have)
+                    if shape is not None:
+                        self.value_info[want] = helper.make_tensor_value_info(want, elem_type(n, want), shape)
                         self.inferred.append(want)
                         changed = True
         missing = [t for a in self.activations for t in (a.tensor, a.dequantized) if t not in self.value_info]

@@ -9,7 +9,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from sdxl_qdq.judge.backbones import fid_features
-from sdxl_qdq.judge.evaluation import STEPS, Evaluation
+from sdxl_qdq.judge.checks import in_gate_order
+from sdxl_qdq.judge.evaluation import Evaluation
 from sdxl_qdq.judge.metrics import bootstrap_mean_ci
 
 
@@ -56,18 +57,7 @@ def paired(metric: str, a: list[float], b: list[float], better_is: str) -> Diffe
 def compare(a: Evaluation, b: Evaluation, reference_images: list[np.ndarray]) -> list[Difference]:
     """Every metric of the gate (``sdxl_qdq.judge.checks``), B against A (same model, prompts and backbones; checked):
     per step count each per-step metric's rows, then the other metrics' labels."""
-    from sdxl_qdq.judge.checks import registry
-
     if [p.id for p in a.prompts] != [p.id for p in b.prompts] or a.backbones != b.backbones:
         raise ValueError("compare needs two evaluations of the same prompts with the same backbones")
     reference = fid_features(reference_images, a.backbones.fid)
-    rows = []
-    for k in STEPS:
-        for metric in registry():
-            if metric.by_step:
-                rows += metric.differences(a, b, str(k), reference)
-    for metric in registry():
-        if not metric.by_step:
-            for key in metric.keys:
-                rows += metric.differences(a, b, key, reference)
-    return rows
+    return [row for metric, key in in_gate_order() for row in metric.differences(a, b, key, reference)]

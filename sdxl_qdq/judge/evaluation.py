@@ -16,6 +16,7 @@ from sdxl_qdq.components import STEPS
 from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.judge.backbones import Backbones, clip_scores
 from sdxl_qdq.judge.backbones import fids as fid_sets
+from sdxl_qdq.judge.checks import NoiseSets, registry
 from sdxl_qdq.judge.metrics import image_mse
 from sdxl_qdq.models.prompts import PROMPTS_COCO, Prompt
 from sdxl_qdq.run.generate import image_name, load_png
@@ -71,8 +72,6 @@ def evaluate(
 ) -> Evaluation:
     """MSE, CLIP and FID of the drawn ``VARIANTS`` (``image_dirs``: label → folder) against ``reference_images``, and
     whatever else a registered metric (``sdxl_qdq.judge.checks``) measures."""
-    from sdxl_qdq.judge.checks import registry
-
     images = {label: load_images(image_dirs[label], prompts) for label in VARIANTS}
     mse = {k: [image_mse(f, q) for f, q in zip(images[f"float@{k}"], images[f"qdq@{k}"])] for k in STEPS}
     texts = [p.text for p in prompts]
@@ -114,8 +113,6 @@ def seed_noise(
     base → float@1 set; ``float2_other_seed``: float@2 of the first of them), and how much the quantization
     error moves when the same recipe is calibrated on other, equally valid prompts (``recalibrated``: steps →
     its qdq@k set)."""
-    from sdxl_qdq.judge.checks import NoiseSets, registry
-
     prompts = ev.prompts
     sets = {seed: load_images(d, prompts) for seed, d in float1_seeds.items()}
     noise_sets = NoiseSets(

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdxl_qdq.errors import ConfigError
-from sdxl_qdq.judge.checks import metric_of, registry
-from sdxl_qdq.judge.evaluation import STEPS, Evaluation
+from sdxl_qdq.judge.checks import in_gate_order, metric_of
+from sdxl_qdq.judge.evaluation import Evaluation
 from sdxl_qdq.models.prompts import Prompt
 
 STATUSES = ("pass", "changed", "failed")
@@ -102,19 +102,9 @@ class Gate:
         """Every check the baseline allows, in the registry's order: per step count, each per-step metric's kinds
         (per prompt or one), then the other metrics' labels."""
         checks: list[Check] = []
-
-        def add(metric, key: str) -> None:
+        for metric, key in in_gate_order():
             for kind in metric.kinds:
                 if self.has(kind.key, key):
                     prompts = self.evaluation.prompts if kind.per_prompt else [None]
                     checks.extend(metric.check(self, kind.key, key, p) for p in prompts)
-
-        for k in STEPS:
-            for metric in registry():
-                if metric.by_step:
-                    add(metric, str(k))
-        for metric in registry():
-            if not metric.by_step:
-                for key in metric.keys:
-                    add(metric, key)
         return checks

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sdxl_qdq.cache import package_versions
+from sdxl_qdq.judge.checks import registry
 from sdxl_qdq.judge.evaluation import STEPS, Evaluation
 from sdxl_qdq.judge.gate import Check, Gate
 from sdxl_qdq.judge.metrics import psnr_db
@@ -116,8 +117,6 @@ def _parity_line(model: str) -> str:
 
 def _summary_rows(gate: Gate) -> list[str]:
     """Each registered metric's rows (sdxl_qdq.judge.checks): what, measured, baseline, note."""
-    from sdxl_qdq.judge.checks import registry
-
     return [
         f"<tr><td class=l>{html.escape(what)}</td><td>{measured:.5g}</td><td>{base:.5g}</td>"
         f"<td>{html.escape(note)}</td></tr>"

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from sdxl_qdq.components import STEPS
 
 if TYPE_CHECKING:  # the gate, the evaluation and the A/B import this registry: their types are named, not imported
     import numpy as np
@@ -45,6 +48,11 @@ class NoiseSets:
     recalibrated: dict[int, list[np.ndarray]]
     reference_images: list[np.ndarray]
 
+    @property
+    def first_seed(self) -> list[np.ndarray]:
+        """The float@1 set of the first other seed: the one each per-image noise is measured against."""
+        return self.seed_sets[next(iter(self.seed_sets))]
+
 
 class GatedMetric:
     """The base of every metric module's ``METRIC``. Class attributes say what it is; methods do its work."""
@@ -60,8 +68,6 @@ class GatedMetric:
     required: bool = True  # a baseline without its keys is refused (False: its checks skip until --update-baselines)
 
     def check_keys(self) -> tuple[str, ...]:
-        from sdxl_qdq.components import STEPS
-
         return tuple(str(k) for k in STEPS) if self.by_step else self.keys
 
     # -- measuring ------------------------------------------------------------------------------------------------
@@ -115,6 +121,19 @@ def registry() -> tuple[GatedMetric, ...]:
         if len(set(values)) != len(values):
             raise TypeError(f"two gated metrics share a {what}: {sorted(v for v in values if values.count(v) > 1)}")
     return tuple(metrics)
+
+
+def in_gate_order() -> Iterator[tuple[GatedMetric, str]]:
+    """(metric, step or label) in the order the gate, summary.json and the A/B list them: per step count each
+    per-step metric, then the other metrics' labels."""
+    for k in STEPS:
+        for metric in registry():
+            if metric.by_step:
+                yield metric, str(k)
+    for metric in registry():
+        if not metric.by_step:
+            for key in metric.keys:
+                yield metric, key
 
 
 def metric_of(kind: str) -> GatedMetric:

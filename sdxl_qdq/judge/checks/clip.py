@@ -32,8 +32,7 @@ class Clip(GatedMetric):
     baseline_keys = ("clip", "clip_delta", "clip_floor")
 
     def noise(self, ev, sets: NoiseSets) -> dict[str, Any]:
-        first = sets.seed_sets[next(iter(sets.seed_sets))]
-        other = clip_scores(first, [p.text for p in ev.prompts], ev.backbones.clip)
+        other = clip_scores(sets.first_seed, [p.text for p in ev.prompts], ev.backbones.clip)
         return {"clip_diff_std": float(np.std(np.asarray(other) - np.asarray(ev.clip["float@1"]), ddof=1))}
 
     def baseline_entries(self, ev) -> dict[str, Any]:

@@ -32,14 +32,13 @@ class Mse(GatedMetric):
     baseline_keys = ("mse",)
 
     def noise(self, ev, sets: NoiseSets) -> dict[str, Any]:
-        first = sets.seed_sets[next(iter(sets.seed_sets))]
         return {
             "recalibrated_mse": {
                 k: [image_mse(f, q) for f, q in zip(sets.float_sets[k], images)]
                 for k, images in sets.recalibrated.items()
             },
             "mse": {
-                1: [image_mse(a, b) for a, b in zip(sets.float_sets[1], first)],
+                1: [image_mse(a, b) for a, b in zip(sets.float_sets[1], sets.first_seed)],
                 2: [image_mse(a, b) for a, b in zip(sets.float_sets[2], sets.float2_other_seed)],
             },
         }
