@@ -8,7 +8,7 @@ import contextlib
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from sdxl_qdq.runtime import DEFAULT_QNN_SOC, EPS, QNN_SOCS, QnnOptions, executi
 GATE_KEY = pytest.StashKey["object"]()
 START_KEY = pytest.StashKey[float]()
 BUILD_KEY = pytest.StashKey["object"]()
+DIAGNOSIS_KEY = pytest.StashKey["tuple"]()
 
 MARKERS = {
     "quality": "quality gate: metrics of the quantized model against baselines/ (pytest -m quality)",
@@ -354,10 +355,18 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if report_dir and gate is not None:
         from sdxl_qdq.judge.report import write_report
-        from sdxl_qdq.judge.summary import write_summary
+        from sdxl_qdq.judge.summary import verdict, write_summary
 
-        path = write_report(gate, Path(report_dir), strict=session.config.getoption("qdq_strict_gate"))
-        write_summary(gate, Path(report_dir), strict=session.config.getoption("qdq_strict_gate"))
+        strict = session.config.getoption("qdq_strict_gate")
+        sections, on_qnn = None, _on_qnn(session.config, [])
+        if verdict(gate.all_checks(), strict=strict) == "failed":  # the report shows why; so will the terminal
+            sections = _failure_diagnosis(session.config, session.config.stash.get(BUILD_KEY, None), on_qnn)
+        path = write_report(gate, Path(report_dir), strict=strict, diagnosis=sections)
+        write_summary(gate, Path(report_dir), strict=strict)
+        if sections is not None:
+            from sdxl_qdq.diagnose import failure
+
+            failure.save(sections, Path(report_dir), on_qnn=on_qnn)
         if reporter is not None:
             reporter.write_line(f"quality report: {path}")
     summary_json = Path(report_dir) / "summary.json" if report_dir else None
@@ -377,53 +386,48 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """On a failing quality or parity check, say where the error comes from: the layers with the largest
     quantization error (float vs QDQ on the CPU EP) and, for checks run on the QNN EP, where QNN departs from
-    the CPU EP (graph cuts, worst block first)."""
+    the CPU EP (graph cuts, worst block first). The diagnosis the report shows is not computed twice."""
     if not _suite(config):
         return
     failed = [r for r in terminalreporter.stats.get("failed", []) if "quality" in r.keywords or "parity" in r.nodeid]
     if not failed:
         return
-    built = config.stash.get(BUILD_KEY, None) or _controller_build(config, failed)
+    on_qnn = _on_qnn(config, failed)
+    report_dir = config.getoption("qdq_report")
+    stashed_for, sections = config.stash.get(DIAGNOSIS_KEY, (None, None))
+    sections = sections if stashed_for == on_qnn else None
+    if sections is None and report_dir and any("quality" in r.keywords for r in failed):
+        from sdxl_qdq.diagnose import failure
+
+        sections = failure.load(Path(report_dir), on_qnn=on_qnn, since=config.stash[START_KEY])  # xdist: a worker's
+    if sections is None:
+        built = config.stash.get(BUILD_KEY, None) or _controller_build(config, failed)
+        if built is None:
+            return
+        sections = _failure_diagnosis(config, built, on_qnn)
+    for s in sections:
+        terminalreporter.section(s.title)
+        for line in s.text():
+            terminalreporter.write_line(line)
+
+
+def _on_qnn(config: pytest.Config, failed: list) -> list[str]:
+    """The components whose QNN runs failed checks: all of them for a quality gate on the QNN EP, else those whose
+    parity tests failed."""
+    if config.getoption("qdq_ep") == "qnn" and (not failed or any("quality" in r.keywords for r in failed)):
+        return list(COMPONENTS)
+    return sorted({c for r in failed if "parity" in r.nodeid for c in COMPONENTS if f"[{c}]" in r.nodeid})
+
+
+def _failure_diagnosis(config: pytest.Config, built: Build | None, on_qnn: list[str]) -> list:
+    """``sdxl_qdq.diagnose.failure.diagnose`` of ``built``, kept for the terminal summary."""
+    from sdxl_qdq.diagnose import failure
+
     if built is None:
-        return
-
-    def worst_layers() -> list[str]:
-        from sdxl_qdq.diagnose.localize import localize_build
-
-        return [
-            f"{component:15s} {layer.sqnr_db:7.2f} dB  {layer.tensor}"
-            for component, layers in localize_build(built).items()
-            for layer in layers
-        ]
-
-    diagnosis(terminalreporter, "worst layers by SQNR, float vs QDQ (CPU EP, 4 calibration samples)", worst_layers)
-    on_qnn = sorted({c for r in failed if "parity" in r.nodeid for c in COMPONENTS if f"[{c}]" in r.nodeid})
-    if config.getoption("qdq_ep") == "qnn" and any("quality" in r.keywords for r in failed):
-        on_qnn = list(COMPONENTS)
-    if on_qnn:
-        from sdxl_qdq.diagnose.diverge import divergence_summary
-
-        diagnosis(
-            terminalreporter,
-            "where QNN departs from the CPU EP (single-output graph cuts; `sdxl-qdq diverge` for more)",
-            lambda: divergence_summary(built, on_qnn, qnn=QnnOptions(soc_model=config.getoption("qdq_qnn_soc"))),
-        )
-
-
-def diagnosis(terminalreporter, title: str, lines: Callable[[], list[str]]) -> bool:
-    """A section of the failure summary: ``lines()`` under ``title``, or, when the diagnosis itself fails, one line
-    saying so. A diagnosis explains failures; it never adds one, so the session's verdict and exit code stay what
-    the tests made them. Returns whether the diagnosis ran."""
-    terminalreporter.section(title)
-    try:
-        found = lines()
-    except Exception as e:  # anything: the gate's verdict must not depend on its explanation
-        first = (str(e).splitlines() or [""])[0][:300]
-        terminalreporter.write_line(f"(diagnosis failed, the verdict stands: {type(e).__name__}: {first})")
-        return False
-    for line in found:
-        terminalreporter.write_line(line)
-    return True
+        return [failure.Section(failure.WORST_LAYERS, error="no build in this process to diagnose")]
+    sections = failure.diagnose(built, on_qnn=on_qnn, qnn=QnnOptions(soc_model=config.getoption("qdq_qnn_soc")))
+    config.stash[DIAGNOSIS_KEY] = (on_qnn, sections)
+    return sections
 
 
 def _controller_build(config: pytest.Config, failed: list) -> Build | None:

@@ -180,3 +180,72 @@ def test_a_failing_diagnosis_is_one_line_and_keeps_the_verdict(pytester: pytest.
         "(diagnosis failed, the verdict stands: KeyError: \"no shape recorded for "
         "'penultimate_hidden_states_QuantizeLinear_Input'\")"
     ], text[-3000:]
+
+
+DIAGNOSED_GATE = """
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import sdxl_qdq.diagnose.localize as localize
+from sdxl_qdq.judge.checks.mse import mse_at_psnr
+from sdxl_qdq.plugin import BUILD_KEY, GATE_KEY
+
+sys.path.insert(0, {tests!r})
+from test_verdicts import _gate  # noqa: E402
+
+CALLS = Path(__file__).parent / "localized.txt"
+
+
+def counted(build):
+    with open(CALLS, "a") as f:
+        f.write("called\\n")
+    return {{"unet": [SimpleNamespace(sqnr_db=7.5, tensor="/up/norm1/planted_output_0")]}}
+
+
+localize.localize_build = counted
+
+
+@pytest.fixture(scope="session")
+def qdq_gate(pytestconfig, tmp_path_factory):
+    pytestconfig.stash[BUILD_KEY] = "a build (the planted localizer reads nothing of it)"
+    gate = _gate(tmp_path_factory.mktemp("images"), [mse_at_psnr(20.0)] * 2, [mse_at_psnr(40.0)] * 2)
+    pytestconfig.stash[GATE_KEY] = gate
+    return gate
+"""
+
+GATE_TEST = """
+import pytest
+
+
+@pytest.mark.quality
+def test_image(qdq_gate):
+    failed = [c for c in qdq_gate.all_checks() if c.status == "failed"]
+    assert not failed, failed[0].failure
+"""
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_failing_gate_is_diagnosed_once_for_the_report_and_the_terminal(
+    pytester: pytest.Pytester, workers: int
+) -> None:
+    """The report of a failing gate shows where the error comes from (it had no diagnosis), the terminal summary
+    shows the same lines, and the localizer runs once for both: in the process that ran the gate, or, under xdist,
+    in the worker (the controller reads its diagnosis.json)."""
+    pytester.makeini("[pytest]\nqdq_suite = true\n")
+    pytester.makeconftest(DIAGNOSED_GATE.format(tests=str(Path(__file__).parent)))
+    pytester.makepyfile(test_q=GATE_TEST)
+    xdist = ["-n", "1"] if workers else ["-p", "no:xdist"]
+    result = pytester.runpytest_subprocess("-p", "no:randomly", "-p", "no:cacheprovider", *xdist, "--qdq-report=rep")
+    text = "\n".join(result.outlines + result.errlines)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, text[-3000:]
+    assert [x for x in result.outlines if "/up/norm1/planted_output_0" in x] == [
+        "unet               7.50 dB  /up/norm1/planted_output_0"
+    ], text[-3000:]
+    assert (pytester.path / "localized.txt").read_text().count("called") == 1
+    page = (pytester.path / "rep" / "index.html").read_text()
+    assert "Where the error comes from" in page and "/up/norm1/planted_output_0" in page
+    assert (pytester.path / "rep" / "diagnosis.json").is_file()

@@ -184,6 +184,37 @@ def test_report_opens_with_the_verdict_and_has_a_heat_map_per_pair(tmp_path: Pat
     assert "The other" not in page  # only 2 prompts: all shown
 
 
+def test_report_groups_failures_by_kind_of_check_and_shows_the_diagnosis_first(tmp_path: Path) -> None:
+    """A failing report opens with one row per kind of check (count failed, median and worst with its prompt),
+    then where the error comes from; the per-image rows are folded below (they opened the page before)."""
+    from sdxl_qdq.diagnose.failure import Section
+    from sdxl_qdq.judge.report import write_report
+
+    mse = [mse_at_psnr(25.0), mse_at_psnr(20.0), mse_at_psnr(45.0)]
+    gate = _gate(tmp_path, mse, [mse_at_psnr(40.0)] * 3)
+    sections = [
+        Section("worst layers", ("unet  12.00 dB  /up/norm1/GroupNormalization_output_0",)),
+        Section("where QNN departs", error="KeyError: 'x'"),
+    ]
+    page = write_report(gate, tmp_path / "report", diagnosis=sections).read_text()
+    rows = re.findall(r"<tr class=(failed|changed)><td class=l>(MSE qdq@1 vs float@1)</td>(.*?)</tr>", page)
+    assert len(rows) == 1, page[:3000]
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", rows[0][2])
+    failed, changed, of, median, worst, where = cells[:6]
+    assert (failed, changed, of) == ("2", "0", "3")
+    assert float(median) == pytest.approx(np.median(mse[:2]), rel=1e-4)
+    assert float(worst) == pytest.approx(mse[1], rel=1e-4) and where == gate.evaluation.prompts[1].id
+    grouped = page.index("MSE qdq@1 vs float@1</td>")
+    diagnosis = page.index("Where the error comes from")
+    one_by_one = page.index("checks outside their windows, one by one")
+    assert grouped < diagnosis < one_by_one < page.index("<h2>Images")
+    assert "/up/norm1/GroupNormalization_output_0" in page
+    assert "(diagnosis failed, the verdict stands: KeyError: &#x27;x&#x27;)" in page
+    (tmp_path / "b").mkdir()
+    passing = write_report(_gate(tmp_path / "b", [mse_at_psnr(45.0)] * 3, [mse_at_psnr(45.0)] * 3), tmp_path / "ok")
+    assert "Where the error comes from" not in passing.read_text()
+
+
 def test_quality_tests_record_their_numbers_in_junit_xml(tmp_path: Path) -> None:
     """`judge` puts metric, measured, baseline, limit, harm and status on each test (record_property)."""
     (tmp_path / "test_probe.py").write_text(

@@ -640,22 +640,33 @@ def _reduce(
 
 
 def divergence_summary(
-    build: Any, components: Iterable[str], *, qnn: QnnOptions | None = None, samples: int = 2, top: int = 3
+    build: Any,
+    components: Iterable[str],
+    *,
+    qnn: QnnOptions | None = None,
+    samples: int = 2,
+    top: int = 3,
+    reduce_worst: bool = False,
 ) -> list[str]:
-    """A few lines per component for a failure summary: its worst blocks and first diverging activation (no
-    reduction: that is ``sdxl-qdq diverge``)."""
-    lines = []
+    """A few lines per component for a failure summary: its worst blocks and first diverging activation; with
+    ``reduce_worst``, also the smallest subgraph QNN gets wrong in the component whose worst block is worst (its
+    cuts run again with the reduction; ``sdxl-qdq diverge`` reduces any component)."""
+    lines, found = [], {}
     for c in components:
-        found = localize(
-            build.qdq.models[c],
-            distinct_samples(iter_calibration(build.calibration_dir, c), samples),
-            qnn=qnn,
-            reduce=False,
-        )
-        for b in found.blocks[:top]:
+        feeds = distinct_samples(iter_calibration(build.calibration_dir, c), samples)
+        found[c] = localize(build.qdq.models[c], feeds, qnn=qnn, reduce=False)
+        for b in found[c].blocks[:top]:
             lines.append(f"{c:15s} {b.block:32s} local {b.local_db:7.2f} dB  accumulated {b.accumulated_db:7.2f} dB")
-        if found.first_divergent:
-            lines.append(f"{c:15s} first activation below {found.threshold_db:g} dB: {found.first_divergent}")
+        if found[c].first_divergent:
+            lines.append(f"{c:15s} first activation below {found[c].threshold_db:g} dB: {found[c].first_divergent}")
+    failing = {c: d.worst.local_db for c, d in found.items() if d.first_divergent and d.worst is not None}
+    if reduce_worst and failing:
+        c = min(failing, key=failing.get)
+        feeds = distinct_samples(iter_calibration(build.calibration_dir, c), samples)
+        reduced = localize(build.qdq.models[c], feeds, qnn=qnn, reduce=True)
+        at = next((i for i, line in enumerate(reduced.lines()) if line.startswith("smallest failing subgraph")), None)
+        if at is not None:
+            lines += [f"{c:15s} {line.strip()}" for line in reduced.lines()[at:]]
     return lines
 
 

@@ -98,13 +98,39 @@ class Gate:
         ``key`` (a step count or a label) and, for a per-prompt kind, ``prompt``."""
         return metric_of(kind).check(self, kind, key, prompt)
 
-    def all_checks(self) -> list[Check]:
-        """Every check the baseline allows, in the registry's order: per step count, each per-step metric's kinds
-        (per prompt or one), then the other metrics' labels."""
-        checks: list[Check] = []
+    def groups(self) -> list[CheckGroup]:
+        """Every check the baseline allows, grouped by kind and step or label, in the registry's order: per step
+        count, each per-step metric's kinds (per prompt or one), then the other metrics' labels."""
+        found: list[CheckGroup] = []
         for metric, key in in_gate_order():
             for kind in metric.kinds:
                 if self.has(kind.key, key):
-                    prompts = self.evaluation.prompts if kind.per_prompt else [None]
-                    checks.extend(metric.check(self, kind.key, key, p) for p in prompts)
-        return checks
+                    prompts = tuple(self.evaluation.prompts) if kind.per_prompt else (None,)
+                    checks = tuple(metric.check(self, kind.key, key, p) for p in prompts)
+                    found.append(CheckGroup(kind.key, key, checks, prompts))
+        return found
+
+    def all_checks(self) -> list[Check]:
+        """Every check the baseline allows, in the order of ``groups``."""
+        return [c for g in self.groups() for c in g.checks]
+
+
+@dataclass(frozen=True)
+class CheckGroup:
+    """The checks of one kind for one step count or label: one per prompt (``prompts``), or one (``(None,)``)."""
+
+    kind: str
+    key: str
+    checks: tuple[Check, ...]
+    prompts: tuple[Prompt | None, ...]
+
+    @property
+    def title(self) -> str:
+        """What its checks measure, without the prompt (``MSE qdq@1 vs float@1``)."""
+        name = self.checks[0].metric
+        return name.rsplit(" [", 1)[0] if self.prompts[0] is not None else name
+
+    def outside(self) -> list[tuple[Check, Prompt | None]]:
+        """Its checks outside their noise window (failed or changed), worst first."""
+        bad = [(c, p) for c, p in zip(self.checks, self.prompts) if c.status != "pass"]
+        return sorted(bad, key=lambda cp: -cp[0].measured if cp[0].direction == "max" else cp[0].measured)

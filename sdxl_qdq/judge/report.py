@@ -52,6 +52,57 @@ TABLE_HEAD = (
 )
 
 
+GROUP_HEAD = (
+    "<tr><th>check</th><th>failed</th><th>changed only</th><th>of</th><th>median outside</th><th>worst</th>"
+    "<th>worst at</th><th>its noise limit</th><th>its harm floor</th></tr>"
+)
+
+
+def _group_rows(gate: Gate) -> list[str]:
+    """One row per kind of check (and step or label) with checks outside their windows, most failures first: how
+    many failed (outside the harm floor) and changed (outside the noise window only), the median of those measured
+    values, and the worst with its prompt and bounds."""
+    rows = []
+    for g in gate.groups():
+        outside = g.outside()
+        if not outside:
+            continue
+        worst, where = outside[0]
+        failed = sum(c.status == "failed" for c, _ in outside)
+        median = float(np.median([c.measured for c, _ in outside]))
+        cells = [
+            html.escape(g.title),
+            str(failed),
+            str(len(outside) - failed),
+            str(len(g.checks)),
+            f"{median:.5g}",
+            f"{worst.measured:.5g}",
+            html.escape(where.id if where is not None else "the whole set"),
+            f"{'≤' if worst.direction == 'max' else '≥'} {worst.limit:.5g}",
+            f"{'≤' if worst.direction == 'max' else '≥'} {worst.harm:.5g}",
+        ]
+        rows.append(
+            (
+                -failed,
+                -len(outside),
+                f"<tr class={'failed' if failed else 'changed'}>"
+                + "".join(f"<td class=l>{c}</td>" if i in (0, 6) else f"<td>{c}</td>" for i, c in enumerate(cells))
+                + "</tr>",
+            )
+        )
+    return [row for *_, row in sorted(rows, key=lambda r: r[:2])]
+
+
+def _diagnosis_html(sections: list | None) -> str:
+    """The failure diagnosis (``sdxl_qdq.diagnose.failure``): each section's lines, or why it could not run."""
+    if not sections:
+        return ""
+    parts = ["<h2>Where the error comes from</h2>"]
+    for s in sections:
+        parts.append(f"<p><b>{html.escape(s.title)}</b></p><pre>{html.escape(chr(10).join(s.text()))}</pre>")
+    return "".join(parts)
+
+
 def _heat_map(reference: Path, test: Path, dest: Path) -> None:
     """|test − reference| per pixel (mean over channels) as a PNG: black = equal, white = 64 or more levels apart."""
     from PIL import Image
@@ -161,9 +212,11 @@ def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
     return rows
 
 
-def write_report(gate: Gate, out: Path, *, strict: bool = False) -> Path:
+def write_report(gate: Gate, out: Path, *, strict: bool = False, diagnosis: list | None = None) -> Path:
     """Write ``out/index.html`` and its images; the folder is replaced atomically. Returns the page's path. The page
-    opens with the verdict and what failed or changed, then the worst images; the full check tables are folded."""
+    opens with the verdict, what failed or changed grouped by kind of check, and where the error comes from
+    (``diagnosis``: ``sdxl_qdq.diagnose.failure`` sections), then the worst images; each check outside its window
+    and the full check tables are folded."""
     from sdxl_qdq.judge.summary import verdict as gate_verdict
 
     ev = gate.evaluation
@@ -187,7 +240,14 @@ def write_report(gate: Gate, out: Path, *, strict: bool = False) -> Path:
         f"{len(failed)} of {len(checks)} checks outside their harm floor, {len(changed)} outside their noise window "
         f"only{' (failing: --strict-gate)' if strict else ''}"
     )
-    attention = (failed + changed)[:50]
+    attention = failed + changed
+    groups = _group_rows(gate)
+    one_by_one = (
+        f"<details><summary>The {len(attention)} checks outside their windows, one by one</summary>"
+        f"<table>{TABLE_HEAD}{''.join(_row(c) for c in attention)}</table></details>"
+        if attention
+        else ""
+    )
     ep_tag = {
         g: (f" · {ev.ep.upper()} EP" if g.startswith("qdq") else " · CPU EP" if g.startswith("float") else "")
         for g in HEADERS
@@ -208,7 +268,9 @@ def write_report(gate: Gate, out: Path, *, strict: bool = False) -> Path:
 <p><b>{counts}.</b> A check outside its noise window means the quantized images <i>changed</i> beyond what
 re-seeding or re-calibrating moves them; outside its harm floor they are <i>harmed</i>
 (floors: <code>baselines/README.md</code>).</p>
-{f'<table>{TABLE_HEAD}{"".join(_row(c) for c in attention)}</table>' if attention else ''}
+{f'<table>{GROUP_HEAD}{"".join(groups)}</table>' if groups else ''}
+{_diagnosis_html(diagnosis)}
+{one_by_one}
 <h2>Images, worst 1-step MSE first</h2>
 <details open><summary>{len(ev.prompts)} prompts</summary>
 <table class=grid><tr><th>prompt</th>{grid_head}</tr>{''.join(grid[:20])}</table></details>
