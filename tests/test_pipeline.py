@@ -69,3 +69,50 @@ def test_variants_drawn_together_are_the_images_drawn_alone(qdq_artifacts, tmp_p
     assert cache.misses == [] and len(cache.hits) == 2
     with pytest.raises(ValueError, match="share components, seed base and EP"):
         generate_together(qdq_artifacts.float, [Variant("float", 1), Variant("qdq", 1)], prompts, key=key, cache=cache)
+
+
+def test_prompts_drawn_in_several_processes_are_the_images_one_process_draws(qdq_artifacts, tmp_path) -> None:
+    """The HTP simulator draws in one process per core (``draw_workers``): the same PNG bytes and model-call counts
+    as one process, the prompts' seconds in prompt order; a process's error is raised in the caller."""
+    from sdxl_qdq.cache import ArtifactCache
+    from sdxl_qdq.models.prompts import load_prompts
+    from sdxl_qdq.run.generate import Variant, draw_workers, generate_together
+
+    prompts = load_prompts("test")[:5]
+    variants = [Variant("float", 1), Variant("float", 2)]
+    key = qdq_artifacts.image_key("float")
+    timings = {}
+    folders = {}
+    for workers in (1, 2):
+        timings[workers] = {}
+        folders[workers] = generate_together(
+            qdq_artifacts.float,
+            variants,
+            prompts,
+            key=key,
+            cache=ArtifactCache(tmp_path / str(workers)),
+            timing=timings[workers],
+            workers=workers,
+        )
+    for v in variants:
+        names = sorted(p.name for p in folders[1][v].glob("*.png"))
+        assert len(names) == 5 and names == sorted(p.name for p in folders[2][v].glob("*.png"))
+        assert all((folders[1][v] / n).read_bytes() == (folders[2][v] / n).read_bytes() for n in names), v.label
+    assert timings[2]["workers"] == 2 and timings[1]["workers"] == 1
+    assert (
+        timings[2]["executed"]
+        == timings[1]["executed"]
+        == {
+            "text_encoder": 5,
+            "text_encoder_2": 5,
+            "unet": 10,
+            "vae_decoder": 10,
+        }
+    )
+    assert len(timings[2]["prompt_s"]) == 5 and all(s > 0 for s in timings[2]["prompt_s"])
+    broken = type(qdq_artifacts.float)(
+        {**qdq_artifacts.float.models, "unet": tmp_path / "missing.onnx"}, qdq_artifacts.float.pipeline_dir
+    )
+    with pytest.raises(Exception, match="missing.onnx"):
+        generate_together(broken, variants, prompts, key={"broken": 1}, cache=ArtifactCache(tmp_path / "x"), workers=2)
+    assert draw_workers("cpu", 100) == 1 and draw_workers("qnn", 1) == 1

@@ -7,6 +7,8 @@ of an offline model, and the seed-to-seed noise that tolerances are derived from
 
 from __future__ import annotations
 
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,39 +94,119 @@ def generate_together(
     qnn: QnnOptions | None = None,
     progress: Callable[[str], None] | None = None,
     timing: dict[str, Any] | None = None,
+    workers: int | None = None,
 ) -> dict[Variant, Path]:
     """The image folders of ``variants`` of the same components, seed base and EP (each its own cached artifact, the
     same images as drawn alone), drawn in one pass over the prompts: every distinct model call runs once per prompt
     (the text encodings are shared by every step count; the 1-step image's UNet call is the 2-step one's first).
-    ``timing``: filled, when they are drawn, with the sessions' load time and each prompt's seconds."""
+    ``timing``: filled, when they are drawn, with the sessions' load time and each prompt's seconds. ``workers``: how
+    many processes draw (default ``draw_workers``: several only on the HTP simulator)."""
     if len({(v.model, v.seed_base, v.ep) for v in variants}) > 1:
         raise ValueError(f"variants drawn together share components, seed base and EP: {[v.label for v in variants]}")
     folders = {v: cache.path("images", _inputs(key, v, prompts, qnn)) for v in variants}
     missing = [v for v in variants if not (folders[v].is_dir() and cache.check(folders[v]) is None)]
     if not missing:
         return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn), _never_built) for v in variants}
+    workers = draw_workers(missing[0].ep, len(prompts)) if workers is None else max(1, min(workers, len(prompts)))
     with cache.scratch("drawing") as drawn:  # a killed run's drawings are swept by the next one
-        start = time.perf_counter()
-        pipe = OrtSDXLPipeline(components, ep=missing[0].ep, qnn=qnn, reuse=True)
-        timing = timing if timing is not None else {}
-        timing.update(sessions_s=round(time.perf_counter() - start, 2), prompt_s=[])
         meter = Meter(" + ".join(v.label for v in missing) + " images", len(prompts), progress)
-        for prompt in prompts:
-            start = time.perf_counter()
-            for v in missing:
-                image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
-                (drawn / v.label).mkdir(exist_ok=True)
-                save_png(image, drawn / v.label / image_name(prompt))
-            pipe.forget()  # a prompt's outputs are never reused by the next prompt
-            timing["prompt_s"].append(round(time.perf_counter() - start, 2))
-            meter.step()
-        timing["executed"] = dict(pipe.executed)
+        if workers == 1:
+            drew = _draw(components, missing, prompts, qnn, drawn, step=meter.step)
+        else:
+            drew = _draw_in_processes(components, missing, prompts, qnn, drawn, workers, meter)
+        if timing is not None:
+            timing.update(drew, workers=workers)
         return {
             v: cache.get_or_build(
                 "images", _inputs(key, v, prompts, qnn), lambda out, v=v: _move_images(drawn / v.label, out)
             )
             for v in variants
         }
+
+
+def draw_workers(ep: str, prompts: int) -> int:
+    """How many processes draw at once: on the QNN EP of an x86-64 host (HTP's simulator, CPU-bound and
+    single-threaded for most of a call) one per core, at most 4; else one (ORT's CPU EP already uses every core, and
+    a device has one NPU)."""
+    simulated = ep == "qnn" and platform.machine().lower() in ("x86_64", "amd64")
+    return max(1, min(os.cpu_count() or 1, 4, prompts)) if simulated else 1
+
+
+def _draw(
+    components: ComponentSet,
+    variants: list[Variant],
+    prompts: list[Prompt],
+    qnn: QnnOptions | None,
+    drawn: Path,
+    *,
+    step: Callable[[], None] | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Draw ``variants`` of ``prompts`` into ``drawn/<label>/`` with one pipeline (a drawing process's whole work).
+    Returns the sessions' load time, each prompt's seconds (by prompt index) and the model runs."""
+    start = time.perf_counter()
+    pipe = OrtSDXLPipeline(components, ep=variants[0].ep, qnn=qnn, reuse=True, threads=threads)
+    sessions_s, prompt_s = round(time.perf_counter() - start, 2), {}
+    for prompt in prompts:
+        start = time.perf_counter()
+        for v in variants:
+            image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
+            (drawn / v.label).mkdir(exist_ok=True)
+            save_png(image, drawn / v.label / image_name(prompt))
+        pipe.forget()  # a prompt's outputs are never reused by the next prompt
+        prompt_s[prompt.index] = round(time.perf_counter() - start, 2)
+        if step is not None:
+            step()
+    return {"sessions_s": sessions_s, "prompt_s": [prompt_s[p.index] for p in prompts], "executed": dict(pipe.executed)}
+
+
+def _draw_in_processes(
+    components: ComponentSet,
+    variants: list[Variant],
+    prompts: list[Prompt],
+    qnn: QnnOptions | None,
+    drawn: Path,
+    workers: int,
+    meter: Meter,
+) -> dict[str, Any]:
+    """``_draw`` over ``workers`` spawned processes (concurrent.futures), prompt i to process i mod ``workers``:
+    each holds its own sessions (many QNN sessions in one process can crash it). A prompt's image depends on its
+    text and seed only, so the images are those one process draws. Progress: the prompts whose every image is
+    saved."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    shards = [prompts[i::workers] for i in range(workers)]
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pending = {pool.submit(_draw, components, variants, shard, qnn, drawn, threads=threads) for shard in shards}
+        futures, counted = list(pending), 0
+        while pending:
+            finished, pending = wait(pending, timeout=2.0, return_when=FIRST_EXCEPTION)
+            try:
+                for f in finished:
+                    f.result()  # a process's error, raised here
+            except BrokenProcessPool as e:
+                raise RuntimeError(
+                    f"a drawing process died ({e}); {len(prompts)} prompts were split over {workers}"
+                ) from e
+            saved = [
+                {p.name for p in (drawn / v.label).glob("*.png")} if (drawn / v.label).is_dir() else set()
+                for v in variants
+            ]
+            complete = len(set.intersection(*saved))
+            if complete > counted:
+                meter.step(complete - counted)
+                counted = complete
+        results = [f.result() for f in futures]
+    order = {p.index: n for n, p in enumerate(prompts)}
+    seconds = [0.0] * len(prompts)
+    for shard, r in zip(shards, results):
+        for p, s in zip(shard, r["prompt_s"]):
+            seconds[order[p.index]] = s
+    executed = {c: sum(r["executed"][c] for r in results) for c in results[0]["executed"]}
+    return {"sessions_s": max(r["sessions_s"] for r in results), "prompt_s": seconds, "executed": executed}
 
 
 def _never_built(out: Path) -> None:
