@@ -9,7 +9,7 @@ PYTEST := $(BIN)/python -m pytest
 TORCH_INDEX ?=
 WHEEL_CHECK := $(shell mktemp -d -u)
 
-.PHONY: setup gate gate-qnn test bench bench-save bench-compare bench-ci real-size real-size-gate real-baseline rehearse-tiny check-wheels \
+.PHONY: setup gate gate-qnn gate-qnn-unfused test bench bench-save bench-compare bench-ci real-size real-size-gate real-baseline rehearse-tiny check-wheels \
 	night-rehearsal lint lint-workflows clean
 
 # setuptools' build-time notices (editable installs) are not this project's output: silenced during installs only
@@ -32,6 +32,12 @@ gate: setup
 # The same gate with the quantized variants on the QNN EP (HTP simulator on x86_64), against baselines/<model>/qnn/.
 gate-qnn: setup
 	$(PYTEST) -m quality --qdq-ep qnn --qdq-report reports/quality-qnn
+
+# The negative control (slow; not in CI): the QNN gate on the canary with its GroupNorms left un-fused
+# (recipes/control_unfused_groupnorm.json) must fail with exit code 1 and name a GroupNorm as where QNN departs from the
+# CPU EP; the record goes to reports/controls/ (the measured one: baselines/controls/). 10 to 20 min on 2 cores.
+gate-qnn-unfused: setup
+	$(PYTEST) -m slow tests/test_controls.py
 
 # The tests: lint first, then everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed,
 # under xdist).

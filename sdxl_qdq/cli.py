@@ -35,7 +35,7 @@ from sdxl_qdq.diagnose.sqnr import (
     parity_baseline,
     qnn_parity,
 )
-from sdxl_qdq.errors import QuantError
+from sdxl_qdq.errors import ConfigError, QuantError
 from sdxl_qdq.judge.backbones import REAL_CLIP, REAL_FID, Backbones
 from sdxl_qdq.judge.baseline import baseline_model_name, baseline_path, write_baseline
 from sdxl_qdq.judge.evaluation import COCO_REFERENCE
@@ -313,6 +313,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="STAT:PCT%",
         help="fail when STAT grew more than PCT%% after the correction (default median:200%%, i.e. 3x)",
     )
+    hi = sub.add_parser(
+        "history",
+        help="a store of gate runs (JSON Lines per model/EP/device): append a run's summary.json, or show each "
+        "metric's trend with regressions and progressions flagged",
+    )
+    hi.add_argument("action", choices=("append", "show"))
+    hi.add_argument("summary", type=Path, nargs="?", metavar="SUMMARY_JSON", help="append: the run's summary.json")
+    hi.add_argument(
+        "--store", type=Path, required=True, metavar="DIR", help="the history folder (e.g. a results branch)"
+    )
+    hi.add_argument("--device", default=None, help="append: the device's name (default: the summary's ep_detail)")
+    hi.add_argument("--commit", default=None, help="append: the commit gated (default: $GITHUB_SHA)")
+    hi.add_argument("--model", default=None, help="show: only this model")
+    hi.add_argument("--ep", default=None, help="show: only this EP")
+    hi.add_argument(
+        "--fraction",
+        type=float,
+        default=0.1,
+        help="flag a move between two runs larger than this fraction of the check's noise window (default 0.1)",
+    )
+    hi.add_argument("--plot", type=Path, default=None, metavar="HTML", help="show: also write the trends as HTML")
+    hi.add_argument("--fail-on-regression", action="store_true", help="show: exit 1 when the latest run regressed")
     sub.add_parser("study-baseline", help="write baselines/sdxl-turbo/ from the published study in fixtures/")
     ct = sub.add_parser(
         "canary-train", help="train the canary and its scorer (about 14 min on 2 cores), write fp16 safetensors"
@@ -685,6 +707,51 @@ def _cmd_bench_gate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_history(args: argparse.Namespace) -> int:
+    """append: one line per run; show: per history file, the table of the last runs and every flagged move."""
+    import os
+
+    from sdxl_qdq.judge import history
+
+    if args.action == "append":
+        if args.summary is None or not args.summary.is_file():
+            raise ConfigError(f"history append needs a run's summary.json; {str(args.summary)!r} is not a file")
+        summary = json.loads(args.summary.read_text())
+        record = history.condense(summary, device=args.device, commit=args.commit or os.environ.get("GITHUB_SHA"))
+        path = history.append(args.store, record)
+        print(f"appended {record['model']} {record['ep']} {record['device']} ({record['verdict']}) to {path}")
+        return 0
+    latest_regressed, pages = False, []
+    for path in history.files(args.store):
+        records = history.load(path)
+        if (
+            not records
+            or (args.model and records[-1]["model"] != args.model)
+            or (args.ep and records[-1]["ep"] != args.ep)
+        ):
+            continue
+        print(f"{path} ({len(records)} runs)")
+        for line in history.table(records):
+            print("  " + line)
+        for flag in history.flags(records, fraction=args.fraction):
+            print("  " + flag.line())
+            latest_regressed |= flag.kind == "regression" and flag.run == len(records) - 1
+        pages.append(history.trend_html(records, fraction=args.fraction))
+    if not pages:
+        print(
+            f"no runs in {args.store}"
+            + (f" for {args.model or ''} {args.ep or ''}".rstrip() if args.model or args.ep else "")
+        )
+    if args.plot:
+        from sdxl_qdq.judge.report import CSS
+
+        tmp = args.plot.with_name(f".{args.plot.name}.tmp")
+        tmp.write_text(f"<!doctype html><meta charset=utf-8><style>{CSS}</style>{''.join(pages)}", encoding="utf-8")
+        tmp.replace(args.plot)
+        print(f"trends: {args.plot}")
+    return 1 if args.fail_on_regression and latest_regressed else 0
+
+
 def _cmd_study_baseline(args: argparse.Namespace) -> int:
     path = baseline_path("sdxl-turbo", Backbones(REAL_CLIP, REAL_FID), ep="cpu", reference=COCO_REFERENCE)
     write_baseline(study_baseline(), path)
@@ -763,4 +830,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "_qnn-cut": _cmd_qnn_cut_child,
     "_olive-pass-options": _cmd_olive_pass_options,
     "bench-gate": _cmd_bench_gate,
+    "history": _cmd_history,
 }

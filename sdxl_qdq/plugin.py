@@ -110,6 +110,17 @@ OPTIONS: dict[str, dict] = {  # name: argparse keywords; the flag is PREFIX + na
         metavar="DIR",
         help="write the quality report (index.html + images) to DIR at the end of the run (default: none)",
     ),
+    "history": dict(
+        default=None,
+        metavar="DIR",
+        help="append this gate run to the history store DIR (JSON Lines per model/EP/device; `sdxl-qdq history`) and "
+        "show each metric's trend in the report (default: none)",
+    ),
+    "device": dict(
+        default=None,
+        metavar="NAME",
+        help="the device's name in the history store (default: the EP's description)",
+    ),
     "from-device": dict(
         default=None,
         metavar="DIR",
@@ -361,7 +372,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sections, on_qnn = None, _on_qnn(session.config, [])
         if verdict(gate.all_checks(), strict=strict) == "failed":  # the report shows why; so will the terminal
             sections = _failure_diagnosis(session.config, session.config.stash.get(BUILD_KEY, None), on_qnn)
-        path = write_report(gate, Path(report_dir), strict=strict, diagnosis=sections)
+        path = write_report(
+            gate, Path(report_dir), strict=strict, diagnosis=sections, trend=_history(session.config, gate, strict)
+        )
         write_summary(gate, Path(report_dir), strict=strict)
         if sections is not None:
             from sdxl_qdq.diagnose import failure
@@ -381,6 +394,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         append_step_summary(summary_json)
         if gate is None and reporter is not None:  # xdist: the workers wrote it
             reporter.write_line(f"quality report: {summary_json.parent / 'index.html'}")
+
+
+def _history(config: pytest.Config, gate, strict: bool) -> str | None:
+    """With --qdq-history: this run appended to its history file, and that file's trend for the report."""
+    store = config.getoption("qdq_history")
+    if not store:
+        return None
+    from sdxl_qdq.judge import history
+    from sdxl_qdq.judge.summary import summary
+
+    record = history.condense(
+        summary(gate, strict=strict), device=config.getoption("qdq_device"), commit=os.environ.get("GITHUB_SHA")
+    )
+    path = history.append(Path(store), record)
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"history: {path}")
+    return history.trend_html(history.load(path))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

@@ -40,6 +40,19 @@ def test_seed_recipe_is_the_documented_one() -> None:
             assert passes[-1]["surgeries"] == [{"surgeon": "FuseGroupNormalization"}]
 
 
+def test_the_unfused_groupnorm_control_is_the_seed_recipe_without_its_fusion() -> None:
+    """recipes/control_unfused_groupnorm.json (the negative control of `make gate-qnn-unfused`) cannot drift from the
+    seed recipe: the same workflows but for the UNet's and the VAE decoder's FuseGroupNormalization pass."""
+    control = load_recipe(DEFAULT_RECIPE.parent / "control_unfused_groupnorm.json")
+    seed = load_recipe()
+    for c in ("unet", "vae_decoder"):
+        assert seed["workflows"][c]["passes"].pop("groupnorm_fusion")["surgeries"] == [
+            {"surgeon": "FuseGroupNormalization"}
+        ]
+    assert control["workflows"] == seed["workflows"] and control["calibration"] == seed["calibration"]
+    assert control["name"] != seed["name"]
+
+
 def test_filled_workflows_pass_olive_validation(tmp_path: Path) -> None:
     from olive.workflows.run.config import RunConfig
 

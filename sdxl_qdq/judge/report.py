@@ -212,11 +212,14 @@ def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
     return rows
 
 
-def write_report(gate: Gate, out: Path, *, strict: bool = False, diagnosis: list | None = None) -> Path:
+def write_report(
+    gate: Gate, out: Path, *, strict: bool = False, diagnosis: list | None = None, trend: str | None = None
+) -> Path:
     """Write ``out/index.html`` and its images; the folder is replaced atomically. Returns the page's path. The page
     opens with the verdict, what failed or changed grouped by kind of check, and where the error comes from
     (``diagnosis``: ``sdxl_qdq.diagnose.failure`` sections), then the worst images; each check outside its window
-    and the full check tables are folded."""
+    and the full check tables are folded. ``trend``: the history's HTML (``sdxl_qdq.judge.history.trend_html``),
+    after the metrics."""
     from sdxl_qdq.judge.summary import verdict as gate_verdict
 
     ev = gate.evaluation
@@ -285,6 +288,7 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
 <h2>Metrics vs baseline</h2>
 <table><tr><th>metric</th><th>measured</th><th>baseline</th><th></th></tr>{''.join(summary_rows)}</table>
 <table>{TABLE_HEAD}{''.join(_row(c) for c in aggregate)}</table>
+{trend or ''}
 <h2>Per-prompt MSE</h2>{_mse_plot(gate)}
 <details><summary>All {len(per_prompt)} per-prompt checks (MSE bound, CLIP floor): {n_failed} failed,
 {n_changed} changed</summary>
