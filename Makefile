@@ -31,7 +31,7 @@ gate: setup
 
 # The same gate with the quantized variants on the QNN EP (HTP simulator on x86_64), against baselines/<model>/qnn/.
 gate-qnn: setup
-	$(PYTEST) -m quality --qdq-ep qnn --qdq-report reports/quality-qnn
+	$(PYTEST) -m quality --qdq-ep qnn --qdq-htp-profile --qdq-report reports/quality-qnn
 
 # The negative control (slow; not in CI): the QNN gate on the canary with its GroupNorms left un-fused
 # (recipes/control_unfused_groupnorm.json) must fail with exit code 1 and name a GroupNorm as where QNN departs from the

@@ -127,6 +127,16 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write baselines/<model>/parity.json (bounds 3 dB below each value); review, then commit",
     )
+    hp = sub.add_parser(
+        "htp-profile",
+        help="where HTP spends its time: each QDQ component once on the QNN EP with detailed profiling, the top ops "
+        "by cycles mapped to ONNX nodes, and a performance record (latency, cycles, peak memory, nodes on QNN)",
+    )
+    _build_options(hp)
+    _qnn_soc(hp)
+    hp.add_argument("--component", action="append", choices=COMPONENTS, help="only these (default: all four)")
+    hp.add_argument("--top", type=int, default=10, help="top ops kept per component (default: %(default)s)")
+    hp.add_argument("--out", type=Path, default=None, metavar="JSON", help="write the performance record here")
     _build_options(sub.add_parser("coverage", help="QDQ coverage and float islands of each component"))
     lay = sub.add_parser("layers", help="layers with the largest quantization error (float vs QDQ SQNR), worst first")
     _build_options(lay)
@@ -400,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _needs_qnn(args: argparse.Namespace) -> bool:
-    if args.command in ("parity", "diverge"):
+    if args.command in ("parity", "diverge", "htp-profile"):
         return True
     if args.command == "compare":
         return args.ep == "qnn"
@@ -707,6 +717,23 @@ def _cmd_bench_gate(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def _cmd_htp_profile(args: argparse.Namespace) -> int:
+    from sdxl_qdq.diagnose.qnn_profile import perf_lines, perf_record
+
+    if args.top < 1:
+        raise ConfigError(f"--top must be at least 1, got {args.top}")
+    result = _build(args)
+    record = perf_record(result, soc_model=args.qnn_soc, components=tuple(args.component or ()) or None, top=args.top)
+    for line in perf_lines(record, top=args.top):
+        print(line)
+    if args.out:
+        tmp = args.out.with_name(f".{args.out.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        tmp.replace(args.out)
+        print(f"performance record: {args.out}")
+    return 0
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     """append: one line per run; show: per history file, the table of the last runs and every flagged move."""
     import os
@@ -831,4 +858,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "_olive-pass-options": _cmd_olive_pass_options,
     "bench-gate": _cmd_bench_gate,
     "history": _cmd_history,
+    "htp-profile": _cmd_htp_profile,
 }

@@ -116,6 +116,12 @@ OPTIONS: dict[str, dict] = {  # name: argparse keywords; the flag is PREFIX + na
         help="append this gate run to the history store DIR (JSON Lines per model/EP/device; `sdxl-qdq history`) and "
         "show each metric's trend in the report (default: none)",
     ),
+    "htp-profile": dict(
+        action="store_true",
+        default=False,
+        help="with --qdq-ep qnn and --qdq-report: profile each QDQ component once on HTP (detailed) and put where it "
+        "spends its time in the report, summary.json and perf.json (default: off)",
+    ),
     "device": dict(
         default=None,
         metavar="NAME",
@@ -372,10 +378,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         sections, on_qnn = None, _on_qnn(session.config, [])
         if verdict(gate.all_checks(), strict=strict) == "failed":  # the report shows why; so will the terminal
             sections = _failure_diagnosis(session.config, session.config.stash.get(BUILD_KEY, None), on_qnn)
+        perf = _htp_profile(session.config)
         path = write_report(
-            gate, Path(report_dir), strict=strict, diagnosis=sections, trend=_history(session.config, gate, strict)
+            gate,
+            Path(report_dir),
+            strict=strict,
+            diagnosis=sections,
+            trend=_history(session.config, gate, strict),
+            perf=perf,
         )
-        write_summary(gate, Path(report_dir), strict=strict)
+        write_summary(gate, Path(report_dir), strict=strict, perf=perf)
         if sections is not None:
             from sdxl_qdq.diagnose import failure
 
@@ -394,6 +406,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         append_step_summary(summary_json)
         if gate is None and reporter is not None:  # xdist: the workers wrote it
             reporter.write_line(f"quality report: {summary_json.parent / 'index.html'}")
+
+
+def _htp_profile(config: pytest.Config) -> dict | None:
+    """With --qdq-htp-profile on the QNN EP: the performance record of the gate's build (perf.json in the report)."""
+    built = config.stash.get(BUILD_KEY, None)
+    if not config.getoption("qdq_htp_profile") or config.getoption("qdq_ep") != "qnn" or built is None:
+        return None
+    from sdxl_qdq.diagnose.qnn_profile import perf_record
+
+    say(config)("HTP profile: each QDQ component once, detailed")
+    return perf_record(built, soc_model=config.getoption("qdq_qnn_soc"))
 
 
 def _history(config: pytest.Config, gate, strict: bool) -> str | None:

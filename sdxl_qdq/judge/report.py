@@ -103,6 +103,31 @@ def _diagnosis_html(sections: list | None) -> str:
     return "".join(parts)
 
 
+def _perf_html(perf: dict | None, *, top: int = 5) -> str:
+    """Where HTP spends its time: per component its latency, cycles, nodes on QNN and top ops by cycles."""
+    if not perf:
+        return ""
+    rows = []
+    for c, r in perf["components"].items():
+        ops = "<br>".join(
+            f"{op['share']:.1%} {html.escape(op['op_type'])} <span class=small>{html.escape(op['node'])}</span>"
+            for op in r["top_ops"][:top]
+        )
+        rows.append(
+            f"<tr><td class=l>{c}</td><td>{r['latency_ms']:.1f}</td><td>{r['htp_execute_ms']:.1f}</td>"
+            f"<td>{r['execute_cycles']:,}</td><td>{r['nodes_on_qnn']}/{r['nodes_total']}</td>"
+            f"<td>{r['peak_rss_gb']:.2f}</td><td class=l>{ops}</td></tr>"
+        )
+    versions = ", ".join(f"{k} {v}" for k, v in perf["versions"].items())
+    return (
+        f"<h2>Where HTP spends its time</h2><p class=small>QNN {html.escape(perf['backend'])}, soc "
+        f"{html.escape(str(perf['soc_model']))}, {html.escape(versions)}; one call per component on its first "
+        "calibration input, detailed profiling; <a href=\"perf.json\">perf.json</a>.</p>"
+        "<table><tr><th>component</th><th>host ms</th><th>HTP execute ms</th><th>cycles</th><th>nodes on QNN</th>"
+        f"<th>peak GB</th><th>top ops by cycles</th></tr>{''.join(rows)}</table>"
+    )
+
+
 def _heat_map(reference: Path, test: Path, dest: Path) -> None:
     """|test − reference| per pixel (mean over channels) as a PNG: black = equal, white = 64 or more levels apart."""
     from PIL import Image
@@ -213,13 +238,20 @@ def _image_grid(ev: Evaluation, folder: Path) -> list[str]:
 
 
 def write_report(
-    gate: Gate, out: Path, *, strict: bool = False, diagnosis: list | None = None, trend: str | None = None
+    gate: Gate,
+    out: Path,
+    *,
+    strict: bool = False,
+    diagnosis: list | None = None,
+    trend: str | None = None,
+    perf: dict | None = None,
 ) -> Path:
     """Write ``out/index.html`` and its images; the folder is replaced atomically. Returns the page's path. The page
     opens with the verdict, what failed or changed grouped by kind of check, and where the error comes from
     (``diagnosis``: ``sdxl_qdq.diagnose.failure`` sections), then the worst images; each check outside its window
     and the full check tables are folded. ``trend``: the history's HTML (``sdxl_qdq.judge.history.trend_html``),
-    after the metrics."""
+    after the metrics. ``perf``: the QNN performance record (``sdxl_qdq.diagnose.qnn_profile.perf_record``), as a
+    section after the trend and as ``perf.json``."""
     from sdxl_qdq.judge.summary import verdict as gate_verdict
 
     ev = gate.evaluation
@@ -289,6 +321,7 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
 <table><tr><th>metric</th><th>measured</th><th>baseline</th><th></th></tr>{''.join(summary_rows)}</table>
 <table>{TABLE_HEAD}{''.join(_row(c) for c in aggregate)}</table>
 {trend or ''}
+{_perf_html(perf)}
 <h2>Per-prompt MSE</h2>{_mse_plot(gate)}
 <details><summary>All {len(per_prompt)} per-prompt checks (MSE bound, CLIP floor): {n_failed} failed,
 {n_changed} changed</summary>
@@ -297,6 +330,8 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
 <p class=small>Baseline tolerances: {html.escape(str(gate.baseline.get('derivation', {}).get('text', '')))}</p>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")
+    if perf is not None:
+        (tmp / "perf.json").write_text(json.dumps(perf, indent=1) + "\n")
     replace_folder(tmp, out)
     return out / "index.html"
 

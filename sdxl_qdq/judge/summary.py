@@ -45,9 +45,11 @@ def verdict(checks: list[Check], *, strict: bool) -> str:
     return "changed" if "changed" in statuses else "pass"
 
 
-def summary(gate: Gate, *, strict: bool = False) -> dict[str, Any]:
+def summary(gate: Gate, *, strict: bool = False, perf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run's summary.json; ``perf``: its QNN performance record (``--qdq-htp-profile``), kept when given."""
     ev, checks = gate.evaluation, gate.all_checks()
     counts = Counter(c.status for c in checks)
+    extra = {"perf": perf} if perf is not None else {}
     return {
         "schema": SCHEMA_ID,
         "verdict": verdict(checks, strict=strict),
@@ -63,6 +65,7 @@ def summary(gate: Gate, *, strict: bool = False) -> dict[str, Any]:
         "prompts": len(ev.prompts),
         "versions": package_versions(),
         "harm_floors": harm_floors(),
+        **extra,
         "counts": {s: counts.get(s, 0) for s in STATUSES},
         "checks": [check_record(c) for c in checks],
     }
@@ -101,9 +104,9 @@ def validate(data: dict[str, Any]) -> None:
     jsonschema.validate(data, json.loads(SCHEMA.read_text()))
 
 
-def write_summary(gate: Gate, folder: Path, *, strict: bool = False) -> Path:
+def write_summary(gate: Gate, folder: Path, *, strict: bool = False, perf: dict[str, Any] | None = None) -> Path:
     """``folder/summary.json``, validated first, written to a temp file and renamed."""
-    data = summary(gate, strict=strict)
+    data = summary(gate, strict=strict, perf=perf)
     validate(data)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".summary.json.tmp-{os.getpid()}"
