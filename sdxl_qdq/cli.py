@@ -254,6 +254,23 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="report folder (index.html, comparison.json; default: %(default)s)",
     )
+    cr = sub.add_parser(
+        "compare-results",
+        help="toolchain (or device) A/B: two device results folders of one bundle, e.g. drawn with onnxruntime-qnn "
+        "2.6.0 and 2.7.0, judged here against the same float images: paired differences, intervals and a verdict per "
+        "metric, with each side's placement, QNN-vs-CPU parity and versions",
+    )
+    cr.add_argument("results_a", type=Path, metavar="A_RESULTS")
+    cr.add_argument("results_b", type=Path, metavar="B_RESULTS")
+    cr.add_argument(
+        "--model", default="canary", metavar="NAME", help="model the bundle was made of (default: %(default)s)"
+    )
+    cr.add_argument(
+        "--recipe", default=None, metavar="FILE", help="recipe the bundle was made with (default: the seed)"
+    )
+    cr.add_argument("--cache-dir", default=None, metavar="DIR", help="artifact cache")
+    cr.add_argument("--coco-dir", default=None, metavar="DIR", help="COCO images, the real model's FID reference")
+    cr.add_argument("--out", type=Path, default=Path("reports/compare-results"), metavar="DIR", help="report folder")
     pr = sub.add_parser(
         "propose",
         help="a fix for the worst layers: the activations that lose the most to their own "
@@ -505,6 +522,37 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for row in rows:
         print(row.line(*names))
     print(f"report: {write_comparison(ev_a, ev_b, rows, args.out, names=names)}")
+    return 0
+
+
+def _cmd_compare_results(args: argparse.Namespace) -> int:
+    """Exit 0 whatever the verdicts: a comparison informs, the gate decides."""
+    from sdxl_qdq.flows import compare_results
+    from sdxl_qdq.judge.report import write_comparison
+
+    for path in (args.results_a, args.results_b):
+        if not (path / "manifest.json").is_file():
+            raise ConfigError(f"{path} is not a device results folder (no manifest.json); make one with device-run")
+    cache = ArtifactCache(Path(args.cache_dir) if args.cache_dir else None)
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    result = build(args.model, recipe=args.recipe, cache=cache, progress=say)
+    ev_a, ev_b, rows, toolchains = compare_results(
+        result, args.results_a, args.results_b, cache=cache, coco_dir=args.coco_dir, progress=say
+    )
+    names = tuple(
+        f"onnxruntime-qnn {t['versions'].get('onnxruntime-qnn', '?')}" for t in (toolchains["a"], toolchains["b"])
+    )
+    if names[0] == names[1]:
+        names = (f"A ({names[0]})", f"B ({names[1]})")
+    for side, name in zip(("a", "b"), names):
+        t = toolchains[side]
+        parity = ", ".join(f"{c} {v:.1f} dB" for c, v in t["parity_db"].items()) or "not measured"
+        placement = ", ".join(f"{c} {n}" for c, n in t["placement"].items()) or "not measured"
+        print(f"{name}: {t['backend']}; QNN-vs-CPU parity {parity}; nodes on QNN {placement}")
+    for row in rows:
+        print(row.line(*names))
+    page = write_comparison(ev_a, ev_b, rows, args.out, names=names, toolchains=toolchains)
+    print(f"report: {page}")
     return 0
 
 
@@ -859,4 +907,5 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "bench-gate": _cmd_bench_gate,
     "history": _cmd_history,
     "htp-profile": _cmd_htp_profile,
+    "compare-results": _cmd_compare_results,
 }

@@ -3,6 +3,7 @@ image sets judged (``sdxl_qdq.judge``), a baseline read or written. Used by the 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from sdxl_qdq.cache import ArtifactCache
@@ -359,4 +360,69 @@ def judge_subset(
         "fid": {k: float(v) for k, v in ev.fid.items()},
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
         "float_timing": timing,
+    }
+
+
+def compare_results(
+    build: Build,
+    a: str | Path,
+    b: str | Path,
+    *,
+    cache: ArtifactCache,
+    clip_backbone: str = "auto",
+    fid_backbone: str = "auto",
+    coco_dir: str | Path | None = None,
+    progress: Progress = lambda _: None,
+) -> tuple[Evaluation, Evaluation, list[Difference], dict]:
+    """Two device results folders of the same bundle (two toolchains, e.g. onnxruntime-qnn 2.6.0 and 2.7.0, or two
+    devices), judged against the same float images here: B against A per metric, as the recipe A/B does, and each
+    side's placement, QNN-vs-CPU parity and versions (``toolchains``)."""
+    prompts = load_prompts("all", path=build.source.prompts)
+    results = [DeviceResults.load(p) for p in (a, b)]
+    eps = {r.manifest["ep"] for r in results}
+    if len(eps) > 1:
+        raise ConfigError(f"results {a} and {b} were drawn on different EPs ({sorted(eps)}): compare like with like")
+    ep = eps.pop()
+    for r in results:
+        device_results(r.path, build, ep=ep, qnn=QnnOptions(soc_model=r.manifest["soc"]), prompts=prompts)
+    if results[0].manifest["bundle"]["digest"] != results[1].manifest["bundle"]["digest"]:
+        raise ConfigError(f"results {a} and {b} come from different bundles: run both toolchains on one bundle")
+    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
+    reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
+    floats = draw_together(build, [Variant("float", k) for k in STEPS], prompts, cache=cache, progress=progress)
+    evaluations = [
+        evaluate(
+            model=baseline_model_name(build.source.name),
+            recipe=build.recipe_name,
+            prompts=prompts,
+            backbones=backbones,
+            image_dirs={**floats, **{f"qdq@{k}": r.images(k) for k in STEPS}},
+            reference_images=reference,
+            reference_name=described,
+            reference_id=reference_id(build, coco_dir),
+            ep=ep,
+            ep_detail=r.describe(),
+            progress=progress,
+        )
+        for r in results
+    ]
+    toolchains = {
+        "a": _toolchain(results[0]),
+        "b": _toolchain(results[1]),
+    }
+    return evaluations[0], evaluations[1], compare(evaluations[0], evaluations[1], reference), toolchains
+
+
+def _toolchain(results: DeviceResults) -> dict:
+    """What a results folder says of the toolchain that drew it: versions, backend, placement, parity."""
+    figures_file = results.path / "figures.json"
+    figures = json.loads(figures_file.read_text()) if figures_file.is_file() else {}
+    return {
+        "path": str(results.path),
+        "versions": results.manifest["versions"],
+        "backend": results.manifest["machine"].get("qnn_backend"),
+        "placement": {c: sum(ops.values()) for c, ops in figures.get("placement", {}).items()},
+        "parity_db": {
+            c: min(o["qnn_vs_cpu_db"] for o in outs.values()) for c, outs in figures.get("parity", {}).items()
+        },
     }

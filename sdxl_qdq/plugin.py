@@ -29,6 +29,8 @@ MARKERS = {
     "quality": "quality gate: metrics of the quantized model against baselines/ (pytest -m quality)",
     "qnn": "needs the QNN EP (the HTP simulator on x86_64 Linux, the NPU on Snapdragon)",
     "slow": "real-size model or long run; not part of the default CI selection",
+    "long": "a few minutes on 2 cores (cold builds in child processes, killed runs, planted variants): out of CI's "
+    "`make test`, run by `make test-long`, whose record is kept in baselines/records/",
     "device": "runs on the NPU runner from a bundle with the device profile (pytest tests/device --bundle DIR)",
 }
 

@@ -112,6 +112,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.qnn
+@pytest.mark.long
 def test_device_steps_need_no_torch(bundle_dir: Path, tmp_path: Path) -> None:
     """``sdxl-qdq device-run`` in a process where torch, diffusers, transformers, datasets, Olive and the POSIX-only
     modules cannot be imported (as on the Windows NPU runner): placement, parity and two prompts drawn on QNN."""
@@ -140,18 +141,26 @@ def test_an_emulated_python_is_refused(process: str, native: str, refused: bool)
         assert "emulated" in why and "native ARM64 Python" in why and "\n" not in why
 
 
-def test_device_results_judged_on_the_host_give_the_host_verdict(
-    qdq_quality_artifacts, qdq_cache, tmp_path: Path
-) -> None:
-    """Device results drawn on the CPU EP (bit-identical to the host's images) through `--from-device`: the same
-    checks, measured values included, as drawing here; results of another build are refused."""
+@pytest.fixture(scope="module")
+def canary_results(qdq_quality_artifacts, tmp_path_factory) -> Path:
+    """The canary's device results drawn on the CPU EP (every prompt; bit-identical to the host's images)."""
     from sdxl_qdq.device.night import run_night
-    from sdxl_qdq.flows import prepare_gate
 
+    tmp_path = tmp_path_factory.mktemp("night")
     bundle = Bundle.load(
         write_bundle(qdq_quality_artifacts, tmp_path / "bundle", qnn=QnnOptions("60"), parity_prompts=1, context=False)
     )
-    results = run_night(bundle, tmp_path / "results", qnn=QnnOptions("60"), ep="cpu")
+    return run_night(bundle, tmp_path / "results", qnn=QnnOptions("60"), ep="cpu")
+
+
+def test_device_results_judged_on_the_host_give_the_host_verdict(
+    qdq_quality_artifacts, qdq_cache, canary_results: Path
+) -> None:
+    """Device results drawn on the CPU EP (bit-identical to the host's images) through `--from-device`: the same
+    checks, measured values included, as drawing here; results of another build are refused."""
+    from sdxl_qdq.flows import prepare_gate
+
+    results = canary_results
     here = prepare_gate(qdq_quality_artifacts, cache=qdq_cache)
     there = prepare_gate(qdq_quality_artifacts, cache=qdq_cache, from_device=results)
     assert [(c.metric, c.measured) for c in there.all_checks()] == [(c.metric, c.measured) for c in here.all_checks()]
@@ -182,3 +191,34 @@ def test_a_device_venv_without_onnxruntime_qnn_is_one_line_with_the_fix(monkeypa
     err = capsys.readouterr().err
     assert err.startswith("error: onnxruntime-qnn is not installed") and "pip install -r requirements/device.txt" in err
     assert err.count("\n") == 1
+
+
+def test_two_toolchains_results_are_compared_per_metric_with_their_figures(
+    qdq_quality_artifacts, qdq_cache, canary_results: Path, tmp_path: Path
+) -> None:
+    """`sdxl-qdq compare-results`: B is A's results with 40 of its 1-step images damaged (a toolchain that
+    miscomputes): B is worse on 1-step MSE, indistinguishable at 2 steps; each side's versions are shown; results of
+    two bundles are refused."""
+    from PIL import Image
+
+    from sdxl_qdq.flows import compare_results
+    from sdxl_qdq.manifest import write_manifest
+
+    damaged = tmp_path / "b"
+    shutil.copytree(canary_results, damaged)
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["versions"] = {**manifest["versions"], "onnxruntime-qnn": "0.0-planted"}
+    for png in sorted((damaged / "images" / "qdq@1").glob("*.png"))[:40]:
+        image = np.asarray(Image.open(png).convert("RGB")).astype(np.int16)
+        Image.fromarray(np.clip(image + 40, 0, 255).astype(np.uint8)).save(png)
+    write_manifest(damaged, {k: v for k, v in manifest.items() if k not in ("format", "files")})
+    *_, rows, toolchains = compare_results(qdq_quality_artifacts, canary_results, damaged, cache=qdq_cache)
+    verdicts = {r.metric: r.verdict for r in rows}
+    assert verdicts["MSE qdq@1 vs float@1"] == "worse" and verdicts["MSE qdq@2 vs float@2"] == "indistinguishable"
+    assert toolchains["b"]["versions"]["onnxruntime-qnn"] == "0.0-planted"
+    assert toolchains["a"]["versions"] == json.loads((canary_results / "manifest.json").read_text())["versions"]
+    other = json.loads((damaged / "manifest.json").read_text())
+    other["bundle"]["digest"] = "0" * 64
+    write_manifest(damaged, {k: v for k, v in other.items() if k not in ("format", "files")})
+    with pytest.raises(ConfigError, match="come from different bundles"):
+        compare_results(qdq_quality_artifacts, canary_results, damaged, cache=qdq_cache)

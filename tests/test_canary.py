@@ -130,7 +130,7 @@ def test_scorer_separates_captions() -> None:
     assert float(retrieved.float().mean()) >= 0.95
 
 
-@pytest.mark.parametrize("variant", ["unet-noise5", "no-xattn"])
+@pytest.mark.parametrize("variant", [pytest.param("unet-noise5", marks=pytest.mark.long), "no-xattn"])
 def test_gate_fails_a_degraded_unet(canary_build, qdq_cache, variant: str) -> None:
     """A quantized UNet that is noised, or no longer reads the prompt, fails the CLIP and FID checks."""
     from sdxl_qdq.convert.stages import build, with_qdq_component

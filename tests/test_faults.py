@@ -59,7 +59,10 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "sdxl_qdq", *args]
 
 
-@pytest.mark.parametrize("stage", ["export", "calibration", "qdq"])
+@pytest.mark.parametrize(
+    "stage",
+    [pytest.param("export", marks=pytest.mark.long), pytest.param("calibration", marks=pytest.mark.long), "qdq"],
+)
 def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(
     qdq_artifacts, qdq_cache, tmp_path: Path, stage: str
 ) -> None:
@@ -91,6 +94,7 @@ def test_a_build_killed_during_a_stage_rebuilds_the_same_bytes(
     assert not [p for p in (root / stage).iterdir() if p.name.startswith(".")], "a killed build's leftovers were kept"
 
 
+@pytest.mark.long
 def test_image_generation_killed_draws_the_same_images(qdq_artifacts, qdq_cache, tmp_path: Path) -> None:
     from sdxl_qdq.flows import draw
     from sdxl_qdq.models.prompts import load_prompts

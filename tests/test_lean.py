@@ -53,6 +53,7 @@ def test_lean_quantizer_gives_the_olive_model(qdq_artifacts, tmp_path: Path, com
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("lean-")], "work folder left behind"
 
 
+@pytest.mark.long
 def test_lean_quantizer_takes_tensor_quant_overrides_as_olive_does(qdq_artifacts, tmp_path: Path) -> None:
     """A recipe `sdxl-qdq propose` writes (``extra_options.TensorQuantOverrides``: activations narrowed to 8 bits)
     builds memory-bounded: the UNet equals what Olive's workflow makes of the same recipe, overrides included."""
@@ -163,6 +164,7 @@ def test_stock_estimate_counts_every_activation(qdq_artifacts, tmp_path: Path) -
     assert stock_peak_estimate(model) >= 3 * Graph.load(model).weight_bytes() + activations
 
 
+@pytest.mark.long
 def test_build_runs_lean_in_its_own_process(qdq_artifacts, qdq_cache, tmp_path: Path) -> None:
     """``build(quantizer='lean')``: a separate cache entry per component, made by a child process that
     reports its steps and peak memory."""
@@ -286,6 +288,7 @@ def test_recording_through_prepared_graphs_moves_trajectories_by_rounding_only(q
             assert float(np.max(np.abs(np.asarray(got, dtype=np.float64) - want))) <= 1e-5 * width, name
 
 
+@pytest.mark.long
 def test_isolated_export_equals_in_process_export(qdq_artifacts, tmp_path: Path) -> None:
     """One component per process (the real-size path) writes the same files as the in-process export."""
     from sdxl_qdq.convert.export import export_components

@@ -113,6 +113,6 @@ def test_prompts_drawn_in_several_processes_are_the_images_one_process_draws(qdq
     broken = type(qdq_artifacts.float)(
         {**qdq_artifacts.float.models, "unet": tmp_path / "missing.onnx"}, qdq_artifacts.float.pipeline_dir
     )
-    with pytest.raises(Exception, match="missing.onnx"):
+    with pytest.raises(Exception, match=r"missing\.onnx"):
         generate_together(broken, variants, prompts, key={"broken": 1}, cache=ArtifactCache(tmp_path / "x"), workers=2)
     assert draw_workers("cpu", 100) == 1 and draw_workers("qnn", 1) == 1

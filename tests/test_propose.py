@@ -60,6 +60,7 @@ def planted(qdq_cache, tmp_path_factory):
     return seed, recipe, build("canary", recipe=path, cache=qdq_cache), tmp_path_factory.mktemp("proposed")
 
 
+@pytest.mark.long
 def test_the_proposal_names_the_planted_block_and_recovers_most_of_the_loss(planted, qdq_cache) -> None:
     """Measured: the planted build's mean 1-step MSE vs float 5.87 → 21.3 (5 checks outside their harm floor);
     the 40 activations proposed are 39 of up_blocks.1 and 1 of up_blocks.2; gated, MSE@1 8.30 (84 % of the loss

@@ -336,11 +336,38 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
     return out / "index.html"
 
 
+def _toolchain_table(toolchains: dict | None, names: tuple[str, str]) -> str:
+    if not toolchains:
+        return ""
+    rows = []
+    for side, name in zip(("a", "b"), names):
+        t = toolchains[side]
+        versions = ", ".join(f"{k} {v}" for k, v in t["versions"].items())
+        parity = ", ".join(f"{c} {v:.1f} dB" for c, v in t["parity_db"].items()) or "not measured"
+        placement = ", ".join(f"{c} {n}" for c, n in t["placement"].items()) or "not measured"
+        rows.append(
+            f"<tr><td class=l>{html.escape(name)}</td><td class=l>{html.escape(versions)}</td>"
+            f"<td class=l>{html.escape(str(t['backend']))}</td><td class=l>{html.escape(placement)}</td>"
+            f"<td class=l>{html.escape(parity)}</td></tr>"
+        )
+    return (
+        "<h2>Toolchains</h2><table><tr><th>side</th><th>versions</th><th>backend</th><th>nodes on QNN</th>"
+        "<th>QNN vs CPU EP (worst output)</th></tr>" + "".join(rows) + "</table>"
+    )
+
+
 def write_comparison(
-    a: Evaluation, b: Evaluation, rows: list, out: Path, *, names: tuple[str, str] = ("A", "B")
+    a: Evaluation,
+    b: Evaluation,
+    rows: list,
+    out: Path,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    toolchains: dict | None = None,
 ) -> Path:
     """``out/index.html`` (+ ``comparison.json``): the verdict per metric, then float | A | B per prompt, the prompts
-    where the two recipes differ most first."""
+    where the two recipes (or toolchains) differ most first. ``toolchains``: each side's versions, placement and
+    parity (``sdxl_qdq.flows.compare_results``), shown under the verdicts and kept in comparison.json."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -387,7 +414,8 @@ Difference = {second} − {first}: mean of paired per-prompt differences (MSE, C
 interval over prompts; a verdict only when the interval excludes 0.</p>
 <table><tr><th>metric</th><th>{first}</th><th>{second}</th><th>difference</th><th>95 % interval</th><th></th>
 <th>verdict</th></tr>{table}</table>
-<h2>Images, largest difference between the recipes first</h2>
+{_toolchain_table(toolchains, names)}
+<h2>Images, largest difference between the two first</h2>
 <table class=grid><tr><th>prompt</th>{''.join(f'<th>{html.escape(h)}</th>' for h in heads)}</tr>{''.join(grid)}</table>
 </body></html>"""
     (tmp / "index.html").write_text(page, encoding="utf-8")
@@ -401,6 +429,7 @@ interval over prompts; a verdict only when the interval excludes 0.</p>
                 "prompts": len(a.prompts),
                 "versions": package_versions(),
                 "metrics": [r.record() for r in rows],
+                **({"toolchains": toolchains} if toolchains else {}),
             },
             indent=1,
         )
