@@ -31,7 +31,7 @@ from typing import Any
 
 from sdxl_qdq.errors import BuildError, ConfigError
 from sdxl_qdq.paths import IN_CHECKOUT, REPO_DIR
-from sdxl_qdq.procs import Progress, run_measured, total_memory_bytes
+from sdxl_qdq.procs import Progress, run_measured, stage_log, total_memory_bytes
 
 SIZES = ("tiny", "real")
 REAL_MODEL = "stabilityai/sdxl-turbo"
@@ -85,13 +85,15 @@ def stage_standins(work: Path, size: str, *, progress: Progress = print) -> dict
                 "vae": sdxl.REAL_VAE,
             }
         )
-        folder = write_random_pipeline(
-            work / "pipeline", configs, seed=sdxl.REAL_RANDOM_SEED, fp16_variants=size == "tiny", progress=progress
-        )
+        with stage_log(work / "logs" / "standins.log"):  # transformers' and diffusers' bars and notices
+            folder = write_random_pipeline(
+                work / "pipeline", configs, seed=sdxl.REAL_RANDOM_SEED, fp16_variants=size == "tiny", progress=progress
+            )
         write_hub_snapshot(folder, repo_id=REAL_MODEL, hub_cache=hub, move=True)
         shutil.rmtree(work / "pipeline", ignore_errors=True)
     if not (hub / repo_folder_name("openai/clip-vit-base-patch16") / "refs" / "main").is_file():
-        write_clip_snapshot(hub, width="small" if size == "tiny" else "real")
+        with stage_log(work / "logs" / "standins.log"):
+            write_clip_snapshot(hub, width="small" if size == "tiny" else "real")
     inception = weights_path(work / "torch")
     if not inception.is_file():
         write_random_weights(inception)

@@ -8,13 +8,16 @@ records its graph assignment, and ``assert_assignment`` compares it with what th
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import platform
 import shutil
+import sys
 import tempfile
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +168,37 @@ def execution_provider(ep: str) -> ExecutionProvider:
     return EXECUTION_PROVIDERS[ep]
 
 
+BACKEND_NOTICE = "LIBNATIVE: No alternate configuration present"
+_backend_loaded = False
+
+
+@contextlib.contextmanager
+def _backend_notice_hidden() -> Iterator[None]:
+    """The HTP backend, loaded by a process's first QNN session, prints a notice about its thread-local configuration
+    (`# LIBNATIVE: No alternate configuration present in libnative_tls.conf ...`) to the C-level stdout: that one line
+    is dropped; anything else it writes then is passed on to stderr. Later sessions run untouched."""
+    global _backend_loaded
+    if _backend_loaded:
+        yield
+        return
+    _backend_loaded = True
+    sys.stdout.flush()
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(1)
+        os.dup2(captured.fileno(), 1)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            captured.seek(0)
+            rest = [
+                line for line in captured.read().decode(errors="replace").splitlines() if BACKEND_NOTICE not in line
+            ]
+            if any(line.strip() for line in rest):
+                print("\n".join(rest), file=sys.stderr)
+
+
 def create_session(
     model: str | Path | bytes,
     *,
@@ -192,7 +226,8 @@ def create_session(
         return ort.InferenceSession(source, sess_options=so, providers=[provider.ort_name])
     provider.attach(so, qnn, cpu_fallback)
     try:
-        return ort.InferenceSession(source, sess_options=so)
+        with _backend_notice_hidden():
+            return ort.InferenceSession(source, sess_options=so)
     except Exception as e:  # onnxruntime raises bare RuntimeError/Fail subclasses
         hint = f" (CPU fallback is disabled: some node is not supported by {ep.upper()})" if not cpu_fallback else ""
         what = "the serialized model" if isinstance(model, bytes) else model

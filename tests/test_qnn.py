@@ -192,3 +192,22 @@ def test_execution_providers_are_one_table() -> None:
     assert execution_provider("qnn").ort_name == "QNNExecutionProvider"
     with pytest.raises(ConfigError, match="execution provider 'gpu' is not supported; allowed: cpu, qnn"):
         execution_provider("gpu")
+
+
+@pytest.mark.qnn
+def test_the_htp_backends_load_notice_stays_out_of_the_terminal(qdq_artifacts, tmp_path: Path) -> None:
+    """The HTP backend's first load prints `# LIBNATIVE: No alternate configuration present ...` to the C-level
+    stdout (third-party noise in every QNN command's output): it is dropped, the process's own output is not."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime_qnn", reason="the QNN EP needs onnxruntime-qnn (pip install onnxruntime-qnn)")
+    model = qdq_artifacts.qdq.models["text_encoder"]
+    code = (
+        "from sdxl_qdq.runtime import create_session, QnnOptions\n"
+        f"create_session({str(model)!r}, ep='qnn', qnn=QnnOptions())\n"
+        "print('created', flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "created" and "LIBNATIVE" not in done.stderr, done.stdout + done.stderr

@@ -40,9 +40,13 @@ def test_rehearsal_runs_every_command_of_the_nightly(size: str, tmp_path: Path) 
         assert judge.ok_codes == (0, 1)  # stand-in weights against the study's baseline fail its checks
 
 
-def test_tiny_standins_are_what_the_real_loaders_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tiny_standins_are_what_the_real_loaders_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture
+) -> None:
     """The stand-in snapshot resolves through snapshot_download exactly as a downloaded one (fp16 variants left out by
-    the loader's patterns), and the stand-in backbones through the real backbones' resolution."""
+    the loader's patterns), and the stand-in backbones through the real backbones' resolution. Writing them shows no
+    third-party bars or notices (transformers' "Writing model shards", diffusers' float32 notice): those go to the
+    work folder's log."""
     from huggingface_hub import constants
 
     from sdxl_qdq.judge.backbones import REAL_CLIP, REAL_FID, resolve_backbones
@@ -54,6 +58,9 @@ def test_tiny_standins_are_what_the_real_loaders_read(tmp_path: Path, monkeypatc
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", env["HF_HUB_CACHE"])
     written = stage_standins(tmp_path, "tiny", progress=lambda _: None)
+    shown = capfd.readouterr()
+    assert "Writing model shards" not in shown.out + shown.err and "kept in float32" not in shown.out + shown.err
+    assert "Writing model shards" in (tmp_path / "logs" / "standins.log").read_text()
     source = resolve_source(REAL_MODEL)
     folder = source.materialize(None)
     assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()  # the hub holds it …
