@@ -5,6 +5,7 @@ package is installed (any directory, any path form). Logic lives in the rest of 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
 import time
@@ -185,6 +186,7 @@ def plugin_flags(message: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     _check_options(config)
     if not _suite(config):
+        _check_lost_ini(config)
         return
     for name, text in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {text}")
@@ -501,6 +503,25 @@ def _controller_build(config: pytest.Config, failed: list) -> Build | None:
     except Exception as e:  # the summary must not hide the failures it explains
         config.pluginmanager.get_plugin("terminalreporter").write_line(f"(no localization: {e})")
         return None
+
+
+def _check_lost_ini(config: pytest.Config) -> None:
+    """pytest takes every argument that names an existing file for a test path when it looks for its ini file, option
+    values included: `--qdq-recipe /elsewhere/r.json` run in this suite's folder makes the rootdir a common ancestor,
+    and the suite's ini (markers, qdq_suite) is lost. Said before anything runs, with the fix."""
+    if config.inipath is not None:
+        return
+    args = list(config.invocation_params.args)
+    here = Path(config.invocation_params.dir)
+    for flag, value in itertools.pairwise(args):
+        if flag.startswith(PREFIX) and "=" not in flag and Path(value).exists():
+            for ini in ("pyproject.toml", "pytest.ini", "tox.ini", "setup.cfg"):
+                text = (here / ini).read_text(errors="replace") if (here / ini).is_file() else ""
+                if "qdq_suite" in text:
+                    raise pytest.UsageError(
+                        f"{flag} {value}: pytest took that path for a test path and left this folder's {ini} "
+                        f"(rootdir {config.rootpath}); write {flag}={value}"
+                    )
 
 
 def _check_options(config: pytest.Config) -> None:

@@ -84,6 +84,17 @@ def test_three_runs_and_a_planted_regression_is_flagged(tmp_path: Path) -> None:
     assert page.count("<svg") == 2 and "regression" in page and "progression" in page
 
 
+def test_series_follow_the_summarys_groups_whatever_the_check_names() -> None:
+    """A per-prompt CLIP floor check is named `CLIP qdq@1 [<prompt>] [<backbone>]`: its series is the group the
+    summary names, not one series per prompt."""
+    data = _summary()
+    data["checks"] = [
+        {**c, "metric": f"CLIP qdq@1 [00{i}-p] [scorer]", "group": "CLIP qdq@1 [scorer]"}
+        for i, c in enumerate(data["checks"])
+    ]
+    assert list(history.condense(data)["series"]) == ["CLIP qdq@1 [scorer]"]
+
+
 def test_devices_and_models_get_their_own_files(tmp_path: Path) -> None:
     a = history.append(tmp_path, history.condense(_summary(), device="Snapdragon X Elite / runner 1"))
     b = history.append(tmp_path, history.condense(_summary(model="tiny")))

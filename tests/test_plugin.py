@@ -249,3 +249,18 @@ def test_a_failing_gate_is_diagnosed_once_for_the_report_and_the_terminal(
     page = (pytester.path / "rep" / "index.html").read_text()
     assert "Where the error comes from" in page and "/up/norm1/planted_output_0" in page
     assert (pytester.path / "rep" / "diagnosis.json").is_file()
+
+
+def test_an_option_path_outside_the_suite_that_loses_its_ini_is_one_clear_error(pytester: pytest.Pytester) -> None:
+    """`--qdq-recipe /elsewhere/r.json` (a separate token): pytest counted the file as a test path, took the common
+    ancestor as rootdir and lost the suite's ini (every marker unknown, the gate's hooks off; it ran on anyway). Now
+    it is a usage error naming the fix; the `=` form keeps the ini."""
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\nqdq_suite = true\n')
+    pytester.makepyfile(test_q="def test_q():\n    assert True\n")
+    outside = pytester.path.parent / f"{pytester.path.name}-recipe.json"
+    outside.write_text(DEFAULT_RECIPE.read_text())
+    result = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", "--qdq-recipe", str(outside))
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"write --qdq-recipe={outside}" in "\n".join(result.errlines), "\n".join(result.errlines)
+    fine = pytester.runpytest_subprocess("-p", "no:xdist", "-p", "no:cacheprovider", f"--qdq-recipe={outside}")
+    assert fine.ret == 0, "\n".join(fine.outlines[-20:])

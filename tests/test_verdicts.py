@@ -113,6 +113,9 @@ def test_summary_json_follows_its_schema_and_counts_every_status(tmp_path: Path)
     validate(data)
     assert data["verdict"] == "failed" and sum(data["counts"].values()) == len(data["checks"]) == len(gate.all_checks())
     assert data["counts"]["failed"] >= 2 and data["counts"]["changed"] >= 2
+    groups = list(dict.fromkeys(c["group"] for c in data["checks"]))  # one per kind of check and step or label
+    assert len(groups) == len(gate.groups()) and not any(p.id in g for g in groups for p in gate.evaluation.prompts)
+    assert "CLIP qdq@1 [c]" in groups  # the backbone's bracket stays, the prompt's goes
     bad = json.loads(json.dumps(data))
     bad["checks"][0]["status"] = "fine"
     with pytest.raises(jsonschema.ValidationError, match="'fine' is not one of"):

@@ -126,9 +126,9 @@ class CheckGroup:
 
     @property
     def title(self) -> str:
-        """What its checks measure, without the prompt (``MSE qdq@1 vs float@1``)."""
-        name = self.checks[0].metric
-        return name.rsplit(" [", 1)[0] if self.prompts[0] is not None else name
+        """What its checks measure, without the prompt (``MSE qdq@1 vs float@1``, ``CLIP qdq@1 [backbone]``)."""
+        first, prompt = self.checks[0].metric, self.prompts[0]
+        return first.replace(f" [{prompt.id}]", "", 1) if prompt is not None else first
 
     def outside(self) -> list[tuple[Check, Prompt | None]]:
         """Its checks outside their noise window (failed or changed), worst first."""

@@ -39,8 +39,8 @@ def _float(x: Any) -> float:
 def condense(summary: dict[str, Any], *, device: str | None = None, commit: str | None = None) -> dict[str, Any]:
     """One history line from a summary.json: the run's identity and each series' value, baseline and window."""
     groups: dict[str, list[dict[str, Any]]] = {}
-    for c in summary["checks"]:
-        groups.setdefault(_PROMPT.sub("", c["metric"]), []).append(c)
+    for c in summary["checks"]:  # a summary without groups (older runs): the metric's name less a trailing [prompt]
+        groups.setdefault(c.get("group") or _PROMPT.sub("", c["metric"]), []).append(c)
     series = {}
     for name, checks in groups.items():
         measured = [_float(c["measured"]) for c in checks]

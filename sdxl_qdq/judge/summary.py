@@ -23,8 +23,11 @@ def _number(x: float) -> float | str:
     return x if x == x and abs(x) != float("inf") else str(x)
 
 
-def check_record(check: Check) -> dict[str, Any]:
+def check_record(check: Check, group: str | None = None) -> dict[str, Any]:
+    """One check of summary.json; ``group``: the title of its kind of check (``CheckGroup.title``), one per step
+    count or label, which the history's series follow."""
     return {
+        **({"group": group} if group is not None else {}),
         "metric": check.metric,
         "measured": _number(check.measured),
         "baseline": _number(check.baseline),
@@ -67,7 +70,7 @@ def summary(gate: Gate, *, strict: bool = False, perf: dict[str, Any] | None = N
         "harm_floors": harm_floors(),
         **extra,
         "counts": {s: counts.get(s, 0) for s in STATUSES},
-        "checks": [check_record(c) for c in checks],
+        "checks": [check_record(c, g.title) for g in gate.groups() for c in g.checks],
     }
 
 
