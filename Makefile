@@ -49,7 +49,7 @@ test: setup lint
 # (baselines/records/test-long.json: the commit, the outcome and each test's time).
 test-long: setup
 	mkdir -p reports
-	$(PYTEST) -n 2 -m long --durations=0 --junitxml=reports/test-long.xml
+	$(PYTEST) -n 2 -m long --durations=0 --junit-xml=reports/test-long.xml
 	$(BIN)/python -m sdxl_qdq.records junit reports/test-long.xml baselines/records/test-long.json
 
 # Latency and build-time benchmarks (pytest-benchmark); JSON under baselines/benchmarks/<machine>/.

@@ -345,7 +345,7 @@ def _parser() -> argparse.ArgumentParser:
         help="a store of gate runs (JSON Lines per model/EP/device): append a run's summary.json, or show each "
         "metric's trend with regressions and progressions flagged",
     )
-    hi.add_argument("action", choices=("append", "show"))
+    hi.add_argument("action", choices=("append", "show", "publish"))
     hi.add_argument("summary", type=Path, nargs="?", metavar="SUMMARY_JSON", help="append: the run's summary.json")
     hi.add_argument(
         "--store", type=Path, required=True, metavar="DIR", help="the history folder (e.g. a results branch)"
@@ -788,14 +788,32 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
     from sdxl_qdq.judge import history
 
-    if args.action == "append":
+    if args.action in ("append", "publish"):
         if args.summary is None or not args.summary.is_file():
-            raise ConfigError(f"history append needs a run's summary.json; {str(args.summary)!r} is not a file")
+            raise ConfigError(f"history {args.action} needs a run's summary.json; {str(args.summary)!r} is not a file")
         summary = json.loads(args.summary.read_text())
+        if args.action == "publish":
+            if not args.remote:
+                raise ConfigError("history publish needs --remote URL (the repository holding the history branch)")
+            with tempfile.TemporaryDirectory(prefix="gate-history-") as work:
+                path = history.publish(
+                    summary,
+                    remote=args.remote,
+                    branch=args.branch,
+                    work=Path(work),
+                    device=args.device,
+                    commit=args.commit or os.environ.get("GITHUB_SHA"),
+                )
+                print(f"published to {args.branch}: {path.relative_to(work)}")
+            return 0
+        if args.store is None:
+            raise ConfigError("history append needs --store DIR")
         record = history.condense(summary, device=args.device, commit=args.commit or os.environ.get("GITHUB_SHA"))
         path = history.append(args.store, record)
         print(f"appended {record['model']} {record['ep']} {record['device']} ({record['verdict']}) to {path}")
         return 0
+    if args.store is None:
+        raise ConfigError("history show needs --store DIR (a folder, or a checkout of the history branch)")
     latest_regressed, pages = False, []
     for path in history.files(args.store):
         records = history.load(path)

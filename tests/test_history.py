@@ -177,3 +177,36 @@ def test_the_plugin_appends_each_gate_run_and_the_report_shows_the_trend(pyteste
     path = pytester.path / "hist" / "synthetic" / "cpu" / "here.jsonl"
     assert len(history.load(path)) == 2
     assert "Trend over the last 2 runs" in (pytester.path / "rep" / "index.html").read_text()
+
+
+def test_publish_appends_to_the_history_branch_and_retries_when_another_run_pushed_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nightly's history job: the first run starts the branch, the next appends; a run whose push is refused
+    because another run pushed between its fetch and its push fetches again and appends on top (no line lost)."""
+    import subprocess
+
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    first = history.publish(_summary(5.0), remote=str(remote), branch="gate-history", work=tmp_path / "w1")
+    history.publish(_summary(6.0), remote=str(remote), branch="gate-history", work=tmp_path / "w2")
+    real, raced = subprocess.run, []
+
+    def racing(args, *a, **k):  # another run pushes just before this run's first push
+        if "push" in args and not raced:
+            raced.append(True)
+            monkeypatch.setattr(subprocess, "run", real)
+            history.publish(_summary(7.0), remote=str(remote), branch="gate-history", work=tmp_path / "w3")
+            monkeypatch.setattr(subprocess, "run", racing)
+        return real(args, *a, **k)
+
+    monkeypatch.setattr(subprocess, "run", racing)
+    history.publish(_summary(8.0), remote=str(remote), branch="gate-history", work=tmp_path / "w1")
+    monkeypatch.setattr(subprocess, "run", real)
+    assert raced
+    check = tmp_path / "check"
+    subprocess.run(["git", "clone", "-q", "--branch", "gate-history", str(remote), str(check)], check=True)
+    records = history.load(check / first.relative_to(tmp_path / "w1"))
+    assert [r["series"]["MSE qdq@1 vs float@1"]["value"] for r in records] == [5.5, 6.5, 7.5, 8.5]
+    log = subprocess.run(["git", "-C", str(check), "log", "--format=%s"], capture_output=True, text=True).stdout
+    assert log.count("gate history: canary cpu CPU EP pass") == 4

@@ -33,7 +33,10 @@ def test_workflows_run_the_documented_gates() -> None:
     text = {p.stem: p.read_text() for p in WORKFLOWS}
     assert ".ci/run" in text["ci"] and "whl/cpu" in text["ci"]  # torch's CPU build on a hosted runner
     night = yaml.safe_load(text["nightly-npu"])["jobs"]
-    assert list(night) == ["build", "device", "judge"]
+    assert list(night) == ["build", "device", "judge", "history"]
+    writers = [name for name, job in night.items() if job.get("permissions", {}).get("contents") == "write"]
+    assert writers == ["history"]  # the night's one writer: its history line to the gate-history branch
+    assert "sdxl-qdq history publish reports/night/summary.json" in str(night["history"]["steps"])
     assert night["device"]["needs"] == "build" and night["judge"]["needs"] == "device"
     assert "self-hosted" in night["device"]["runs-on"] and "arm64" in night["device"]["runs-on"]
     device = "\n".join(str(step.get("run", "")) + str(step.get("with", "")) for step in night["device"]["steps"])

@@ -208,3 +208,55 @@ def trend_html(records: list[dict[str, Any]], *, fraction: float = DEFAULT_FRACT
         + "".join(rows)
         + "</table>"
     )
+
+
+def publish(
+    summary: dict[str, Any],
+    *,
+    remote: str,
+    branch: str,
+    work: Path,
+    device: str | None = None,
+    commit: str | None = None,
+    attempts: int = 3,
+) -> Path:
+    """Append ``summary``'s line to the history store kept in ``branch`` of the git ``remote`` and push it: clone (or
+    start the branch when it does not exist yet), append, commit, push; when another run pushed first, fetch, put
+    this line on top of theirs and push again (at most ``attempts`` times). Returns the file appended to."""
+    import subprocess
+
+    def git(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(work), *args], capture_output=True, text=True, check=check)
+
+    record = condense(summary, device=device, commit=commit)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    git("init", "-q")
+    git("remote", "add", "origin", remote, check=False)
+    for attempt in range(1, attempts + 1):
+        fetched = git("fetch", "-q", "--depth", "1", "origin", branch, check=False).returncode == 0
+        if fetched:
+            git("checkout", "-q", "-B", branch, "FETCH_HEAD")
+        else:
+            git("checkout", "-q", "--orphan", branch)
+        path = append(work, record)
+        git("add", str(path.relative_to(work)))
+        message = f"gate history: {record['model']} {record['ep']} {record['device']} {record['verdict']}"
+        git(
+            "-c",
+            "user.name=sdxl-qdq-gate",
+            "-c",
+            "user.email=sdxl-qdq-gate@users.noreply.github.com",
+            "commit",
+            "-q",
+            "-m",
+            message,
+        )
+        pushed = git("push", "-q", "origin", f"HEAD:refs/heads/{branch}", check=False)
+        if pushed.returncode == 0:
+            return path
+        if attempt == attempts:
+            why = re.sub(r"//[^/@\s]+@", "//***@", pushed.stderr.strip())[:300]  # no token in a log
+            raise ConfigError(f"could not push the history line to {branch} after {attempts} attempts: {why}")
+        git("reset", "-q", "--hard")
+    raise AssertionError("unreachable")
