@@ -89,6 +89,35 @@ def draw_together(
     return {v.label.split("[")[0]: folders[v] for v in variants}
 
 
+def _evaluate(
+    build: Build,
+    prompts: list[Prompt],
+    backbones,
+    dirs: dict[str, Path],
+    reference: tuple[list, str, str],
+    *,
+    ep: str,
+    detail: str,
+    progress: Progress,
+) -> Evaluation:
+    """``evaluate`` of ``build``'s image folders ``dirs`` (label → folder); ``reference``: the FID reference images,
+    their description and id (``reference_set``, ``reference_id``)."""
+    images, described, ref_id = reference
+    return evaluate(
+        model=baseline_model_name(build.source.name),
+        recipe=build.recipe_name,
+        prompts=prompts,
+        backbones=backbones,
+        image_dirs=dirs,
+        reference_images=images,
+        reference_name=described,
+        reference_id=ref_id,
+        ep=ep,
+        ep_detail=detail,
+        progress=progress,
+    )
+
+
 def reference_id(build: Build, coco_dir: str | Path | None) -> str:
     """The name of the FID reference set a run uses (part of its baseline's key)."""
     if coco_dir:
@@ -178,22 +207,12 @@ def prepare_gate(
     dirs = draw_together(build, variants, prompts, cache=cache, qnn=qnn, progress=progress)
     if from_device is not None:
         results = device_results(from_device, build, ep=ep, qnn=qnn, prompts=prompts)
-        dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
+        dirs.update(results.images_by_label())
         detail = results.describe()
     if baseline_ep not in (None, ep):
         detail += f"; gated by the {baseline_ep}-EP baseline by explicit request (--baseline-ep {baseline_ep})"
-    ev = evaluate(
-        model=baseline_model_name(build.source.name),
-        recipe=build.recipe_name,
-        prompts=prompts,
-        backbones=backbones,
-        image_dirs=dirs,
-        reference_images=reference,
-        reference_name=described,
-        reference_id=ref_id,
-        ep=ep,
-        ep_detail=detail,
-        progress=progress,
+    ev = _evaluate(
+        build, prompts, backbones, dirs, (reference, described, ref_id), ep=ep, detail=detail, progress=progress
     )
     if update:
         recal = recalibrated(build, cache=cache)
@@ -246,19 +265,8 @@ def evaluate_build(
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2), Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
     dirs = draw_together(build, variants, prompts, cache=cache, qnn=qnn, progress=progress)
-    ev = evaluate(
-        model=baseline_model_name(build.source.name),
-        recipe=build.recipe_name,
-        prompts=prompts,
-        backbones=backbones,
-        image_dirs=dirs,
-        reference_images=reference,
-        reference_name=described,
-        reference_id=reference_id(build, coco_dir),
-        ep=ep,
-        ep_detail=ep_description(ep, qnn),
-        progress=progress,
-    )
+    ref = (reference, described, reference_id(build, coco_dir))
+    ev = _evaluate(build, prompts, backbones, dirs, ref, ep=ep, detail=ep_description(ep, qnn), progress=progress)
     return ev, reference
 
 
@@ -332,22 +340,11 @@ def judge_subset(
         )
     }
     seconds["float_images"] = time.perf_counter() - t
-    dirs.update({f"qdq@{k}": results.images(k) for k in STEPS})
+    dirs.update(results.images_by_label())
     t = time.perf_counter()
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
-    ev = evaluate(
-        model=baseline_model_name(build.source.name),
-        recipe=build.recipe_name,
-        prompts=prompts,
-        backbones=backbones,
-        image_dirs=dirs,
-        reference_images=reference,
-        reference_name=described,
-        reference_id=reference_id(build, coco_dir),
-        ep=ep,
-        ep_detail=results.describe(),
-        progress=progress,
-    )
+    ref = (reference, described, reference_id(build, coco_dir))
+    ev = _evaluate(build, prompts, backbones, dirs, ref, ep=ep, detail=results.describe(), progress=progress)
     seconds["metrics"] = time.perf_counter() - t
     return {
         "prompts": len(prompts),
@@ -390,18 +387,16 @@ def compare_results(
     backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name)
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     floats = draw_together(build, [Variant("float", k) for k in STEPS], prompts, cache=cache, progress=progress)
+    ref = (reference, described, reference_id(build, coco_dir))
     evaluations = [
-        evaluate(
-            model=baseline_model_name(build.source.name),
-            recipe=build.recipe_name,
-            prompts=prompts,
-            backbones=backbones,
-            image_dirs={**floats, **{f"qdq@{k}": r.images(k) for k in STEPS}},
-            reference_images=reference,
-            reference_name=described,
-            reference_id=reference_id(build, coco_dir),
+        _evaluate(
+            build,
+            prompts,
+            backbones,
+            {**floats, **r.images_by_label()},
+            ref,
             ep=ep,
-            ep_detail=r.describe(),
+            detail=r.describe(),
             progress=progress,
         )
         for r in results

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from sdxl_qdq.cache import package_versions
-from sdxl_qdq.components import COMPONENTS
+from sdxl_qdq.components import COMPONENTS, STEPS
 from sdxl_qdq.device.bundle import Bundle, BundlePrompt
 from sdxl_qdq.device.pipeline import DevicePipeline
 from sdxl_qdq.errors import ConfigError
@@ -185,6 +185,10 @@ class DeviceResults:
 
     def images(self, steps: int) -> Path:
         return self.path / "images" / f"qdq@{steps}"
+
+    def images_by_label(self) -> dict[str, Path]:
+        """The image folders by variant label (``qdq@1``, ``qdq@2``)."""
+        return {f"qdq@{k}": self.images(k) for k in STEPS}
 
     def check_matches(self, keys: dict[str, Any], *, model: str, soc: str) -> None:
         """Refuse results drawn from a bundle of another build, model or chip than the host's."""
