@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -221,14 +222,31 @@ def night_steps(work: Path, size: str, *, prompts: int | None, context: bool) ->
                     "cpu",
                     "--qdq-qnn-soc",
                     SOC,
-                    "--qdq-from-device",
-                    str(out / "results"),
-                    "--qdq-coco-dir",
-                    str(work / "coco"),
-                    "--qdq-report",
-                    str(work / "report"),
+                    # paths after "=": pytest would take an existing one outside the checkout for a test path
+                    f"--qdq-from-device={out / 'results'}",
+                    f"--qdq-coco-dir={work / 'coco'}",
+                    f"--qdq-report={work / 'report'}",
                 ],
                 ok_codes=(0, 1),
+            )
+        )
+        # the night's summary to the history branch: here a bare repository in the work folder stands in for GitHub
+        steps.append(
+            Step(
+                "history",
+                "sdxl-qdq history publish",
+                [
+                    *cli,
+                    "history",
+                    "publish",
+                    str(work / "report" / "summary.json"),
+                    "--branch",
+                    "gate-history",
+                    "--remote",
+                    str(work / "history.git"),
+                    "--device",
+                    f"{SOC}-rehearsal",
+                ],
             )
         )
     else:
@@ -285,6 +303,8 @@ def rehearse(
         t = time.perf_counter()
         record["standins"] = stage_standins(work, size, progress=progress)
         record["steps"].append({"job": "setup", "name": "stand-ins", "seconds": round(time.perf_counter() - t, 1)})
+        if not (work / "history.git").is_dir():  # the history branch's remote (GitHub's repository in the night)
+            subprocess.run(["git", "init", "-q", "--bare", str(work / "history.git")], check=True)
         for step in night_steps(work, size, prompts=prompts, context=context):
             progress(f"== {step.job}: {step.name}")
             step.measured = _run(step, progress)

@@ -34,7 +34,13 @@ def _stored(pytester: pytest.Pytester) -> list[Path]:
     return sorted(Path(pytester.path, "stored").glob("*/*.json"))
 
 
-def test_compare_passes_against_itself_and_fails_against_a_30_percent_faster_run(pytester: pytest.Pytester) -> None:
+# The stored run made 2x faster: a 20 ms sleep measured a 23.75 ms median in a run while other work loaded the
+# machine and 20.10 ms in the next; against a 30 %-faster copy of the loaded run that is 1.21x, under the 25 %
+# threshold, so the plant must be larger than the machine's own noise.
+FASTER = 0.5
+
+
+def test_compare_passes_against_itself_and_fails_against_a_2x_faster_run(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_bench=BENCH)
     assert _run(pytester, "--benchmark-only", "--benchmark-save=baseline").ret == 0
     (saved,) = _stored(pytester)
@@ -43,8 +49,8 @@ def test_compare_passes_against_itself_and_fails_against_a_30_percent_faster_run
         stats = bench["stats"]
         for key in ("min", "max", "mean", "median", "q1", "q3", "ld15iqr", "hd15iqr", "total"):
             if key in stats:
-                stats[key] *= 0.7
-        stats["data"] = [x * 0.7 for x in stats.get("data", [])]
+                stats[key] *= FASTER
+        stats["data"] = [x * FASTER for x in stats.get("data", [])]
     saved.with_name("0002_faster.json").write_text(json.dumps(faster))
 
     same = _run(pytester, "--benchmark-only", "--benchmark-compare=0001", f"--benchmark-compare-fail={THRESHOLD}")
@@ -175,8 +181,10 @@ def test_sleep(benchmark):
     assert raw.ret != 0 and "Performance has regressed" in raw.stdout.str() + raw.stderr.str()
     from sdxl_qdq.cli import main
 
+    # the gate on exactly that run: the first run itself against its 1/4 copy (the re-run's own probe moved 8x
+    # against the first one's when other work loaded the machine in between: a test of the arithmetic, not the load)
     stored = saved.with_name("0002_faster_hour.json")
-    assert main(["bench-gate", str(pytester.path / "now.json"), "--stored", str(stored)]) == 0
+    assert main(["bench-gate", str(saved), "--stored", str(stored)]) == 0
 
 
 @pytest.mark.parametrize(

@@ -109,7 +109,9 @@ def test_prompts_drawn_in_several_processes_are_the_images_one_process_draws(qdq
             "vae_decoder": 10,
         }
     )
-    assert len(timings[2]["prompt_s"]) == 5 and all(s > 0 for s in timings[2]["prompt_s"])
+    # each prompt's seconds, in prompt order (rounded to 10 ms: a tiny prompt can take 0.0)
+    assert len(timings[2]["prompt_s"]) == 5 and all(s >= 0 for s in timings[2]["prompt_s"])
+    assert sum(timings[2]["prompt_s"]) > 0
     broken = type(qdq_artifacts.float)(
         {**qdq_artifacts.float.models, "unet": tmp_path / "missing.onnx"}, qdq_artifacts.float.pipeline_dir
     )
