@@ -347,11 +347,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     hi.add_argument("action", choices=("append", "show", "publish"))
     hi.add_argument("summary", type=Path, nargs="?", metavar="SUMMARY_JSON", help="append: the run's summary.json")
+    hi.add_argument("--store", type=Path, default=None, metavar="DIR", help="append/show: the history folder")
+    hi.add_argument("--remote", default=None, help="publish: the git remote holding the history branch")
+    hi.add_argument("--branch", default="gate-history", help="publish: the history branch (default: %(default)s)")
     hi.add_argument(
-        "--store", type=Path, required=True, metavar="DIR", help="the history folder (e.g. a results branch)"
+        "--device", default=None, help="append/publish: the device's name (default: the summary's ep_detail)"
     )
-    hi.add_argument("--device", default=None, help="append: the device's name (default: the summary's ep_detail)")
-    hi.add_argument("--commit", default=None, help="append: the commit gated (default: $GITHUB_SHA)")
+    hi.add_argument("--commit", default=None, help="append/publish: the commit gated (default: $GITHUB_SHA)")
     hi.add_argument("--model", default=None, help="show: only this model")
     hi.add_argument("--ep", default=None, help="show: only this EP")
     hi.add_argument(

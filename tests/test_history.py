@@ -130,6 +130,13 @@ def test_history_cli_appends_shows_plots_and_fails_on_a_regression(tmp_path: Pat
     assert "REGRESSION MSE qdq@1 vs float@1: 5.6 -> 9.5" in done.stdout and "(3 runs)" in done.stdout
     assert "<svg" in plot.read_text()
     assert _cli("history", "show", "--store", str(store)).returncode == 0  # reporting alone never fails
+    remote = tmp_path / "remote.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)
+    published = _cli("history", "publish", str(tmp_path / "summary2.json"), "--remote", str(remote), "--device", "npu")
+    assert published.returncode == 0 and "published to gate-history: canary/cpu/npu.jsonl" in published.stdout, (
+        published.stdout + published.stderr
+    )
+    assert _cli("history", "publish", str(tmp_path / "summary2.json")).returncode == 2  # no --remote: one line
     bad = _cli("history", "append", str(tmp_path / "missing.json"), "--store", str(store))
     assert bad.returncode == 2 and bad.stderr.strip().endswith("is not a file"), bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
