@@ -68,9 +68,9 @@ STAGES: dict[str, Stage] = {
         Stage(
             "images",
             ("qdq", "export"),
-            "one variant's PNGs of the prompts",
+            "one variant's PNGs of the prompts (and, for a gated set, each prompt's text response)",
             ("variant", "qnn", "prompts", "revision", "versions"),
-            1,
+            2,
         ),
     )
 }

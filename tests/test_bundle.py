@@ -43,7 +43,9 @@ def test_bundle_holds_what_the_device_needs(bundle_dir: Path, qdq_artifacts) -> 
     bundle = Bundle.load(bundle_dir, soc="60")
     files = set(bundle.manifest["files"])
     assert {f"models/{c}/{n}" for c in COMPONENTS for n in ("model.onnx", "io.json")} <= files
-    assert {"schedule.npz", "pipeline.json"} <= files and len([f for f in files if f.startswith("prompts/")]) == PROMPTS
+    assert {"schedule.npz", "pipeline.json", "prompts/empty.npz"} <= files
+    assert len([f for f in files if f.startswith("prompts/")]) == PROMPTS + 1  # each prompt's inputs, the empty prompt
+    assert bundle.empty_prompt()["input_ids"].shape == (1, 77)
     assert bundle.manifest["keys"]["qdq"] == qdq_artifacts.keys["qdq"] and bundle.soc == "60"
     assert [s.timestep for s in bundle.schedule(2)] == [999.0, 499.0]
     inputs = bundle.inputs(bundle.prompts[0])
@@ -82,19 +84,31 @@ def test_a_bundle_for_another_chip_is_refused(bundle_dir: Path) -> None:
 
 def test_device_pipeline_draws_what_the_host_pipeline_draws(bundle_dir: Path, qdq_artifacts) -> None:
     """The same QDQ models on the CPU EP: the device's numpy replay of the host's noise and diffusers' scheduler
-    gives the host pipeline's latents and images, bit for bit."""
+    gives the host pipeline's latents, images and text responses, bit for bit."""
     bundle = Bundle.load(bundle_dir)
     device = DevicePipeline(bundle, ep="cpu")
     host = OrtSDXLPipeline(qdq_artifacts.qdq)
     for prompt in bundle.prompts:
-        drawn = device.draw(prompt)
+        drawn, response = device.draw(prompt)
         for steps, (image, latents) in drawn.items():
             hidden, pooled = host.encode_prompt(prompt.text)
             host_latents = host.denoise(prompt.text, hidden, pooled, steps=steps).numpy()
             np.testing.assert_array_equal(latents, host_latents)
             np.testing.assert_array_equal(image, host.decode(host.denoise(prompt.text, hidden, pooled, steps=steps)))
-    # 1 and 2 steps share their first UNet call (same inputs): two calls a prompt, not three
-    assert device.unet_calls == 2 * len(bundle.prompts)
+        np.testing.assert_array_equal(response, host.text_response(prompt.text))
+        assert float(np.abs(response).max()) > 0  # the prompt moves the UNet's output
+    # 1 and 2 steps share their first UNet call (same inputs), which is also the text response's prompt call: three
+    # calls a prompt (the third with the empty prompt), not four
+    assert device.unet_calls == 3 * len(bundle.prompts)
+
+
+def test_a_bundle_without_the_empty_prompt_is_refused_by_name(bundle_dir: Path, tmp_path: Path) -> None:
+    """A bundle made before the text-response check has no empty prompt: the device says so and how to remake it."""
+    bundle = Bundle.load(bundle_dir)
+    copy = Bundle(tmp_path / "old", bundle.manifest)
+    (copy.path / "prompts").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"no prompts/empty\.npz .* `sdxl-qdq bundle`"):
+        copy.empty_prompt()
 
 
 BLOCKER = """

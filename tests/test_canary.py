@@ -142,3 +142,10 @@ def test_gate_fails_a_degraded_unet(canary_build, qdq_cache, variant: str) -> No
     assert any(m.startswith("mean CLIP") for m in failed), f"mean-CLIP check passed for {variant}"
     assert any(m.startswith("CLIP qdq@1") for m in failed), f"no per-image CLIP floor failed for {variant}"
     assert any(m.startswith("FID qdq@1") for m in failed), f"FID check passed for {variant}"
+    if variant == "no-xattn":  # the UNet reads the prompt only through the pooled embeddings (its time embedding):
+        # every prompt's text response fails (measured: cosine median 0.32, strength 0.18x float's)
+        text = [c for c in gate.all_checks() if c.metric.startswith("text response")]
+        assert len(text) == 2 * len(gate.evaluation.prompts)
+        failing = {c.metric.rsplit(" [", 1)[1] for c in text if c.status == "failed"}
+        assert len(failing) == len(gate.evaluation.prompts), f"{len(failing)} prompts failed a text-response check"
+        assert float(np.median(gate.evaluation.measured["text_response"]["ratio"])) < 0.5

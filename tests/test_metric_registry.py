@@ -21,7 +21,7 @@ from sdxl_qdq.judge.checks import GatedMetric, harm_floors, registry
 from sdxl_qdq.judge.evaluation import STEPS, VARIANTS, evaluate, seed_noise
 from sdxl_qdq.models.prompts import Prompt
 from sdxl_qdq.paths import PACKAGE_DIR
-from sdxl_qdq.run.generate import image_name
+from sdxl_qdq.run.generate import image_name, response_name, save_response
 
 SSIM = '''"""Per-image SSIM of qdq@k against float@k (higher is better): window 3 σ of what re-calibrating moves it."""
 
@@ -51,7 +51,7 @@ class Ssim(GatedMetric):
     baseline_keys = ("ssim",)
     required = False
 
-    def measure(self, images, prompts, backbones, progress):
+    def measure(self, images, prompts, backbones, progress, dirs):
         return {k: [ssim(f, q) for f, q in zip(images[f"float@{k}"], images[f"qdq@{k}"])] for k in (1, 2)}
 
     def noise(self, ev, sets):
@@ -100,9 +100,14 @@ METRIC = Ssim()
 
 def test_the_registry_holds_the_gates_metrics_in_their_order() -> None:
     metrics = registry()
-    assert [m.name for m in metrics] == ["mse", "clip", "fid"]
-    assert [k.key for m in metrics for k in m.kinds] == ["mse", "clip_delta", "clip_floor", "fid"]
-    assert list(harm_floors()) == ["psnr_floor_db", "psnr_drop_db", "clip_drop", "clip_mean_drop", "fid_rise"]
+    assert [m.name for m in metrics] == ["mse", "clip", "fid", "text_response"]
+    assert [k.key for m in metrics for k in m.kinds] == [
+        *("mse", "clip_delta", "clip_floor", "fid", "text_cosine", "text_gain")
+    ]
+    assert list(harm_floors()) == [
+        *("psnr_floor_db", "psnr_drop_db", "clip_drop", "clip_mean_drop", "fid_rise"),
+        *("text_cosine_floor", "text_cosine_drop", "text_gain_floor", "text_gain_rise"),
+    ]
     modules = sorted(p.stem for p in (PACKAGE_DIR / "judge" / "checks").glob("*.py") if p.stem != "__init__")
     assert modules == sorted(m.name for m in metrics), "every module in sdxl_qdq/judge/checks/ is one metric"
 
@@ -156,6 +161,9 @@ def _images(folder: Path, prompts: list[Prompt], seed: int, base: np.ndarray | N
     for i, p in enumerate(prompts):
         image = rng.integers(0, 256, (64, 64, 3)) if base is None else base[i] + rng.integers(-12, 13, base[i].shape)
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / image_name(p))
+        # the text response drawn beside each image: the same for every set but for small seeded noise
+        response = np.random.default_rng(100 + i).standard_normal((4, 8, 8)) + 0.1 * rng.standard_normal((4, 8, 8))
+        save_response(response, folder / response_name(p))
     return folder
 
 
@@ -166,7 +174,7 @@ def test_a_metric_is_one_file(ssim_added: Path, tmp_path: Path) -> None:
     from sdxl_qdq.judge.report import _summary_rows
     from sdxl_qdq.judge.summary import summary, validate
 
-    assert [m.name for m in registry()] == ["mse", "ssim", "clip", "fid"]
+    assert [m.name for m in registry()] == ["mse", "ssim", "clip", "fid", "text_response"]
     prompts = [Prompt(index=i, text=f"a red circle number {i}", split="test") for i in range(6)]
     base = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3))
     dirs = {label: _images(tmp_path / label, prompts, seed, base) for seed, label in enumerate(VARIANTS)}
@@ -182,7 +190,8 @@ def test_a_metric_is_one_file(ssim_added: Path, tmp_path: Path) -> None:
         reference_name="ref",
         reference_id="ref-id",
     )
-    assert set(ev.measured) == {"ssim"} and all(0 < s < 1 for k in STEPS for s in ev.measured["ssim"][k])
+    assert set(ev.measured) == {"ssim", "text_response"}
+    assert all(0 < s < 1 for k in STEPS for s in ev.measured["ssim"][k])
 
     ev.noise = seed_noise(
         ev,

@@ -55,7 +55,9 @@ def test_variants_drawn_together_are_the_images_drawn_alone(qdq_artifacts, tmp_p
     variants = [Variant("float", 1), Variant("float", 2)]
     key = qdq_artifacts.image_key("float")
     together = generate_together(qdq_artifacts.float, variants, prompts, key=key, cache=ArtifactCache(tmp_path / "a"))
-    assert pipes[-1].executed == {"text_encoder": 3, "text_encoder_2": 3, "unet": 6, "vae_decoder": 6}
+    # per prompt: its encoding, 2 UNet calls (the 2-step image's first is the 1-step one's) and the text response's
+    # call with the empty prompt (encoded once per pipeline), 2 decodes
+    assert pipes[-1].executed == {"text_encoder": 4, "text_encoder_2": 4, "unet": 9, "vae_decoder": 6}
     alone = {
         v: generate(qdq_artifacts.float, v, prompts, key=key, cache=ArtifactCache(tmp_path / "b")) for v in variants
     }
@@ -99,16 +101,18 @@ def test_prompts_drawn_in_several_processes_are_the_images_one_process_draws(qdq
         assert len(names) == 5 and names == sorted(p.name for p in folders[2][v].glob("*.png"))
         assert all((folders[1][v] / n).read_bytes() == (folders[2][v] / n).read_bytes() for n in names), v.label
     assert timings[2]["workers"] == 2 and timings[1]["workers"] == 1
-    assert (
-        timings[2]["executed"]
-        == timings[1]["executed"]
-        == {
-            "text_encoder": 5,
-            "text_encoder_2": 5,
-            "unet": 10,
+    for workers in (1, 2):  # each process encodes the empty prompt (the text responses') once
+        encoded = 5 + workers
+        assert timings[workers]["executed"] == {
+            "text_encoder": encoded,
+            "text_encoder_2": encoded,
+            "unet": 15,
             "vae_decoder": 10,
         }
-    )
+    for v in variants:  # the text responses beside the images: the same bytes from either drawing
+        responses = sorted(p.name for p in folders[1][v].glob("*.response.npy"))
+        assert len(responses) == 5
+        assert all((folders[1][v] / n).read_bytes() == (folders[2][v] / n).read_bytes() for n in responses)
     # each prompt's seconds, in prompt order (rounded to 10 ms: a tiny prompt can take 0.0)
     assert len(timings[2]["prompt_s"]) == 5 and all(s >= 0 for s in timings[2]["prompt_s"])
     assert sum(timings[2]["prompt_s"]) > 0

@@ -308,6 +308,21 @@ def test_a_harmful_recipe_fails_the_gate(canary_gate, variant: str) -> None:
     )
 
 
+def test_the_text_response_check_passes_the_seed_recipe_and_fails_without_the_mask_surgery(canary_gate) -> None:
+    """The text-conditioning check (sdxl_qdq/judge/checks/text_response.py) on the canary: every prompt's response
+    passes on the seed recipe; with the text encoders' attention-mask surgery removed (the mask's -3.4e38 then sets
+    their activations' quantization range) the prompts' responses fail."""
+
+    def text(name: str) -> list:
+        return [c for c in canary_gate(name).all_checks() if c.metric.startswith("text response")]
+
+    seed = text("seed")
+    assert len(seed) == 2 * 100 and all(c.status == "pass" for c in seed), [c.failure for c in seed if c.failure][:3]
+    planted = text("no-mask-surgery")
+    failed = [c for c in planted if c.status == "failed"]
+    assert len(failed) >= 100, f"only {len(failed)} of {len(planted)} text checks failed"
+
+
 def test_a_harmless_recipe_change_is_changed_not_failed(canary_gate) -> None:
     """Symmetric weights: every image stays above 42 dB PSNR vs float and CLIP within its noise; 1-2 checks leave their
     noise window (a 2-step MSE, FID qdq@1 +33 %). That is a change to report, not a broken model."""

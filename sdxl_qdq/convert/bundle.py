@@ -165,7 +165,8 @@ def _write_schedule(pipe: OrtSDXLPipeline, folder: Path) -> None:
 
 def _write_prompts(pipe: OrtSDXLPipeline, prompts: list[Prompt], folder: Path, progress: Progress) -> None:
     """Token ids, initial latents and every step's noise, drawn from the prompt's generator as the host pipeline
-    draws them (``OrtSDXLPipeline.denoise``; diffusers' step draws its noise after the initial latents)."""
+    draws them (``OrtSDXLPipeline.denoise``; diffusers' step draws its noise after the initial latents); and the empty
+    prompt's token ids (``empty.npz``: the text response subtracts the UNet's output for it)."""
     import torch
 
     (folder / "prompts").mkdir()
@@ -185,6 +186,8 @@ def _write_prompts(pipe: OrtSDXLPipeline, prompts: list[Prompt], folder: Path, p
             noise=torch.stack(noise).numpy(),
         )
         meter.step()
+    ids, ids_2 = pipe.token_ids("")
+    np.savez(folder / "prompts" / "empty.npz", input_ids=ids, input_ids_2=ids_2)  # the text response's baseline
 
 
 def _write_parity(build: Build, prompts: list[Prompt], folder: Path, progress: Progress) -> None:

@@ -105,6 +105,17 @@ class Bundle:
         with np.load(self.path / "prompts" / f"{prompt.index:03d}.npz") as data:
             return {k: data[k] for k in data.files}
 
+    def empty_prompt(self) -> dict[str, np.ndarray]:
+        """Both encoders' token ids of the empty prompt (the text response's baseline)."""
+        path = self.path / "prompts" / "empty.npz"
+        if not path.is_file():
+            raise ConfigError(
+                f"bundle {self.path} has no prompts/empty.npz (made by an older sdxl-qdq, before the text-response "
+                "check): make it again with `sdxl-qdq bundle`"
+            )
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+
     def parity(self, component: str) -> list[dict[str, dict[str, np.ndarray]]]:
         """Per recorded call: its inputs ("in"), the host's CPU-EP outputs of the QDQ model ("cpu") and the float
         model's outputs ("float")."""

@@ -23,7 +23,7 @@ from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.judge.metrics import sqnr_db
 from sdxl_qdq.manifest import read_manifest, replace_folder, write_manifest
 from sdxl_qdq.procs import Meter, Progress
-from sdxl_qdq.run.generate import image_name
+from sdxl_qdq.run.generate import image_name, response_name, save_response
 from sdxl_qdq.runtime import QNN_SOCS, QnnOptions, assert_assignment, create_session, qnn_is_simulated
 
 RESULTS_KIND = "sdxl-qdq-device-results"
@@ -69,9 +69,9 @@ def draw(
     progress: Progress = lambda _: None,
     timing: dict[str, Any] | None = None,
 ) -> int:
-    """Draw ``prompts`` (default: the bundle's) at 1 and 2 steps into ``out/images/qdq@k/`` and their final latents
-    into ``out/latents/qdq@k/``; returns the number of images. ``timing``: filled with the sessions' load time and
-    each prompt's seconds (s)."""
+    """Draw ``prompts`` (default: the bundle's) at 1 and 2 steps into ``out/images/qdq@k/`` (each image with its
+    prompt's text response beside it) and their final latents into ``out/latents/qdq@k/``; returns the number of
+    images. ``timing``: filled with the sessions' load time and each prompt's seconds (s)."""
     import time
 
     start = time.perf_counter()
@@ -84,11 +84,13 @@ def draw(
     count, meter = 0, Meter(f"device: prompts drawn on the {ep.upper()} EP", len(prompts), progress)
     for prompt in prompts:
         start = time.perf_counter()
-        for steps, (image, latents) in pipe.draw(prompt, tuple(bundle.manifest["steps"])).items():
+        drawn, response = pipe.draw(prompt, tuple(bundle.manifest["steps"]))
+        for steps, (image, latents) in drawn.items():
             for kind in ("images", "latents"):
                 (out / kind / f"qdq@{steps}").mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(out / "images" / f"qdq@{steps}" / image_name(prompt), format="PNG")
             np.save(out / "latents" / f"qdq@{steps}" / f"{prompt.index:03d}.npy", latents)
+            save_response(response, out / "images" / f"qdq@{steps}" / response_name(prompt))
             count += 1
         timing["prompt_s"].append(round(time.perf_counter() - start, 2))
         meter.step()

@@ -36,9 +36,19 @@ class DevicePipeline:
             assert_assignment(session, ep)
             self.sessions[c] = session
         self.unet_calls = 0
+        self._empty: tuple[np.ndarray, np.ndarray] | None = None
         config = bundle.pipeline
         self.time_ids = np.asarray([config["time_ids"]], dtype=np.float32)
         self.scaling = np.float32(config["scaling_factor"])
+
+    def _unet_feeds(self, sample: np.ndarray, step: Step, hidden: np.ndarray, pooled: np.ndarray) -> dict[str, Any]:
+        return {
+            "sample": sample,
+            "timestep": np.asarray([step.timestep], dtype=np.float32),
+            "encoder_hidden_states": hidden,
+            "text_embeds": pooled,
+            "time_ids": self.time_ids,
+        }
 
     def encode(self, inputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         (h1,) = self.sessions["text_encoder"].run(None, {"input_ids": inputs["input_ids"]})
@@ -61,21 +71,30 @@ class DevicePipeline:
             if i == 0 and first is not None and key in first:
                 eps = first[key]
             else:
-                (eps,) = self.sessions["unet"].run(
-                    None,
-                    {
-                        "sample": latents / step.denom,
-                        "timestep": np.asarray([step.timestep], dtype=np.float32),
-                        "encoder_hidden_states": hidden,
-                        "text_embeds": pooled,
-                        "time_ids": self.time_ids,
-                    },
-                )
+                (eps,) = self.sessions["unet"].run(None, self._unet_feeds(latents / step.denom, step, hidden, pooled))
                 self.unet_calls += 1
                 if i == 0 and first is not None:
                     first[key] = eps
             latents = euler_ancestral(latents, eps, step, inputs["noise"][i])
         return latents
+
+    def text_response(
+        self, inputs: dict[str, np.ndarray], hidden: np.ndarray, pooled: np.ndarray, first: dict
+    ) -> np.ndarray:
+        """The UNet's response to the prompt at the first step (as ``OrtSDXLPipeline.text_response``): its first
+        output (``first``, filled by ``denoise``) minus its output for the empty prompt's embeddings, from the same
+        latents and timestep."""
+        if self._empty is None:
+            self._empty = self.encode(self.bundle.empty_prompt())
+        step = self.bundle.schedule(1)[0]
+        key = (float(step.timestep), float(step.denom))
+        if key not in first:
+            self.denoise(inputs, hidden, pooled, 1, first)
+        (uncond,) = self.sessions["unet"].run(
+            None, self._unet_feeds(inputs["latents"] / step.denom, step, *self._empty)
+        )
+        self.unet_calls += 1
+        return (first[key] - uncond).astype(np.float32)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """The uint8 H×W×3 image of final latents (as ``sdxl_qdq.run.pipeline.OrtSDXLPipeline.decode``)."""
@@ -85,13 +104,13 @@ class DevicePipeline:
 
     def draw(
         self, prompt: BundlePrompt, steps_list: tuple[int, ...] = (1, 2)
-    ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
-        """Per step count: (image, final latents) of ``prompt``; the prompt is encoded once and a first UNet call
-        shared by two step counts runs once."""
+    ) -> tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """Per step count: (image, final latents) of ``prompt``, and the prompt's text response; the prompt is encoded
+        once and a first UNet call shared by two step counts (and the response) runs once."""
         inputs = self.bundle.inputs(prompt)
         hidden, pooled = self.encode(inputs)
         out, first = {}, {}
         for steps in steps_list:
             latents = self.denoise(inputs, hidden, pooled, steps, first)
             out[steps] = (self.decode(latents), latents)
-        return out
+        return out, self.text_response(inputs, hidden, pooled, first)

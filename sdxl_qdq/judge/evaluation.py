@@ -81,7 +81,7 @@ def evaluate(
     fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
     measured = {}
     for metric in registry():
-        value = metric.measure(images, prompts, backbones, progress)
+        value = metric.measure(images, prompts, backbones, progress, dict(image_dirs))
         if value is not None:
             measured[metric.name] = value
     return Evaluation(
@@ -121,6 +121,7 @@ def seed_noise(
         float2_other_seed=load_images(float2_other_seed, prompts),
         recalibrated={k: load_images(d, prompts) for k, d in recalibrated.items()},
         reference_images=reference_images,
+        recalibrated_dirs=dict(recalibrated),
     )
     noise: dict[str, Any] = {"seeds": list(float1_seeds)}
     for metric in registry():

@@ -1,5 +1,8 @@
 """Image generation for the gate: every prompt × variant, saved as PNG under names made safe from the prompt.
 
+Beside each image of a gated set (seed base 0), the UNet's
+response to its prompt at the first step (``<name>.response.npy``: the text-conditioning check's input).
+
 A variant is (components, steps, seed base, EP): ``float@1`` is the float model at 1 step, ``qdq@2`` the
 QDQ model at 2 steps, ``float@1~s1`` the float model drawn with another seed base (the FID reference set
 of an offline model, and the seed-to-seed noise that tolerances are derived from).
@@ -41,6 +44,23 @@ class Variant:
 def image_name(prompt: Prompt) -> str:
     """``<index>-<slug>.png``: the prompt never reaches the file system unsanitized."""
     return f"{prompt.index:03d}-{slugify(prompt.text)}.png"
+
+
+def response_name(prompt: Prompt) -> str:
+    """``<index>-<slug>.response.npy``: the prompt's text response (``OrtSDXLPipeline.text_response``) beside its
+    image."""
+    return f"{prompt.index:03d}-{slugify(prompt.text)}.response.npy"
+
+
+def save_response(response: np.ndarray, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        np.save(f, np.asarray(response, dtype=np.float32))
+    tmp.replace(path)
+
+
+def load_response(path: Path) -> np.ndarray:
+    return np.load(path, allow_pickle=False)
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
@@ -153,6 +173,10 @@ def _draw(
             image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
             (drawn / v.label).mkdir(exist_ok=True)
             save_png(image, drawn / v.label / image_name(prompt))
+        if variants[0].seed_base == 0:  # the gated sets (not the noise sets): the UNet's response to the prompt
+            response = pipe.text_response(prompt.text, seed=prompt_seed(prompt.text))
+            for v in variants:
+                save_response(response, drawn / v.label / response_name(prompt))
         pipe.forget()  # a prompt's outputs are never reused by the next prompt
         prompt_s[prompt.index] = round(time.perf_counter() - start, 2)
         if step is not None:

@@ -90,6 +90,7 @@ class OrtSDXLPipeline:
         self.recorder = recorder
         self._outputs: dict[tuple[str, str], list[np.ndarray]] | None = {} if reuse else None
         self.executed: dict[str, int] = dict.fromkeys(COMPONENTS, 0)  # model runs (reused calls not counted)
+        self._empty: tuple[np.ndarray, np.ndarray] | None = None
 
     def load(self, *components: str) -> None:
         """Create the sessions of ``components`` (those not loaded yet)."""
@@ -154,23 +155,45 @@ class OrtSDXLPipeline:
         generator = torch.Generator().manual_seed(prompt_seed(prompt) if seed is None else seed)
         scheduler = self.scheduler_cls.from_config(self.scheduler_config)
         scheduler.set_timesteps(steps)
-        size = float(self.image_size)
-        time_ids = np.array([[size, size, 0.0, 0.0, size, size]], dtype=np.float32)
         latents = torch.randn(self.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             model_in = scheduler.scale_model_input(latents, t)
-            (noise,) = self._run(
-                "unet",
-                {
-                    "sample": model_in.numpy().astype(np.float32),
-                    "timestep": np.array([float(t)], dtype=np.float32),
-                    "encoder_hidden_states": hidden,
-                    "text_embeds": pooled,
-                    "time_ids": time_ids,
-                },
-            )
+            (noise,) = self._run("unet", self._unet_feeds(model_in.numpy(), float(t), hidden, pooled))
             latents = scheduler.step(torch.from_numpy(noise), t, latents, generator=generator).prev_sample
         return latents
+
+    def _unet_feeds(self, sample: np.ndarray, t: float, hidden: np.ndarray, pooled: np.ndarray) -> dict[str, Any]:
+        size = float(self.image_size)
+        return {
+            "sample": sample.astype(np.float32),
+            "timestep": np.array([t], dtype=np.float32),
+            "encoder_hidden_states": hidden,
+            "text_embeds": pooled,
+            "time_ids": np.array([[size, size, 0.0, 0.0, size, size]], dtype=np.float32),
+        }
+
+    def empty_prompt(self) -> tuple[np.ndarray, np.ndarray]:
+        """The empty prompt's (encoder_hidden_states, text_embeds) through this pipeline's text encoders (encoded
+        once per pipeline)."""
+        if self._empty is None:
+            self._empty = self.encode_prompt("")
+        return self._empty
+
+    def text_response(self, prompt: str, *, seed: int | None = None) -> np.ndarray:
+        """The UNet's response to the prompt at the first step: its output for the prompt's embeddings minus its
+        output for the empty prompt's, from the same latents, timestep and time ids (float32, the latents' shape).
+        With ``reuse``, the prompt's call is the image's first UNet call: one more UNet call per prompt."""
+        import torch
+
+        generator = torch.Generator().manual_seed(prompt_seed(prompt) if seed is None else seed)
+        scheduler = self.scheduler_cls.from_config(self.scheduler_config)
+        scheduler.set_timesteps(1)  # trailing spacing: the first timestep (999) of every step count
+        latents = torch.randn(self.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        t = scheduler.timesteps[0]
+        sample = scheduler.scale_model_input(latents, t).numpy()
+        (cond,) = self._run("unet", self._unet_feeds(sample, float(t), *self.encode_prompt(prompt)))
+        (uncond,) = self._run("unet", self._unet_feeds(sample, float(t), *self.empty_prompt()))
+        return (cond - uncond).astype(np.float32)
 
     def decode_feeds(self, latents: Any) -> dict[str, np.ndarray]:
         """The VAE decoder's inputs for final latents."""

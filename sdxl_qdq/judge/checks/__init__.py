@@ -12,13 +12,15 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from sdxl_qdq.components import STEPS
 
 if TYPE_CHECKING:  # the gate, the evaluation and the A/B import this registry: their types are named, not imported
+    from pathlib import Path
+
     import numpy as np
 
     from sdxl_qdq.judge.backbones import Backbones
@@ -47,6 +49,7 @@ class NoiseSets:
     float2_other_seed: list[np.ndarray]
     recalibrated: dict[int, list[np.ndarray]]
     reference_images: list[np.ndarray]
+    recalibrated_dirs: dict[int, Path] = field(default_factory=dict)  # steps → the folder of ``recalibrated[k]``
 
     @property
     def first_seed(self) -> list[np.ndarray]:
@@ -72,9 +75,15 @@ class GatedMetric:
 
     # -- measuring ------------------------------------------------------------------------------------------------
     def measure(
-        self, images: dict[str, list[np.ndarray]], prompts: list[Prompt], backbones: Backbones, progress: Any
+        self,
+        images: dict[str, list[np.ndarray]],
+        prompts: list[Prompt],
+        backbones: Backbones,
+        progress: Any,
+        dirs: dict[str, Path],
     ) -> Any | None:
-        """What it measures beyond the evaluation's MSE, CLIP and FID (kept in ``Evaluation.measured[name]``)."""
+        """What it measures beyond the evaluation's MSE, CLIP and FID (kept in ``Evaluation.measured[name]``);
+        ``dirs``: the drawn sets' folders by label (what the drawing wrote beside the images)."""
         return None
 
     def noise(self, ev: Evaluation, sets: NoiseSets) -> dict[str, Any]:
