@@ -80,3 +80,51 @@ def test_bootstrap_interval_refuses_what_it_cannot_resample() -> None:
         bootstrap_mean_ci(np.array([1.0]))
     with pytest.raises(ValueError, match=r"confidence must be in \(0, 1\), got 95"):
         bootstrap_mean_ci(np.ones(5), confidence=95)
+
+
+def test_t_quantile_matches_the_tables() -> None:
+    from sdxl_qdq.judge.metrics import t_quantile
+
+    for dof, expected in ((10, 2.2281), (30, 2.0423), (59, 2.0010), (99, 1.9842)):
+        assert t_quantile(0.975, dof) == pytest.approx(expected, abs=2e-3)
+    with pytest.raises(ValueError, match="dof >= 1"):
+        t_quantile(0.975, 0)
+
+
+def test_the_fid_difference_interval_covers_its_estimate_and_the_truth_at_its_confidence() -> None:
+    """The recipe A/B's FID row (``fid_difference``): two quantized sets of the same 100 prompts (shared content plus
+    each recipe's own error, of different size) as Gaussian features of 64 dimensions — the regime where FID's
+    covariance is barely estimable, as 2048 Inception features on 100 prompts. The truth: the expected difference of
+    the two recipes' FIDs at 100 prompts (what the gate measures), from 1,000 draws. Measured over these seeded
+    experiments: 97 % coverage for a stated 95 %; the bootstrap that resampled prompts with replacement (the previous
+    code) covered the population's difference in 52 % (40 dimensions, 60 prompts). Every interval holds its estimate."""
+    from sdxl_qdq.judge.backbones import fid_from_features
+    from sdxl_qdq.judge.checks.fid import fid_difference
+
+    d, n, experiments = 64, 100, 60
+    rng = np.random.default_rng(0)
+    reference = rng.standard_normal((4000, d))
+    shared = np.linalg.cholesky(np.eye(d) * 0.8 + 0.2)
+    mu_a, mu_b, err_a, err_b = np.full(d, 0.3), np.full(d, 0.35), 0.5, 0.3
+
+    def draw(mu: np.ndarray = mu_b) -> tuple[np.ndarray, np.ndarray]:
+        content = rng.standard_normal((n, d)) @ shared.T
+        return mu_a + content + err_a * rng.standard_normal((n, d)), mu + content + err_b * rng.standard_normal((n, d))
+
+    spread = [
+        fid_from_features(b, reference) - fid_from_features(a, reference) for a, b in (draw() for _ in range(1000))
+    ]
+    truth = float(np.mean(spread))
+    covered, ses = 0, []
+    for _ in range(experiments):
+        a, b = draw()
+        estimate, low, high = fid_difference(a, b, reference)
+        assert estimate == pytest.approx(fid_from_features(b, reference) - fid_from_features(a, reference))
+        assert low <= estimate <= high
+        covered += low <= truth <= high
+        ses.append((high - low) / 2 / 1.984)
+    assert covered / experiments >= 0.9, f"covered the truth in {covered} of {experiments}"
+    assert np.median(ses) <= 1.5 * np.std(spread), "valid, but so wide it decides nothing"
+    # and it decides where the data can: a recipe whose images drift 3x further from the reference is worse
+    decided = sum(fid_difference(a, b, reference)[1] > 0 for a, b in (draw(3 * mu_a) for _ in range(10)))
+    assert decided >= 9, f"the interval excluded 0 in {decided} of 10"

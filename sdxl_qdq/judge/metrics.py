@@ -54,3 +54,46 @@ def bootstrap_mean_ci(
     means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
     alpha = (1 - confidence) / 2
     return float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha))
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """Student's t quantile (Cornish-Fisher expansion around the normal's: within 1e-3 for 10 or more degrees of
+    freedom, which every use here has)."""
+    from statistics import NormalDist
+
+    if dof < 1 or not 0 < p < 1:
+        raise ValueError(f"need dof >= 1 and 0 < p < 1, got dof={dof}, p={p}")
+    z = NormalDist().inv_cdf(p)
+    return float(
+        z
+        + (z**3 + z) / (4 * dof)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * dof**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * dof**3)
+    )
+
+
+def jackknife_ci(statistic, n: int, *, confidence: float = 0.95) -> tuple[float, float, float]:
+    """An interval for a statistic of a whole set (FID, or a difference of two FIDs over the same prompts):
+    ``statistic(keep)`` computes it on the items where the boolean mask ``keep`` is true. Returns the statistic on
+    all n items and the interval estimate ± t₍ₙ₋₁₎ · SE, SE² = (n − 1)/n · Σ(θ̂₍ᵢ₎ − mean)², from the n sets with one
+    item left out (the jackknife's variance, which errs on the large side: Efron–Stein).
+
+    What it covers: the statistic's expected value at this set size — for FID, the FID of n images, which is what the
+    gate and its baselines measure (FID of 100 images is mostly its 1/n bias; the population's FID is out of reach
+    at that size, and the bias differs between two recipes). Why not the bootstrap: resampling with replacement puts
+    duplicates in the set, and a set statistic reads them as less diversity (FID's covariance loses rank): the
+    resampled values are biased, differently for two sets, and the interval can miss its own estimate (canary, seed
+    vs per-channel weights: FID qdq@2 +0.0093 with a bootstrap interval of [−0.0011, +0.0089]). Leaving one item out
+    duplicates nothing. Simulated (tests/test_metrics.py: Gaussian features, 64 dimensions, 100 items): coverage 97 %
+    for a stated 95 %, SE 1.2× the true spread."""
+    if n < 3:
+        raise ValueError(f"a jackknife needs at least 3 items, got {n}")
+    full = float(statistic(np.ones(n, dtype=bool)))
+    keep, left_out = np.ones(n, dtype=bool), np.empty(n)
+    for i in range(n):
+        keep[i] = False
+        left_out[i] = statistic(keep)
+        keep[i] = True
+    se = float(np.sqrt((n - 1) / n * np.sum((left_out - left_out.mean()) ** 2)))
+    half = t_quantile(1 - (1 - confidence) / 2, n - 1) * se
+    return full, full - half, full + half

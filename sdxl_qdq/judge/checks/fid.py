@@ -1,7 +1,8 @@
 """FID of each quantized variant (qdq@1, qdq@2) against the run's FID reference set, with the run's FID backbone.
 
 Window: the baseline's FID plus 3 σ of FID over float@1 sets drawn with different seeds. Harm: more than 50 % above
-its baseline. In the recipe A/B, the difference's interval comes from resampling the prompts (paired).
+its baseline. In the recipe A/B, the difference and its interval come from the jackknife over the prompts (paired:
+the same prompt left out of both sets; resampling with replacement would duplicate images).
 """
 
 from __future__ import annotations
@@ -14,10 +15,20 @@ from sdxl_qdq.judge.backbones import fid_features, fid_from_features
 from sdxl_qdq.judge.backbones import fids as fid_sets
 from sdxl_qdq.judge.checks import CheckKind, GatedMetric, NoiseSets
 from sdxl_qdq.judge.evaluation import NOISE_SEEDS, load_images
+from sdxl_qdq.judge.metrics import jackknife_ci
 
 FID_RISE = 0.5  # an FID more than 50 % above its baseline
 FID_SIGMA = 3.0  # FID: 3 σ of FID over the float sets drawn with different seeds
-FID_RESAMPLES = 200  # FID needs a covariance per resample: fewer than the per-image metrics' 10,000
+
+
+def fid_difference(fa: np.ndarray, fb: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    """FID(B) − FID(A) of two feature sets of the same prompts (row i: prompt i) against ``reference``, and its 95 %
+    jackknife interval (``sdxl_qdq.judge.metrics.jackknife_ci``: the expected difference at this many prompts)."""
+    if len(fa) != len(fb):
+        raise ValueError(f"paired feature sets differ in length: {len(fa)} and {len(fb)}")
+    return jackknife_ci(
+        lambda keep: fid_from_features(fb[keep], reference) - fid_from_features(fa[keep], reference), len(fa)
+    )
 
 
 class Fid(GatedMetric):
@@ -74,19 +85,15 @@ class Fid(GatedMetric):
             for label, value in ev.fid.items()
         ]
 
-    def differences(self, a, b, key: str, reference: np.ndarray, *, seed: int = 0):
-        """FID(B) − FID(A) with an interval from resampling the prompts (the same prompts for both: paired)."""
+    def differences(self, a, b, key: str, reference: np.ndarray):
+        """FID(B) − FID(A) over the same prompts, with the jackknife's interval (``jackknife_ci``: no duplicated
+        images), leaving the same prompt out of both sets."""
         from sdxl_qdq.judge.compare import Difference
 
         fa = fid_features(load_images(a.image_dirs[key], a.prompts), a.backbones.fid)
         fb = fid_features(load_images(b.image_dirs[key], b.prompts), b.backbones.fid)
-        rng = np.random.default_rng(seed)
-        diffs = []
-        for _ in range(FID_RESAMPLES):
-            idx = rng.integers(0, len(fa), size=len(fa))
-            diffs.append(fid_from_features(fb[idx], reference) - fid_from_features(fa[idx], reference))
-        low, high = (float(q) for q in np.quantile(diffs, [0.025, 0.975]))
-        return [Difference(f"FID {key}", a.fid[key], b.fid[key], b.fid[key] - a.fid[key], low, high, "lower")]
+        estimate, low, high = fid_difference(fa, fb, reference)
+        return [Difference(f"FID {key}", a.fid[key], b.fid[key], estimate, low, high, "lower")]
 
 
 METRIC = Fid()
