@@ -81,6 +81,13 @@ def _build_options(p: argparse.ArgumentParser) -> None:
         help="let a Hugging Face model be downloaded when it is not cached (default: off)",
     )
     p.add_argument(
+        "--prompt-set",
+        default=None,
+        metavar="FILE",
+        help="your own prompt set instead of the model's: JSON Lines or CSV with a text (or prompt) column, id and "
+        "split (train: calibration, test) optional; checked whole before anything is built (default: the model's)",
+    )
+    p.add_argument(
         "--prompts-from-hub",
         action="store_true",
         help="calibrate on rows 0-49 of phiyodr/coco2017 streamed from the hub instead of the bundled "
@@ -451,6 +458,7 @@ def _build(args: argparse.Namespace):
         calibration_prompts=calibration,
         allow_download=args.allow_download,
         quantizer=args.quantizer,
+        prompts=args.prompt_set,
         progress=lambda m: print(m, flush=True),
     )
 

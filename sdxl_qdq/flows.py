@@ -89,6 +89,9 @@ def draw_together(
     return {v.label.split("[")[0]: folders[v] for v in variants}
 
 
+OWN_PROMPTS = "the model's own prompts"
+
+
 def _evaluate(
     build: Build,
     prompts: list[Prompt],
@@ -115,6 +118,7 @@ def _evaluate(
         ep=ep,
         ep_detail=detail,
         progress=progress,
+        prompt_set=f"{Path(build.source.prompts).name} ({build.source.prompt_set or OWN_PROMPTS})",
     )
 
 
@@ -197,7 +201,13 @@ def prepare_gate(
     ref_id = reference_id(build, coco_dir)
     if not update:  # fail before drawing anything
         baseline = load_baseline(
-            build.source.name, backbones, baselines_root, ep=baseline_ep or ep, reference=ref_id, prompts=prompts
+            build.source.name,
+            backbones,
+            baselines_root,
+            ep=baseline_ep or ep,
+            reference=ref_id,
+            prompts=prompts,
+            prompt_set=build.source.prompt_set,
         )
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2)]
@@ -243,7 +253,10 @@ def prepare_gate(
             reference_images=reference,
         )
         baseline = baseline_from_evaluation(ev)
-        write_baseline(baseline, baseline_path(build.source.name, backbones, baselines_root, ep=ep, reference=ref_id))
+        path = baseline_path(
+            build.source.name, backbones, baselines_root, ep=ep, reference=ref_id, prompt_set=build.source.prompt_set
+        )
+        write_baseline(baseline, path)
     return Gate(ev, baseline)
 
 

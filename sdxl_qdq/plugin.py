@@ -97,6 +97,12 @@ OPTIONS: dict[str, dict] = {  # name: argparse keywords; the flag is PREFIX + na
         help="folder of the COCO 2017 train images of the prompts, the FID reference of a real model "
         "(default: none; offline models use their own documented reference set)",
     ),
+    "prompt-set": dict(
+        default=None,
+        metavar="FILE",
+        help="your own prompt set instead of the model's (JSON Lines or CSV: text, optional id and split; checked "
+        "before anything is built); its baseline is its own file (default: the model's prompts)",
+    ),
     "update-baselines": dict(
         action="store_true",
         default=False,
@@ -279,6 +285,7 @@ def _build(config: pytest.Config, cache: ArtifactCache, default_model: str) -> B
             cache=cache,
             allow_download=config.getoption("qdq_allow_download"),
             quantizer=config.getoption("qdq_quantizer"),
+            prompts=config.getoption("qdq_prompt_set"),
             progress=say(config),
         )
     config.stash[BUILD_KEY] = result
@@ -360,7 +367,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         from sdxl_qdq.models.prompts import load_prompts
         from sdxl_qdq.models.source import prompts_for
 
-        prompts = load_prompts("all", path=prompts_for(metafunc.config.getoption("qdq_model") or "canary"))
+        own = metafunc.config.getoption("qdq_prompt_set")
+        path = Path(own) if own else prompts_for(metafunc.config.getoption("qdq_model") or "canary")
+        prompts = load_prompts("all", path=path)
         metafunc.parametrize("qdq_quality_prompt", prompts, ids=[p.id for p in prompts])
 
 
@@ -528,6 +537,7 @@ def _check_options(config: pytest.Config) -> None:
     """What can be checked before anything is built: each failure is one line with the value and the fix."""
     from sdxl_qdq.convert.recipe import load_recipe
     from sdxl_qdq.judge.evaluation import check_coco_dir
+    from sdxl_qdq.models.prompts import read_prompt_set
 
     try:
         if config.getoption("qdq_recipe"):
@@ -540,6 +550,8 @@ def _check_options(config: pytest.Config) -> None:
         execution_provider(config.getoption("qdq_ep")).require()
         if config.getoption("qdq_coco_dir"):
             check_coco_dir(Path(config.getoption("qdq_coco_dir")))
+        if config.getoption("qdq_prompt_set"):
+            read_prompt_set(Path(config.getoption("qdq_prompt_set")), check_tokens=True)
     except QuantError as e:
         raise pytest.UsageError(plugin_flags(str(e))) from None
 

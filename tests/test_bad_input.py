@@ -81,8 +81,36 @@ def _unknown_soc(tmp: Path) -> list[str]:
     return ["--qnn-soc", "99"]
 
 
+def _prompt_file(name: str, data: bytes):
+    def make(tmp: Path) -> list[str]:
+        (tmp / name).write_bytes(data)
+        return ["--prompt-set", str(tmp / name)]
+
+    return make
+
+
+LONG = " ".join(["a red circle on the left and"] * 12)
+
 # (case, argv maker, what the message must say): the value and the fix
 SHARED = [
+    ("empty-prompt-file", _prompt_file("p.jsonl", b"\n\n"), r"p\.jsonl holds no prompts; give one per line"),
+    (
+        "duplicate-prompt-ids",
+        _prompt_file("p.csv", b"id,text,split\na,a cat,train\nb,a dog,test\na,a cow,test\n"),
+        r"p\.csv: line 4: duplicate id 'a' \(first on line 2\)",
+    ),
+    (
+        "over-long-prompt",
+        _prompt_file(
+            "p.jsonl", f'{{"text": "{LONG}", "split": "train"}}\n{{"text": "a cat", "split": "test"}}'.encode()
+        ),
+        r"p\.jsonl: line 1: \d+ CLIP tokens, over 77 \(the encoders drop the rest\)",
+    ),
+    (
+        "prompt-file-not-utf8",
+        _prompt_file("p.jsonl", b'{"text": "a cat"}\n{"text": "caf\xe9"}\n'),
+        r"p\.jsonl: line 2 is not UTF-8 .*save the file as UTF-8",
+    ),
     ("missing-recipe", _missing_recipe, r"nope\.json.* does not exist; pass a JSON recipe such as .*qnn_w8a16\.json"),
     ("invalid-recipe", _invalid_recipe, r"broken\.json is not valid JSON"),
     ("unknown-pass-type", _unknown_pass, r"type 'OnnxStaticQuantisation', which Olive does not know \(did you mean"),

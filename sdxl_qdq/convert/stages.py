@@ -20,7 +20,7 @@ from sdxl_qdq.convert.calibration import RANGES_FILE, record_calibration
 from sdxl_qdq.convert.export import export_components
 from sdxl_qdq.convert.lean.policy import PROTOBUF_LIMIT, choose_quantizer, stock_peak_estimate, weight_file_bytes
 from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, calibration_steps, load_recipe, minmax_only, quantize_component
-from sdxl_qdq.models.prompts import Prompt, load_prompts
+from sdxl_qdq.models.prompts import Prompt, load_prompts, prompt_set_tag, read_prompt_set
 from sdxl_qdq.models.source import ModelSource, resolve_source
 from sdxl_qdq.procs import Progress, StageClock, StepMeter, run_measured
 from sdxl_qdq.run.pipeline import ComponentSet
@@ -78,9 +78,13 @@ def build(
     allow_download: bool = False,
     quantizer: str = "auto",
     segment_bytes: int | None = None,
+    prompts: Path | str | None = None,
     progress: Progress = _silent,
 ) -> Build:
     """Build (or find in the cache) the float and QDQ components of ``model`` with ``recipe``.
+
+    ``prompts``: a prompt file (``sdxl_qdq.models.prompts.read_prompt_set``) that replaces the model's own set: its
+    train prompts calibrate, and the gate, the bundle and the judge read all of it (``Build.source.prompts``).
 
     ``quantizer``: 'olive' (the recipe's Olive workflows, in this process), 'lean' (the same passes
     memory-bounded, one component per process: ``sdxl_qdq.convert.lean``), or 'auto' (lean for a component the stock
@@ -89,7 +93,11 @@ def build(
     """
     cache = cache or ArtifactCache()
     clock = StageClock(progress)
+    if prompts is not None:  # checked whole (token counts too) before anything is resolved or built
+        read_prompt_set(Path(prompts), check_tokens=True)
     source = resolve_source(model, allow_download=allow_download)
+    if prompts is not None:
+        source = replace(source, prompts=Path(prompts).resolve(), prompt_set=prompt_set_tag(Path(prompts)))
     recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
     recipe_data = load_recipe(recipe_path)
     prompts = calibration_prompts if calibration_prompts is not None else load_prompts("train", path=source.prompts)

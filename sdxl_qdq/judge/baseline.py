@@ -42,12 +42,20 @@ def prompts_sha256(prompts: list[Prompt]) -> str:
 
 
 def baseline_path(
-    model: str, backbones: Backbones, root: Path = BASELINES_DIR, *, ep: str = "cpu", reference: str
+    model: str,
+    backbones: Backbones,
+    root: Path = BASELINES_DIR,
+    *,
+    ep: str = "cpu",
+    reference: str,
+    prompt_set: str = "",
 ) -> Path:
-    """``<root>/<model>/<ep>/<clip>__<fid>__<reference>.json``: everything that changes a number is in the key: the
-    EP that drew the quantized variants (QNN does not compute what the CPU EP computes), both backbones, and the
-    FID reference set (``coco2017-crop256``, ``world-render``, ``float1-seed1``)."""
-    return root / baseline_model_name(model) / ep / f"{backbones.name}__{reference}.json"
+    """``<root>/<model>/<ep>/<clip>__<fid>__<reference>[__<prompt set>].json``: everything that changes a number is in
+    the key: the EP that drew the quantized variants (QNN does not compute what the CPU EP computes), both backbones,
+    the FID reference set (``coco2017-crop256``, ``world-render``, ``float1-seed1``), and a team's own prompt set
+    (``--prompts``; the model's own prompts add nothing)."""
+    tail = f"__{prompt_set}" if prompt_set else ""
+    return root / baseline_model_name(model) / ep / f"{backbones.name}__{reference}{tail}.json"
 
 
 def load_baseline(
@@ -58,10 +66,12 @@ def load_baseline(
     ep: str = "cpu",
     reference: str,
     prompts: list[Prompt] | None = None,
+    prompt_set: str = "",
 ) -> dict[str, Any]:
-    """The baseline of ``model`` for exactly this EP, these backbones and this FID reference (and ``prompts``, when
-    given); a one-line error naming both sides and the fix when there is none or it does not match."""
-    path = baseline_path(model, backbones, root, ep=ep, reference=reference)
+    """The baseline of ``model`` for exactly this EP, these backbones, this FID reference and prompt set (and
+    ``prompts``, when given); a one-line error naming both sides and the fix when there is none or it does not
+    match."""
+    path = baseline_path(model, backbones, root, ep=ep, reference=reference, prompt_set=prompt_set)
     if not path.is_file():
         raise ConfigError(_missing(path, model, backbones, ep, reference))
     try:

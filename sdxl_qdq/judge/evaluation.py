@@ -43,6 +43,7 @@ class Evaluation:
     noise: dict[str, Any] | None = None
     ep_detail: str = ""  # what ran the quantized variants, in words (the float ones always run on the CPU EP)
     measured: dict[str, Any] = field(default_factory=dict)  # what registered metrics measure beyond MSE, CLIP, FID
+    prompt_set: str = ""  # the prompt file, in words
 
     def image(self, label: str, prompt: Prompt) -> Path:
         return self.image_dirs[label] / image_name(prompt)
@@ -69,6 +70,7 @@ def evaluate(
     ep: str = "cpu",
     ep_detail: str = "",
     progress: Any = lambda _: None,
+    prompt_set: str = "",
 ) -> Evaluation:
     """MSE, CLIP and FID of the drawn ``VARIANTS`` (``image_dirs``: label → folder) against ``reference_images``, and
     whatever else a registered metric (``sdxl_qdq.judge.checks``) measures."""
@@ -98,6 +100,7 @@ def evaluate(
         fid_reference_id=reference_id,
         ep_detail=ep_detail,
         measured=measured,
+        prompt_set=prompt_set,
     )
 
 

@@ -311,7 +311,8 @@ re-seeding or re-calibrating moves them; outside its harm floor they are <i>harm
 <table class=grid><tr><th>prompt</th>{grid_head}</tr>{''.join(grid[:20])}</table></details>
 <p>Recipe <b>{html.escape(ev.recipe)}</b>; quantized variants (qdq@1, qdq@2) run on the
 <b>{html.escape(ev.ep_detail or ev.ep)}</b>, float variants on the CPU EP; gated by the baseline made on the
-<b>{html.escape(str(gate.baseline.get('ep')))}</b> EP; {len(ev.prompts)} prompts;
+<b>{html.escape(str(gate.baseline.get('ep')))}</b> EP; {len(ev.prompts)} prompts
+({html.escape(ev.prompt_set or 'the model’s own set')});
 CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.escape(ev.backbones.fid)}</b>
 (FID reference: {html.escape(ev.fid_reference)}). Baseline: {html.escape(str(gate.baseline.get('source', '')))}.
 <br>{parity}

@@ -66,6 +66,7 @@ def summary(gate: Gate, *, strict: bool = False, perf: dict[str, Any] | None = N
         "fid_reference": ev.fid_reference,
         "fid_reference_id": ev.fid_reference_id,
         "prompts": len(ev.prompts),
+        "prompt_set": ev.prompt_set,
         "versions": package_versions(),
         "harm_floors": harm_floors(),
         **extra,

@@ -1,4 +1,5 @@
-"""The evaluation prompts: 100 COCO 2017 captions (rows 0–49 train/calibration, 50–99 test).
+"""The evaluation prompts: 100 COCO 2017 captions (rows 0–49 train/calibration, 50–99 test), or a team's own prompt
+set (``--prompts FILE``: JSON Lines or CSV, checked whole before anything is drawn).
 
 Loaded through ``datasets`` from the JSONL in fixtures/ (offline). With ``stream_from_hub=True`` the same
 rows are streamed from ``phiyodr/coco2017`` instead (needs network; the user opts in).
@@ -26,16 +27,21 @@ SPLITS = ("train", "test", "all")
 N_TRAIN = 50
 
 
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_TOKENS = 77  # CLIP's context, start and end tokens included: the encoders never see a longer prompt's tail
+
+
 @dataclass(frozen=True)
 class Prompt:
     index: int
     text: str
     split: str  # "train" (calibration) or "test"
+    name: str | None = None  # the prompt file's own id, when it gives one
 
     @property
     def id(self) -> str:
-        """A readable test id: index and a short slug."""
-        return f"{self.index:03d}-{slugify(self.text, max_len=24)}"
+        """A readable test id: the prompt file's id, else index and a short slug."""
+        return self.name or f"{self.index:03d}-{slugify(self.text, max_len=24)}"
 
 
 def slugify(text: str, *, max_len: int = 48) -> str:
@@ -50,35 +56,118 @@ def sanitize_caption(caption: str) -> str:
 
 
 def load_prompts(split: str = "all", *, path: Path = PROMPTS_COCO, stream_from_hub: bool = False) -> list[Prompt]:
-    """Prompts of ``split`` ("train", "test" or "all"), in row order, from the JSONL at ``path``."""
+    """Prompts of ``split`` ("train", "test" or "all"), in row order, from the prompt file at ``path``
+    (``read_prompt_set``)."""
     if split not in SPLITS:
         raise ConfigError(f"prompt split {split!r} is not one of {SPLITS}")
     if stream_from_hub:
         texts = _stream_hub(100)
+        prompts = [Prompt(i, t, "train" if i < N_TRAIN else "test") for i, t in enumerate(texts)]
     else:
-        if not path.is_file():
-            raise ConfigError(f"prompt file {path} does not exist; pass a JSONL with a 'prompt' column per row")
-        texts = _read_jsonl_prompts(path)
-    prompts = [Prompt(i, t, "train" if i < N_TRAIN else "test") for i, t in enumerate(texts)]
+        prompts = read_prompt_set(path)
     return prompts if split == "all" else [p for p in prompts if p.split == split]
 
 
-def _read_jsonl_prompts(path: Path) -> list[str]:
-    """The 'prompt' of each row of a JSONL file (read with the standard library: a warm build must not import
-    datasets, 1.7 s, for 100 lines; the hub's rows still come through datasets)."""
-    texts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def read_prompt_set(path: Path, *, check_tokens: bool = False) -> list[Prompt]:
+    """A prompt set from JSON Lines (a ``prompt`` or ``text`` string per row; ``id`` and ``split`` optional) or CSV
+    (a header naming ``text`` or ``prompt``, and optionally ``id`` and ``split``), checked whole before anything uses
+    it: one ConfigError naming every problem (no rows, bad encoding or JSON, an empty prompt, a duplicate or unsafe
+    id, a split other than train/test, no train or no test prompt; with ``check_tokens``, a prompt longer than CLIP's
+    77 tokens, whose tail the encoders would drop). Without a ``split`` column the first half is ``train``
+    (calibration) and the rest ``test``, as in the bundled COCO set."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(
+            f"prompt file {path} does not exist; pass a JSON Lines or CSV file of prompts (README: Prompt sets)"
+        )
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"prompt file {path}: line {line} is not UTF-8 (byte {e.start}); save the file as UTF-8"
+        ) from None
+    rows, problems = (_csv_rows if path.suffix.lower() == ".csv" else _jsonl_rows)(text)
+    if not rows and not problems:
+        raise ConfigError(f"prompt file {path} holds no prompts; give one per line (JSON Lines) or per row (CSV)")
+    prompts, seen = [], {}
+    has_split = any(row.get("split") is not None for _, row in rows)
+    for number, row in rows:
+        prompt, name, split = row.get("prompt", row.get("text")), row.get("id"), row.get("split")
+        if not isinstance(prompt, str) or not " ".join(prompt.split()):
+            problems.append(f"line {number}: empty prompt")
+            continue
+        if name is not None:
+            name = str(name)
+            if not ID_PATTERN.fullmatch(name):
+                problems.append(f"line {number}: id {name[:40]!r} is not 1-64 letters, digits, '.', '_' or '-'")
+            elif name in seen:
+                problems.append(f"line {number}: duplicate id {name!r} (first on line {seen[name]})")
+            seen.setdefault(name, number)
+        if has_split and split not in ("train", "test"):
+            problems.append(f"line {number}: split {split!r} is not 'train' or 'test'")
+        prompts.append((number, prompt, name, split))  # as written: the text is the key of its images
+    if not has_split:
+        half = (len(prompts) + 1) // 2 if len(prompts) != 100 else N_TRAIN
+        prompts = [(n, t, name, "train" if i < half else "test") for i, (n, t, name, _) in enumerate(prompts)]
+    if check_tokens and prompts:
+        from sdxl_qdq.models.sdxl import build_tokenizers
+
+        tokenizer = build_tokenizers()[0]
+        for number, t, _, _ in prompts:
+            count = len(tokenizer(t).input_ids)
+            if count > MAX_TOKENS:
+                problems.append(f"line {number}: {count} CLIP tokens, over {MAX_TOKENS} (the encoders drop the rest)")
+    splits = {s for *_, s in prompts}
+    if prompts and not problems:
+        missing = [s for s in ("train", "test") if s not in splits]
+        if missing:
+            problems.append(f"no {missing[0]} prompt (calibration reads train, the re-calibrated baseline test)")
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise ConfigError(f"prompt file {path}: {'; '.join(problems[:5])}{more}")
+    return [Prompt(i, t, s, name) for i, (_, t, name, s) in enumerate(prompts)]
+
+
+def prompt_set_tag(path: Path) -> str:
+    """A prompt file's tag in baseline file names: ``prompts-<slug of its name>-<sha256 of its bytes, 8 digits>``."""
+    import hashlib
+
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:8]
+    return f"prompts-{slugify(Path(path).stem, max_len=32)}-{digest}"
+
+
+def _jsonl_rows(text: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    """(line number, row) of each non-blank line, and the lines that are not a JSON object (read with the standard
+    library: a warm build must not import datasets, 1.7 s, for 100 lines; the hub's rows still come through
+    datasets)."""
+    rows, problems = [], []
+    for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise ConfigError(f"prompt file {path}: line {number} is not valid JSON ({e})") from None
-        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str):
+            problems.append(f"line {number} is not valid JSON ({e.msg})")
+            continue
+        if not isinstance(row, dict) or not isinstance(row.get("prompt", row.get("text")), str):
             keys = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ConfigError(f"prompt file {path}: line {number} has {keys}; every row needs a 'prompt' string")
-        texts.append(row["prompt"])
-    return texts
+            problems.append(f"line {number} has {keys}; every row needs a 'prompt' (or 'text') string")
+            continue
+        rows.append((number, row))
+    return rows, problems
+
+
+def _csv_rows(text: str) -> tuple[list[tuple[int, dict]], list[str]]:
+    import csv
+    import io
+
+    reader = csv.DictReader(io.StringIO(text))
+    fields = [f.strip().lower() for f in reader.fieldnames or []]
+    if not {"text", "prompt"} & set(fields):
+        return [], [f"the CSV header {fields} names no 'text' (or 'prompt') column"]
+    reader.fieldnames = fields
+    return [(reader.line_num, {k: v for k, v in row.items() if k}) for row in reader], []
 
 
 def _stream_hub(n: int) -> list[str]:

@@ -60,6 +60,7 @@ class ModelSource:
     vae_scale_factor: int
     materialize: Callable[[ArtifactCache], Path] = field(compare=False, repr=False)
     prompts: Path = PROMPTS_COCO
+    prompt_set: str = ""  # '' for the model's own prompts; else the file's tag (``--prompts``): its own baseline
     reference: Callable[[list[str]], list[Any]] | None = field(default=None, compare=False, repr=False)
     # builds one component's torch module from the materialized folder; None: load its weights from there
     load_component: Callable[[Path, str], Any] | None = field(default=None, compare=False, repr=False)
