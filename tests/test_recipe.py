@@ -150,3 +150,34 @@ def test_every_lean_option_is_an_olive_option() -> None:
     schema = olive_schema()
     for kind, options in LEAN.items():
         assert set(options) <= set(schema["passes"][kind.lower()]["options"]), kind
+
+
+@pytest.mark.parametrize("count", [0, -3, "ten", 2.5, True])
+def test_a_calibration_prompt_count_that_is_not_a_count_is_named(tmp_path: Path, count) -> None:
+    recipe = json.loads(DEFAULT_RECIPE.read_text())
+    recipe["calibration"]["prompts"] = count
+    path = tmp_path / "count.json"
+    path.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match=r"calibration\.prompts must be a count of train prompts >= 1 .*got"):
+        load_recipe(path)
+
+
+def test_a_calibration_prompt_count_calibrates_on_the_first_n_train_prompts(tmp_path: Path, qdq_cache) -> None:
+    """``calibration.prompts``: the build records the float pipeline on the first N train prompts only (its own
+    calibration, by key); more than the prompt set has is refused before anything is built."""
+    from sdxl_qdq.convert.stages import build
+    from sdxl_qdq.models.prompts import load_prompts
+
+    recipe = json.loads(DEFAULT_RECIPE.read_text())
+    recipe["calibration"]["prompts"] = 3
+    three = tmp_path / "three.json"
+    three.write_text(json.dumps(recipe))
+    seed, small = build("tiny", cache=qdq_cache), build("tiny", recipe=three, cache=qdq_cache)
+    assert small.keys["calibration"] != seed.keys["calibration"] and small.keys["export"] == seed.keys["export"]
+    recorded = json.loads((small.calibration_dir / "key.json").read_text())
+    assert recorded["prompts"] == [p.text for p in load_prompts("train")[:3]]
+    recipe["calibration"]["prompts"] = 51
+    many = tmp_path / "many.json"
+    many.write_text(json.dumps(recipe))
+    with pytest.raises(ConfigError, match=r"calibration\.prompts is 51, the prompt set .* has 50 .* at most 50"):
+        build("tiny", recipe=many, cache=qdq_cache)

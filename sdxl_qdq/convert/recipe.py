@@ -2,7 +2,8 @@
 
 A recipe file is ``{"name", "description", "calibration": {"steps": [...]}, "workflows": {<component>: <Olive
 run config>}}``; ``calibration.steps`` (default ``[1]``) lists the step counts whose float trajectories are
-recorded as calibration data. String values
+recorded as calibration data; ``calibration.prompts`` (default: all) how many of the prompt set's train prompts
+(the first N) are drawn for it. String values
 of the form ``${name}`` are filled in before the run (``model_path``, ``calibration_dir``, ``input_names``,
 ``input_shapes``, ``input_types``, ``output_dir``, ``olive_cache_dir``); a value that is exactly one
 placeholder is replaced by a JSON value (lists stay lists). With those filled by hand, a workflow also
@@ -68,6 +69,12 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
         raise ConfigError(
             f"recipe file {path}: calibration.steps must be a non-empty list of step counts >= 1, got {steps!r}"
         )
+    count = recipe.get("calibration", {}).get("prompts")
+    if count is not None and not (isinstance(count, int) and not isinstance(count, bool) and count >= 1):
+        raise ConfigError(
+            f"recipe file {path}: calibration.prompts must be a count of train prompts >= 1 (the first N of the "
+            f"prompt set's train split), got {count!r}; leave it out to calibrate on all of them"
+        )
     for component, workflow in workflows.items():
         if not isinstance(workflow, dict) or not isinstance(workflow.get("passes"), dict) or not workflow["passes"]:
             raise ConfigError(f"recipe file {path}: workflow {component!r} needs a non-empty 'passes' object")
@@ -88,6 +95,11 @@ def load_recipe(path: Path | str = DEFAULT_RECIPE) -> dict[str, Any]:
 def calibration_steps(recipe: dict[str, Any]) -> tuple[int, ...]:
     """The step counts whose float trajectories the recipe calibrates on."""
     return tuple(recipe.get("calibration", {}).get("steps", [1]))
+
+
+def calibration_prompt_count(recipe: dict[str, Any]) -> int | None:
+    """How many train prompts the recipe calibrates on (the first N of the split); None: all of them."""
+    return recipe.get("calibration", {}).get("prompts")
 
 
 def fill(value: Any, values: dict[str, Any]) -> Any:

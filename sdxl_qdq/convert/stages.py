@@ -19,7 +19,15 @@ from sdxl_qdq.components import COMPONENTS
 from sdxl_qdq.convert.calibration import RANGES_FILE, record_calibration
 from sdxl_qdq.convert.export import export_components
 from sdxl_qdq.convert.lean.policy import PROTOBUF_LIMIT, choose_quantizer, stock_peak_estimate, weight_file_bytes
-from sdxl_qdq.convert.recipe import DEFAULT_RECIPE, calibration_steps, load_recipe, minmax_only, quantize_component
+from sdxl_qdq.convert.recipe import (
+    DEFAULT_RECIPE,
+    calibration_prompt_count,
+    calibration_steps,
+    load_recipe,
+    minmax_only,
+    quantize_component,
+)
+from sdxl_qdq.errors import ConfigError
 from sdxl_qdq.models.prompts import Prompt, load_prompts, prompt_set_tag, read_prompt_set
 from sdxl_qdq.models.source import ModelSource, resolve_source
 from sdxl_qdq.procs import Progress, StageClock, StepMeter, run_measured
@@ -101,6 +109,14 @@ def build(
     recipe_path = Path(recipe) if recipe else DEFAULT_RECIPE
     recipe_data = load_recipe(recipe_path)
     prompts = calibration_prompts if calibration_prompts is not None else load_prompts("train", path=source.prompts)
+    count = calibration_prompt_count(recipe_data)
+    if count is not None:
+        if count > len(prompts):
+            raise ConfigError(
+                f"recipe {recipe_path.name}: calibration.prompts is {count}, the prompt set "
+                f"{Path(source.prompts).name} has {len(prompts)} to calibrate on; ask for at most {len(prompts)}"
+            )
+        prompts = prompts[:count]
     versions = package_versions()
     pipeline_dir = _source_dir(source, cache, clock("source"))
 
