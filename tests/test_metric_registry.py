@@ -51,7 +51,7 @@ class Ssim(GatedMetric):
     baseline_keys = ("ssim",)
     required = False
 
-    def measure(self, images, prompts, backbones, progress, dirs):
+    def measure(self, images, prompts, backbones, progress, dirs, reference):
         return {k: [ssim(f, q) for f, q in zip(images[f"float@{k}"], images[f"qdq@{k}"])] for k in (1, 2)}
 
     def noise(self, ev, sets):
@@ -100,12 +100,13 @@ METRIC = Ssim()
 
 def test_the_registry_holds_the_gates_metrics_in_their_order() -> None:
     metrics = registry()
-    assert [m.name for m in metrics] == ["mse", "clip", "fid", "text_response"]
+    assert [m.name for m in metrics] == ["mse", "clip", "fid", "kid", "cmmd", "text_response"]
     assert [k.key for m in metrics for k in m.kinds] == [
-        *("mse", "clip_delta", "clip_floor", "fid", "text_cosine", "text_gain")
+        *("mse", "clip_delta", "clip_floor", "fid", "kid", "cmmd", "text_cosine", "text_gain")
     ]
     assert list(harm_floors()) == [
         *("psnr_floor_db", "psnr_drop_db", "clip_drop", "clip_mean_drop", "fid_rise"),
+        *("kid_harm_windows", "cmmd_harm_windows"),
         *("text_cosine_floor", "text_cosine_drop", "text_gain_floor", "text_gain_rise"),
     ]
     modules = sorted(p.stem for p in (PACKAGE_DIR / "judge" / "checks").glob("*.py") if p.stem != "__init__")
@@ -174,7 +175,7 @@ def test_a_metric_is_one_file(ssim_added: Path, tmp_path: Path) -> None:
     from sdxl_qdq.judge.report import _summary_rows
     from sdxl_qdq.judge.summary import summary, validate
 
-    assert [m.name for m in registry()] == ["mse", "ssim", "clip", "fid", "text_response"]
+    assert [m.name for m in registry()] == ["mse", "ssim", "clip", "fid", "kid", "cmmd", "text_response"]
     prompts = [Prompt(index=i, text=f"a red circle number {i}", split="test") for i in range(6)]
     base = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3))
     dirs = {label: _images(tmp_path / label, prompts, seed, base) for seed, label in enumerate(VARIANTS)}
@@ -190,7 +191,7 @@ def test_a_metric_is_one_file(ssim_added: Path, tmp_path: Path) -> None:
         reference_name="ref",
         reference_id="ref-id",
     )
-    assert set(ev.measured) == {"ssim", "text_response"}
+    assert set(ev.measured) == {"ssim", "kid", "cmmd", "text_response"}
     assert all(0 < s < 1 for k in STEPS for s in ev.measured["ssim"][k])
 
     ev.noise = seed_noise(

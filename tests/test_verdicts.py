@@ -306,6 +306,9 @@ def test_a_harmful_recipe_fails_the_gate(canary_gate, variant: str) -> None:
     assert any(c.metric.startswith("MSE qdq@2") for c in failed) and any(
         c.metric.startswith("CLIP qdq@2") for c in failed
     )
+    if variant == "uint8-activations":  # the set metrics see it too (canary: KID×1000 0.106 -> 10.8, CMMD 0.004 -> 0.8)
+        names = {c.metric.split(" [")[0] for c in failed}
+        assert names >= {"KID×1000 qdq@1", "KID×1000 qdq@2", "CMMD qdq@1", "CMMD qdq@2"}
 
 
 def test_the_text_response_check_passes_the_seed_recipe_and_fails_without_the_mask_surgery(canary_gate) -> None:

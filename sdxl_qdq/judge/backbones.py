@@ -390,3 +390,18 @@ def fid_from_features(generated: np.ndarray, reference: np.ndarray) -> float:
 
     (mu1, s1), (mu2, s2) = moments(reference), moments(generated)
     return float(_compute_fid(mu1.squeeze(0), s1, mu2.squeeze(0), s2))
+
+
+def clip_image_embeddings(images: list[Any], backbone: str, *, batch: int = 25) -> np.ndarray:
+    """The CLIP backbone's image embeddings of uint8 H×W×3 ``images``, L2-normalized, one row per image (float64),
+    through the same model and preprocessing as ``clip_scores``."""
+    import torch
+
+    model, processor = clip_model_and_processor(backbone)
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            chunk = [torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images[start : start + batch]]
+            pixels = processor(images=chunk, return_tensors="pt")["pixel_values"]
+            rows.append(torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).double(), dim=-1))
+    return torch.cat(rows).numpy()

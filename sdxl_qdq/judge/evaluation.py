@@ -83,7 +83,7 @@ def evaluate(
     fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
     measured = {}
     for metric in registry():
-        value = metric.measure(images, prompts, backbones, progress, dict(image_dirs))
+        value = metric.measure(images, prompts, backbones, progress, dict(image_dirs), reference_images)
         if value is not None:
             measured[metric.name] = value
     return Evaluation(

@@ -81,9 +81,11 @@ class GatedMetric:
         backbones: Backbones,
         progress: Any,
         dirs: dict[str, Path],
+        reference: list[np.ndarray],
     ) -> Any | None:
         """What it measures beyond the evaluation's MSE, CLIP and FID (kept in ``Evaluation.measured[name]``);
-        ``dirs``: the drawn sets' folders by label (what the drawing wrote beside the images)."""
+        ``dirs``: the drawn sets' folders by label (what the drawing wrote beside the images); ``reference``: the FID
+        reference images."""
         return None
 
     def noise(self, ev: Evaluation, sets: NoiseSets) -> dict[str, Any]:

@@ -79,7 +79,7 @@ class TextResponse(GatedMetric):
     baseline_keys = ("text_cosine", "text_gain")
     required = False  # the study's sdxl-turbo baseline has none: its checks skip until --update-baselines
 
-    def measure(self, images, prompts, backbones, progress, dirs) -> dict[str, list[float]]:
+    def measure(self, images, prompts, backbones, progress, dirs, reference) -> dict[str, list[float]]:
         progress("text responses: quantized vs float")
         return compare(responses(dirs["float@1"], prompts), responses(dirs["qdq@1"], prompts))
 
