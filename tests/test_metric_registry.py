@@ -216,6 +216,16 @@ def test_a_metric_is_one_file(ssim_added: Path, tmp_path: Path) -> None:
     assert data["harm_floors"]["ssim_drop"] == 0.2
     assert any(c["metric"].startswith("SSIM qdq@2") for c in data["checks"])
     assert any("mean SSIM qdq@1" in row for row in _summary_rows(gate))
+    # the set metrics' convergence (the report's "Set metrics against the number of prompts"): the last point is the
+    # value measured on every prompt
+    from sdxl_qdq.judge.set_distance import convergence, convergence_html
+
+    curves = convergence(ev)
+    assert set(curves) == {"FID", "KID×1000", "CMMD"} and set(curves["KID×1000"]) == {"float@1", "qdq@1"}
+    assert [m for m, _ in curves["CMMD"]["qdq@1"]] == [3, 4, 5, 6]
+    assert curves["KID×1000"]["qdq@1"][-1][1] == pytest.approx(ev.measured["kid"]["values"]["qdq@1"])
+    assert curves["FID"]["qdq@1"][-1][1] == pytest.approx(ev.fid["qdq@1"], rel=1e-3)
+    assert "Set metrics against the number of prompts" in convergence_html(ev)
     assert [r.metric for r in compare(ev, ev, reference)][:3] == ["MSE qdq@1 vs float@1", "SSIM qdq@1", "CLIP qdq@1"]
 
 

@@ -16,6 +16,7 @@ from sdxl_qdq.judge.checks import registry
 from sdxl_qdq.judge.evaluation import STEPS, Evaluation
 from sdxl_qdq.judge.gate import Check, Gate
 from sdxl_qdq.judge.metrics import psnr_db
+from sdxl_qdq.judge.set_distance import convergence_html
 from sdxl_qdq.manifest import replace_folder
 from sdxl_qdq.paths import BASELINES_DIR
 from sdxl_qdq.run.generate import image_name
@@ -323,6 +324,7 @@ CLIP backbone <b>{html.escape(ev.backbones.clip)}</b>, FID backbone <b>{html.esc
 <table>{TABLE_HEAD}{''.join(_row(c) for c in aggregate)}</table>
 {trend or ''}
 {_perf_html(perf)}
+{convergence_html(ev)}
 <h2>Per-prompt MSE</h2>{_mse_plot(gate)}
 <details><summary>All {len(per_prompt)} per-prompt checks (MSE bound, CLIP floor): {n_failed} failed,
 {n_changed} changed</summary>

@@ -4,9 +4,10 @@ RBF kernel). FID at 100 images is mostly its 1/n bias (the covariance of 2048 fe
 unbiased MMD is 0 on average for two sets of one distribution whatever their size.
 
 The base of ``sdxl_qdq/judge/checks/kid.py`` and ``cmmd.py``: one check per quantized set, the value with its
-jackknife interval (``jackknife_ci``: leaving a prompt's image and its reference out, never duplicating them). Window: the baseline plus 3 σ of
-the value over float@1 sets drawn with other seeds (as FID). Harm: twice the window above the baseline (an unbiased
-estimate sits near 0, so a floor relative to the baseline, as FID's +50 %, would mean nothing).
+jackknife interval (``jackknife_ci``: leaving a prompt's image and its reference out, never duplicating them).
+Window: the baseline plus 3 σ of the value over float@1 sets drawn with other seeds (as FID). Harm: twice the window
+above the baseline (an unbiased estimate sits near 0, so a floor relative to the baseline, as FID's +50 %, would mean
+nothing).
 """
 
 from __future__ import annotations
@@ -136,3 +137,57 @@ class SetDistance(GatedMetric):
                 "lower",
             )
         ]
+
+
+def convergence(ev: Any, *, points: int = 10) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Each set metric (FID, KID×1000, CMMD) of float@1 and qdq@1 on the first m prompts (and their references), for
+    ``points`` values of m up to all of them: how far from settled a set metric is at this prompt count. Read from the
+    embeddings KID and CMMD measured (KID's are FID's features); {} when they were not measured."""
+    from sdxl_qdq.judge.backbones import fid_from_features
+    from sdxl_qdq.judge.checks import registry
+
+    metrics = {m.name: m for m in registry() if isinstance(m, SetDistance) and m.name in ev.measured}
+    if "kid" not in metrics:
+        return {}
+    n = len(ev.prompts)
+    sizes = sorted({max(3, round(n * (i + 1) / points)) for i in range(points)})
+    out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    features = ev.measured["kid"]["embeddings"]
+    out["FID"] = {
+        label: [(m, fid_from_features(features[label][:m], features["reference"][:m])) for m in sizes]
+        for label in ("float@1", "qdq@1")
+    }
+    for name, metric in metrics.items():
+        emb = ev.measured[name]["embeddings"]
+        out[metric.title.split(" ")[0]] = {
+            label: [(m, metric.distance(emb[label][:m], emb["reference"][:m])) for m in sizes]
+            for label in ("float@1", "qdq@1")
+        }
+    return out
+
+
+def convergence_html(ev: Any) -> str:
+    """The report's section: per set metric and set, its value against the number of prompts (a sparkline)."""
+    import html
+
+    from sdxl_qdq.judge.history import sparkline
+
+    curves = convergence(ev)
+    if not curves:
+        return ""
+    rows = []
+    for metric, sets in curves.items():
+        for label, points in sets.items():
+            values = [v for _, v in points]
+            rows.append(
+                f"<tr><td class=l>{html.escape(metric)} {html.escape(label)}</td><td>{sparkline(values, set())}</td>"
+                + "".join(f"<td>{v:.4g}</td>" for v in values)
+                + "</tr>"
+            )
+    sizes = "".join(f"<th>{m}</th>" for m, _ in next(iter(next(iter(curves.values())).values())))
+    return (
+        "<h2>Set metrics against the number of prompts</h2><p class=small>Each set metric on the first m prompts and "
+        "their references (FID also carries its 1/n bias; KID and CMMD none). A metric still moving at the last "
+        "column is not settled at this prompt count: more prompts would move it.</p>"
+        f"<table><tr><th>set</th><th>m →</th>{sizes}</tr>{''.join(rows)}</table>"
+    )
