@@ -127,7 +127,10 @@ def test_baseline_without_the_clip_preprocessing_never_gates(tmp_path: Path) -> 
 
 @pytest.mark.parametrize("backbone", [PROXY_FID, "canary-image-tower-v1"])
 def test_fid_of_several_sets_is_each_sets_fid(backbone: str) -> None:
-    """The reference's features extracted once serve every set: the numbers of ``fid`` called set by set."""
+    """Each set's features extracted once per process (shared with KID and the A/B's intervals) give torchmetrics'
+    FrechetInceptionDistance of that set against the reference, to float rounding."""
+    import torch
+
     rng = np.random.default_rng(1)
     reference = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(8)]
     sets = {
@@ -135,5 +138,12 @@ def test_fid_of_several_sets_is_each_sets_fid(backbone: str) -> None:
         for name, shift in (("a", 5), ("b", 40), ("c", -30))
     }
     together = bb.fids(sets, reference, backbone)
-    assert together == {name: bb.fid(images, reference, backbone) for name, images in sets.items()}
+    for name, images in sets.items():
+        metric = bb._fid_metric(backbone)
+        with torch.inference_mode():
+            metric.update(bb._batch(reference), real=True)
+            metric.update(bb._batch(images), real=False)
+            assert together[name] == pytest.approx(float(metric.compute()), rel=1e-9, abs=1e-12)
     assert len(set(together.values())) == 3
+    features = bb.fid_features(sets["a"], backbone)
+    assert bb.fid_features(list(sets["a"]), backbone) is features and not features.flags.writeable

@@ -354,28 +354,49 @@ def fid(generated: list[Any], reference: list[Any], backbone: str) -> float:
 
 
 def fids(sets: dict[str, list[Any]], reference: list[Any], backbone: str) -> dict[str, float]:
-    """``fid`` of each set against the same ``reference``, whose features are extracted once (torchmetrics keeps
-    them across ``reset`` with ``reset_real_features=False``): the same numbers, a third of the feature passes of
-    three sets."""
-    import torch
+    """``fid`` of each set against the same ``reference``, from ``fid_features`` (each set's features extracted once
+    per process, and shared with KID and the A/B's intervals) and torchmetrics' Fréchet distance: torchmetrics'
+    ``FrechetInceptionDistance`` to 1e-13 (canary and tiny, measured)."""
+    ref = fid_features(reference, backbone)
+    return {label: fid_from_features(fid_features(images, backbone), ref) for label, images in sets.items()}
 
-    metric = _fid_metric(backbone, reset_real_features=False)
-    out = {}
-    with torch.inference_mode():
-        metric.update(_batch(reference), real=True)
-        for label, images in sets.items():
-            metric.update(_batch(images), real=False)
-            out[label] = float(metric.compute())
-            metric.reset()
-    return out
+
+_EMBEDDINGS: dict[tuple[str, str, str], np.ndarray] = {}  # (what, backbone, images' digest) → rows, this process
+_EMBEDDINGS_KEPT = 24
+
+
+def _images_digest(images: list[Any]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for image in images:
+        a = np.ascontiguousarray(image)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _remembered(what: str, backbone: str, images: list[Any], compute: Any) -> np.ndarray:
+    """``compute()`` of ``images`` once per process (read-only rows; the oldest forgotten past 24 sets)."""
+    key = (what, backbone, _images_digest(images))
+    if key not in _EMBEDDINGS:
+        rows = compute()
+        rows.flags.writeable = False
+        _EMBEDDINGS[key] = rows
+        while len(_EMBEDDINGS) > _EMBEDDINGS_KEPT:
+            _EMBEDDINGS.pop(next(iter(_EMBEDDINGS)))
+    return _EMBEDDINGS[key]
 
 
 def fid_features(images: list[Any], backbone: str) -> np.ndarray:
-    """The features FID compares, one row per image (float64): for resampling a set without re-extracting."""
+    """The features FID compares, one row per image (float64; extracted once per process for the same images)."""
     import torch
 
-    with torch.inference_mode():
-        return _fid_metric(backbone).inception(_batch(images)).double().numpy()
+    def compute() -> np.ndarray:
+        with torch.inference_mode():
+            return _fid_metric(backbone).inception(_batch(images)).double().numpy()
+
+    return _remembered("fid", backbone, images, compute)
 
 
 def fid_from_features(generated: np.ndarray, reference: np.ndarray) -> float:
@@ -384,7 +405,7 @@ def fid_from_features(generated: np.ndarray, reference: np.ndarray) -> float:
     from torchmetrics.image.fid import _compute_fid
 
     def moments(x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.from_numpy(x)
+        t = torch.tensor(np.asarray(x, dtype=np.float64))  # a copy: the remembered rows are read-only
         mean = t.mean(dim=0)
         return mean.unsqueeze(0), (t.T @ t - t.shape[0] * mean.unsqueeze(1) @ mean.unsqueeze(0)) / (t.shape[0] - 1)
 
@@ -394,14 +415,20 @@ def fid_from_features(generated: np.ndarray, reference: np.ndarray) -> float:
 
 def clip_image_embeddings(images: list[Any], backbone: str, *, batch: int = 25) -> np.ndarray:
     """The CLIP backbone's image embeddings of uint8 H×W×3 ``images``, L2-normalized, one row per image (float64),
-    through the same model and preprocessing as ``clip_scores``."""
+    through the same model and preprocessing as ``clip_scores`` (once per process for the same images)."""
     import torch
 
-    model, processor = clip_model_and_processor(backbone)
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, len(images), batch):
-            chunk = [torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images[start : start + batch]]
-            pixels = processor(images=chunk, return_tensors="pt")["pixel_values"]
-            rows.append(torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).double(), dim=-1))
-    return torch.cat(rows).numpy()
+    def compute() -> np.ndarray:
+        model, processor = clip_model_and_processor(backbone)
+        rows = []
+        with torch.inference_mode():
+            for start in range(0, len(images), batch):
+                chunk = [
+                    torch.from_numpy(np.ascontiguousarray(i)).permute(2, 0, 1) for i in images[start : start + batch]
+                ]
+                pixels = processor(images=chunk, return_tensors="pt")["pixel_values"]
+                embedded = model.get_image_features(pixel_values=pixels).double()
+                rows.append(torch.nn.functional.normalize(embedded, dim=-1))
+        return torch.cat(rows).numpy()
+
+    return _remembered("clip", backbone, images, compute)
