@@ -29,7 +29,8 @@ class SetDistance(GatedMetric):
     keys = ("qdq@1", "qdq@2")
     better_is = "lower"
     required = False  # baselines made before it: its checks skip until --update-baselines
-    title = ""  # "KID×1000 (features of <fid backbone>)"
+    label = ""  # what its checks and rows are called: "KID×1000"
+    title = ""  # and in words: "KID×1000 (the FID backbone's features, polynomial kernel)"
     scale = 1000.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -53,7 +54,7 @@ class SetDistance(GatedMetric):
         return self.scale * mmd2_unbiased(x, reference, self.kernel)
 
     def measure(self, images, prompts, backbones, progress, dirs, reference) -> dict[str, Any]:
-        progress(f"{self.title.split(' ')[0]} with {self.backbone(backbones)}")
+        progress(f"{self.label} with {self.backbone(backbones)}")
         ref = self.embed(reference, backbones)
         values, intervals, embeddings = {}, {}, {"reference": ref}
         for label in LABELS:
@@ -65,7 +66,7 @@ class SetDistance(GatedMetric):
     def noise(self, ev, sets: NoiseSets) -> dict[str, Any]:
         if self.name not in ev.measured:
             return {}
-        ref = self.embed(sets.reference_images, ev.backbones)
+        ref = ev.measured[self.name]["embeddings"]["reference"]  # what measure embedded
         values = [ev.measured[self.name]["values"]["float@1"]]
         values += [self.distance(self.embed(s, ev.backbones), ref) for s in sets.seed_sets.values()]
         return {f"{self.name}_values": values, f"{self.name}_std": float(np.std(values, ddof=1))}
@@ -90,7 +91,7 @@ class SetDistance(GatedMetric):
         entry, measured = gate.baseline[self.name][key], gate.evaluation.measured[self.name]
         low, high = measured["intervals"][key]
         return Check(
-            f"{self.title.split(' ')[0]} {key} [{self.backbone(gate.evaluation.backbones)}]",
+            f"{self.label} {key} [{self.backbone(gate.evaluation.backbones)}]",
             measured["values"][key],
             entry["value"],
             entry["value"] + entry["tolerance"],
@@ -106,7 +107,7 @@ class SetDistance(GatedMetric):
         stored = gate.baseline.get(self.name, {})
         return [
             (
-                f"{self.title.split(' ')[0]} {label} [{self.backbone(gate.evaluation.backbones)}]",
+                f"{self.label} {label} [{self.backbone(gate.evaluation.backbones)}]",
                 value,
                 stored.get(label, {}).get("value", float("nan")),
                 "interval [{:.4g}, {:.4g}]".format(*measured["intervals"][label]),
@@ -125,7 +126,7 @@ class SetDistance(GatedMetric):
         value, low, high = jackknife_ci(
             lambda keep: self.distance(xb[keep], ref[keep]) - self.distance(xa[keep], ref[keep]), len(xa)
         )
-        name = f"{self.title.split(' ')[0]} {key}"
+        name = f"{self.label} {key}"
         return [
             Difference(
                 name,
@@ -159,7 +160,7 @@ def convergence(ev: Any, *, points: int = 10) -> dict[str, dict[str, list[tuple[
     }
     for name, metric in metrics.items():
         emb = ev.measured[name]["embeddings"]
-        out[metric.title.split(" ")[0]] = {
+        out[metric.label] = {
             label: [(m, metric.distance(emb[label][:m], emb["reference"][:m])) for m in sizes]
             for label in ("float@1", "qdq@1")
         }

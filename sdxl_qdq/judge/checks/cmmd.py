@@ -13,6 +13,7 @@ from sdxl_qdq.judge.set_distance import SetDistance
 class Cmmd(SetDistance):
     name = "cmmd"
     order = 32
+    label = "CMMD"
     title = "CMMD (the CLIP backbone's image embeddings, RBF kernel σ=10)"
 
     def embed(self, images, backbones):

@@ -11,6 +11,7 @@ from sdxl_qdq.judge.set_distance import SetDistance
 class Kid(SetDistance):
     name = "kid"
     order = 31
+    label = "KID×1000"
     title = "KID×1000 (the FID backbone's features, polynomial kernel)"
 
     def embed(self, images, backbones):
