@@ -124,3 +124,57 @@ def test_a_prompt_set_is_gated_by_its_own_baseline(tmp_path: Path, qdq_cache) ->
     assert [p.id for p in gate.evaluation.prompts] == [f"team-{i}" for i in range(6)]
     assert all(c.status == "pass" for c in gate.all_checks()) and len(made.all_checks()) == len(gate.all_checks())
     assert summary(gate)["prompt_set"] == f"team.csv ({prompt_set_tag(own)})"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '{"text": "a cat"}\n{"text": "a dog"}\n{"text": "a cat"}\n',
+            r"line 3: the same prompt as line 1 draws the same",
+        ),
+        (
+            '{"text": "a cat", "seed": 4}\n{"text": "a dog"}\n{"text": "a cat", "seed": 4}\n',
+            r"line 3: the same prompt as line 1 with the same seed draws the same image; give each a distinct 'seed'",
+        ),
+        ('{"text": "a cat", "seed": -1}\n{"text": "a dog"}\n', r"line 1: seed '-1' is not a whole number"),
+        ('{"text": "a cat", "seed": "x"}\n{"text": "a dog"}\n', r"line 1: seed 'x' is not a whole number"),
+    ],
+    ids=["same-text", "same-seed", "negative-seed", "bad-seed"],
+)
+def test_a_prompt_drawn_twice_needs_its_own_seed(tmp_path: Path, text: str, message: str) -> None:
+    from sdxl_qdq.models.prompts import read_prompt_set
+
+    with pytest.raises(ConfigError, match=message) as info:
+        read_prompt_set(_write(tmp_path, "p.jsonl", text))
+    assert "\n" not in str(info.value)
+
+
+def test_a_seed_tells_two_draws_of_one_text_apart(tmp_path: Path) -> None:
+    """A row's own seed changes what its noise is drawn from; a row without one draws as before (the text alone)."""
+    from sdxl_qdq.models.prompts import read_prompt_set
+    from sdxl_qdq.run.pipeline import prompt_seed
+
+    rows = '{"text": "a cat"}\n{"text": "a cat", "seed": 7}\n{"text": "a cat", "seed": 8}\n{"text": "a dog"}\n'
+    prompts = read_prompt_set(_write(tmp_path, "p.jsonl", rows))
+    assert [p.seed for p in prompts] == [None, 7, 8, None]
+    assert prompts[0].seed_key == "a cat"
+    assert len({prompt_seed(p.seed_key) for p in prompts[:3]}) == 3
+
+
+def test_a_synthetic_canary_set_starts_with_the_canary_prompts(tmp_path: Path) -> None:
+    """`sdxl-qdq canary-prompts N`: the canary's 100 prompts first (same texts and splits: the same calibration and
+    images), then seeded test prompts, every (text, seed) distinct, readable as a prompt set; the same seed writes
+    the same file."""
+    from sdxl_qdq.cli import main
+    from sdxl_qdq.models.prompts import PROMPTS_CANARY, read_prompt_set
+
+    assert main(["canary-prompts", "300", "--out", str(tmp_path / "a.jsonl")]) == 0
+    assert main(["canary-prompts", "300", "--out", str(tmp_path / "b.jsonl")]) == 0
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+    prompts, own = read_prompt_set(tmp_path / "a.jsonl"), read_prompt_set(PROMPTS_CANARY)
+    assert len(prompts) == 300 and [(p.text, p.split, p.seed) for p in prompts[:100]] == [
+        (p.text, p.split, None) for p in own
+    ]
+    assert all(p.split == "test" and p.seed == p.index for p in prompts[100:])
+    assert main(["canary-prompts", "99", "--out", str(tmp_path / "c.jsonl")]) == 2

@@ -174,7 +174,7 @@ def _write_prompts(pipe: OrtSDXLPipeline, prompts: list[Prompt], folder: Path, p
     scheduler.set_timesteps(max(STEPS))
     meter = Meter("bundle inputs", len(prompts), progress)
     for prompt in prompts:
-        generator = torch.Generator().manual_seed(prompt_seed(prompt.text))
+        generator = torch.Generator().manual_seed(prompt_seed(prompt.seed_key))
         latents = torch.randn(pipe.latent_shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
         noise = [torch.randn(pipe.latent_shape, generator=generator, dtype=torch.float32) for _ in range(max(STEPS))]
         ids, ids_2 = pipe.token_ids(prompt.text)

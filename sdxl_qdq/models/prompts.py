@@ -37,6 +37,13 @@ class Prompt:
     text: str
     split: str  # "train" (calibration) or "test"
     name: str | None = None  # the prompt file's own id, when it gives one
+    seed: int | None = None  # the prompt file's own seed, when it gives one (a text drawn more than once)
+
+    @property
+    def seed_key(self) -> str:
+        """What the prompt's noise is drawn from (``prompt_seed``): its text, and its own seed when the file gives one
+        (so a text that appears twice in a set draws two images)."""
+        return self.text if self.seed is None else f"{self.text}\x00seed={self.seed}"
 
     @property
     def id(self) -> str:
@@ -69,12 +76,14 @@ def load_prompts(split: str = "all", *, path: Path = PROMPTS_COCO, stream_from_h
 
 
 def read_prompt_set(path: Path, *, check_tokens: bool = False) -> list[Prompt]:
-    """A prompt set from JSON Lines (a ``prompt`` or ``text`` string per row; ``id`` and ``split`` optional) or CSV
-    (a header naming ``text`` or ``prompt``, and optionally ``id`` and ``split``), checked whole before anything uses
-    it: one ConfigError naming every problem (no rows, bad encoding or JSON, an empty prompt, a duplicate or unsafe
-    id, a split other than train/test, no train or no test prompt; with ``check_tokens``, a prompt longer than CLIP's
-    77 tokens, whose tail the encoders would drop). Without a ``split`` column the first half is ``train``
-    (calibration) and the rest ``test``, as in the bundled COCO set."""
+    """A prompt set from JSON Lines (a ``prompt`` or ``text`` string per row; ``id``, ``split`` and ``seed``
+    optional) or CSV (a header naming ``text`` or ``prompt``, and optionally ``id``, ``split`` and ``seed``), checked
+    whole before anything uses it: one ConfigError naming every problem (no rows, bad encoding or JSON, an empty
+    prompt, a duplicate or unsafe id, a split other than train/test, a seed that is not a whole number from 0, the same
+    text and seed twice (the same image twice: a set metric would read it as less diversity), no train or no test
+    prompt; with ``check_tokens``, a prompt longer than CLIP's 77 tokens, whose tail the encoders would drop).
+    Without a ``split`` column the first half is ``train`` (calibration) and the rest ``test``, as in the bundled COCO
+    set."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -90,13 +99,26 @@ def read_prompt_set(path: Path, *, check_tokens: bool = False) -> list[Prompt]:
     rows, problems = (_csv_rows if path.suffix.lower() == ".csv" else _jsonl_rows)(text)
     if not rows and not problems:
         raise ConfigError(f"prompt file {path} holds no prompts; give one per line (JSON Lines) or per row (CSV)")
-    prompts, seen = [], {}
+    prompts, seen, drawn = [], {}, {}
     has_split = any(row.get("split") is not None for _, row in rows)
     for number, row in rows:
         prompt, name, split = row.get("prompt", row.get("text")), row.get("id"), row.get("split")
         if not isinstance(prompt, str) or not " ".join(prompt.split()):
             problems.append(f"line {number}: empty prompt")
             continue
+        seed = _seed(row.get("seed"))
+        if seed == -1:
+            problems.append(
+                f"line {number}: seed {str(row.get('seed'))[:20]!r} is not a whole number from 0 to 2**31-1"
+            )
+            seed = None
+        elif (prompt, seed) in drawn:
+            problems.append(
+                f"line {number}: the same prompt as line {drawn[prompt, seed]}"
+                + (" with the same seed" if seed is not None else "")
+                + " draws the same image; give each a distinct 'seed'"
+            )
+        drawn.setdefault((prompt, seed), number)
         if name is not None:
             name = str(name)
             if not ID_PATTERN.fullmatch(name):
@@ -106,19 +128,19 @@ def read_prompt_set(path: Path, *, check_tokens: bool = False) -> list[Prompt]:
             seen.setdefault(name, number)
         if has_split and split not in ("train", "test"):
             problems.append(f"line {number}: split {split!r} is not 'train' or 'test'")
-        prompts.append((number, prompt, name, split))  # as written: the text is the key of its images
+        prompts.append((number, prompt, name, split, seed))  # as written: the text is the key of its images
     if not has_split:
         half = (len(prompts) + 1) // 2 if len(prompts) != 100 else N_TRAIN
-        prompts = [(n, t, name, "train" if i < half else "test") for i, (n, t, name, _) in enumerate(prompts)]
+        prompts = [(n, t, name, "train" if i < half else "test", sd) for i, (n, t, name, _, sd) in enumerate(prompts)]
     if check_tokens and prompts:
         from sdxl_qdq.models.sdxl import build_tokenizers
 
         tokenizer = build_tokenizers()[0]
-        for number, t, _, _ in prompts:
+        for number, t, *_ in prompts:
             count = len(tokenizer(t).input_ids)
             if count > MAX_TOKENS:
                 problems.append(f"line {number}: {count} CLIP tokens, over {MAX_TOKENS} (the encoders drop the rest)")
-    splits = {s for *_, s in prompts}
+    splits = {s for *_, s, _ in prompts}
     if prompts and not problems:
         missing = [s for s in ("train", "test") if s not in splits]
         if missing:
@@ -126,7 +148,20 @@ def read_prompt_set(path: Path, *, check_tokens: bool = False) -> list[Prompt]:
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise ConfigError(f"prompt file {path}: {'; '.join(problems[:5])}{more}")
-    return [Prompt(i, t, s, name) for i, (_, t, name, s) in enumerate(prompts)]
+    return [Prompt(i, t, s, name, sd) for i, (_, t, name, s, sd) in enumerate(prompts)]
+
+
+def _seed(value: object) -> int | None:
+    """A row's ``seed``: None when absent or blank, -1 when it is not a whole number in [0, 2**31)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        return -1
+    try:
+        seed = int(value) if isinstance(value, int) else int(str(value).strip())
+    except ValueError:
+        return -1
+    return seed if 0 <= seed < 2**31 else -1
 
 
 def prompt_set_tag(path: Path) -> str:
@@ -181,3 +216,41 @@ def _stream_hub(n: int) -> list[str]:
             f"could not stream {HUB_DATASET!r} from the Hugging Face hub ({type(e).__name__}: {e}); "
             "drop --prompts-from-hub to use the bundled fixtures/prompts/coco2017_first100.jsonl"
         ) from e
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Part ``index`` of ``count`` of a prompt set (``--shard k/N``): the prompts whose id hashes to it, so a prompt's
+    shard depends on its id and N only (never on the other prompts, their order, or the machine)."""
+
+    index: int  # 1-based
+    count: int
+
+    @classmethod
+    def parse(cls, text: str, *, option: str = "--shard") -> Shard:
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+        if not match or not 1 <= int(match[1]) <= int(match[2]):
+            raise ConfigError(f"{option} {text!r} is not k/N with 1 <= k <= N (e.g. {option} 2/3: the second of three)")
+        return cls(int(match[1]), int(match[2]))
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+    def holds(self, prompt: Prompt) -> bool:
+        return shard_of(prompt.id, self.count) == self.index - 1
+
+    def select(self, prompts: list[Prompt]) -> list[Prompt]:
+        """This shard's prompts, in set order; an empty shard is an error naming the fix."""
+        mine = [p for p in prompts if self.holds(p)]
+        if not mine:
+            raise ConfigError(
+                f"shard {self} of {len(prompts)} prompts holds none of them; use fewer shards than N={self.count}"
+            )
+        return mine
+
+
+def shard_of(prompt_id: str, count: int) -> int:
+    """The 0-based shard of a prompt id among ``count``: the first 8 bytes of its SHA-256, modulo ``count``."""
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(prompt_id.encode()).digest()[:8], "little") % count

@@ -121,6 +121,24 @@ def prompt_rows(seed: int = 0) -> list[dict]:
     ]
 
 
+def synthetic_prompt_rows(count: int, seed: int = 0) -> list[dict]:
+    """A canary prompt set of ``count`` rows (at least 100) for exercising scale offline: the canary's own 100 prompts
+    first (same text and split, so the same calibration, build and images), then ``count`` − 100 test prompts drawn
+    uniformly from all 108 scenes with ``seed``. Captions repeat (108 scenes), so every added row carries its own
+    ``seed`` (its row number): a caption drawn twice gives two images."""
+    if count < 100:
+        raise ValueError(f"a synthetic canary set holds the 100 canary prompts and more; got count {count}")
+    own = prompt_rows()
+    rows = [{"id": f"c{r['idx']:05d}", "prompt": r["prompt"], "split": r["split"]} for r in own]
+    scenes = all_scenes()
+    picks = np.random.default_rng(seed).integers(0, len(scenes), size=count - len(own))
+    rows += [
+        {"id": f"c{i:05d}", "prompt": scenes[k].caption, "split": "test", "seed": i}
+        for i, k in enumerate(picks, start=len(own))
+    ]
+    return rows
+
+
 # ------------------------------------------------------------------------------------------- checker
 def _foreground(image: np.ndarray, tol: float = 60.0) -> np.ndarray:
     diff = image.astype(np.float32) - np.asarray(BACKGROUND, dtype=np.float32)
