@@ -20,7 +20,7 @@ $(BIN)/sdxl-qdq: pyproject.toml constraints.txt
 	$(PIP) install -qq --upgrade pip
 	# torch first, pinned: an unpinned torch would pull a multi-GB CUDA build
 	$(PIP) install -qq -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
-	$(PIP) install -qq -c constraints.txt -e ".[host]"
+	$(PIP) install -qq -c constraints.txt -e ".[host,ray]"
 	touch $@
 
 setup: $(BIN)/sdxl-qdq

@@ -95,6 +95,17 @@ def _build_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _gate_options(p: argparse.ArgumentParser, *, ep: bool = True) -> None:
+    if ep:
+        p.add_argument(
+            "--ep", choices=("cpu", "qnn"), default="cpu", help="EP of the QDQ models (default: %(default)s)"
+        )
+        _qnn_soc(p)
+        p.add_argument("--coco-dir", default=None, metavar="DIR", help="COCO images, the real model's FID reference")
+    p.add_argument("--clip-backbone", default="auto", metavar="NAME", help="(default: %(default)s)")
+    p.add_argument("--fid-backbone", default="auto", metavar="NAME", help="(default: %(default)s)")
+
+
 def _qnn_soc(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--qnn-soc",
@@ -113,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
         dest="command",
         required=True,
         metavar="{build,sqnr,parity,coverage,layers,diverge,compare,propose,bundle,verify,coco-images,"
-        "study-baseline,canary-train,device-check,device-run}",
+        "study-baseline,canary-train,device-check,device-run,shard,shards,judge-shards,canary-prompts}",
     )
     _build_options(sub.add_parser("build", help="export, calibrate and quantize every component, with progress"))
     sq = sub.add_parser("sqnr", help="SQNR of each QDQ component vs float on the model's 50 test prompts")
@@ -378,6 +389,65 @@ def _parser() -> argparse.ArgumentParser:
     ct.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="output folder (default: sdxl_qdq/data/canary)"
     )
+    sh = sub.add_parser(
+        "shard",
+        help="part k of N of the gate's work: the shard's images of the four gated sets and the FID reference, their "
+        "per-image records and a manifest, in a new folder (judge the shards with judge-shards or pytest --qdq-shards)",
+    )
+    _build_options(sh)
+    sh.set_defaults(model="canary")
+    sh.add_argument("--shard", required=True, metavar="K/N", help="which part: 2/3 is the second of three")
+    sh.add_argument("--out", type=Path, required=True, metavar="DIR", help="the shard folder (must not exist)")
+    _gate_options(sh)
+    ss = sub.add_parser(
+        "shards",
+        help="every shard of the gate's work through an engine (serial here, or Ray), then the judge of the merge",
+    )
+    _build_options(ss)
+    ss.set_defaults(model="canary")
+    ss.add_argument("--shards", type=int, required=True, metavar="N", help="how many shards")
+    ss.add_argument("--executor", choices=("serial", "ray"), default="serial", help="(default: %(default)s)")
+    ss.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="a running Ray cluster (ray://host:10001 or auto); default: a local one of --workers CPU slots",
+    )
+    ss.add_argument("--workers", type=int, default=None, metavar="N", help="local Ray CPU slots (default: every core)")
+    ss.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of each shard's ONNX Runtime sessions and torch (default: theirs, every core). The CPU EP's "
+        "sums depend on its thread count: images drawn with other counts differ in their last bits, so a sharded "
+        "run equals the single run byte for byte only at the same count",
+    )
+    ss.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder of the shards and the judge")
+    _gate_options(ss)
+    js_ = sub.add_parser(
+        "judge-shards",
+        help="merge shard folders (refusing missing, overlapping or mismatched ones) and compute the set metrics with "
+        "intervals from their records (no verdict: pytest -m quality --qdq-shards gates against a baseline)",
+    )
+    _build_options(js_)
+    js_.set_defaults(model="canary")
+    js_.add_argument("shard_dirs", nargs="+", type=Path, metavar="SHARD")
+    js_.add_argument("--out", type=Path, required=True, metavar="DIR", help="merged images and evaluation.json")
+    js_.add_argument(
+        "--sizes",
+        default="100,1000",
+        metavar="N,N",
+        help="also the metrics of the first N prompts (convergence; default: %(default)s, those below the set's size)",
+    )
+    _gate_options(js_, ep=False)
+    cw = sub.add_parser(
+        "canary-prompts",
+        help="a synthetic canary prompt set of any size (the canary's 100 prompts, then seeded draws of its scenes)",
+    )
+    cw.add_argument("count", type=int, metavar="N", help="rows (at least 100)")
+    cw.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    cw.add_argument("--out", type=Path, required=True, metavar="FILE", help="the JSON Lines file to write")
     # child processes (not listed)
     rh = sub.add_parser(
         "rehearse",
@@ -563,6 +633,151 @@ def _cmd_compare_results(args: argparse.Namespace) -> int:
         print(row.line(*names))
     page = write_comparison(ev_a, ev_b, rows, args.out, names=names, toolchains=toolchains)
     print(f"report: {page}")
+    return 0
+
+
+def _shard_job(args: argparse.Namespace, threads: int | None = None):
+    from sdxl_qdq.executors import ShardJob
+
+    if args.prompts_from_hub:
+        raise ConfigError("--prompts-from-hub is not for shards: give the prompt set as a file (--prompt-set)")
+    return ShardJob(
+        model=args.model,
+        recipe=args.recipe,
+        cache_dir=args.cache_dir,
+        quantizer=args.quantizer,
+        prompt_set=args.prompt_set,
+        ep=args.ep,
+        qnn_soc=args.qnn_soc if args.ep == "qnn" else None,
+        clip_backbone=args.clip_backbone,
+        fid_backbone=args.fid_backbone,
+        coco_dir=args.coco_dir,
+        threads=threads,
+    )
+
+
+def _cmd_shard(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from sdxl_qdq.executors import run_one
+    from sdxl_qdq.models.prompts import Shard
+
+    shard = Shard.parse(args.shard)
+    if args.out.exists():
+        raise ConfigError(f"--out {args.out} exists; a shard is written to a new folder")
+    job = _shard_job(args)
+    job.build(lambda m: print(m, flush=True))
+    result = run_one(asdict(job), str(shard), str(args.out))
+    print(f"shard {shard}: {result['prompts']} prompts in {result['wall_s']:.1f}s -> {args.out}")
+    return 0
+
+
+def _cmd_shards(args: argparse.Namespace) -> int:
+    import os
+
+    from sdxl_qdq.executors import run_shards, shard_folder
+    from sdxl_qdq.models.prompts import Shard
+
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    workers = args.workers or os.cpu_count() or 1
+    threads = args.threads
+    start = time.perf_counter()
+    timing = run_shards(
+        _shard_job(args, threads),
+        args.shards,
+        args.out,
+        executor=args.executor,
+        address=args.ray_address,
+        workers=workers,
+        progress=say,
+    )
+    drawn = time.perf_counter() - start
+    folders = [shard_folder(args.out, Shard(k, args.shards)) for k in range(1, args.shards + 1)]
+    summary = _judge(args, folders, args.out / "merged", say)
+    summary["shards"] = {"executor": args.executor, "wall_s": round(drawn, 1), "each": timing}
+    _write_json(args.out / "evaluation.json", summary)
+    print(f"shards: {args.shards} in {drawn:.1f}s with {args.executor}; judge {summary['judge_s']:.1f}s")
+    print(f"evaluation: {args.out / 'evaluation.json'}")
+    return 0
+
+
+def _cmd_judge_shards(args: argparse.Namespace) -> int:
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    summary = _judge(args, args.shard_dirs, args.out / "merged", say)
+    args.out.mkdir(parents=True, exist_ok=True)
+    _write_json(args.out / "evaluation.json", summary)
+    print(f"evaluation: {args.out / 'evaluation.json'}")
+    return 0
+
+
+def _judge(args: argparse.Namespace, folders: list[Path], merged_dir: Path, say) -> dict:
+    """Merge ``folders`` and compute the set metrics (the whole set, and its first N of ``--sizes``), printed and
+    returned."""
+    from sdxl_qdq.flows import evaluate_merged, merge_shards
+    from sdxl_qdq.judge.backbones import resolve_backbones
+    from sdxl_qdq.judge.shards import set_metrics
+
+    sizes = [int(n) for n in str(getattr(args, "sizes", "100,1000")).split(",") if n.strip()]
+    start = time.perf_counter()
+    result = _build(args)
+    backbones = resolve_backbones(args.clip_backbone, args.fid_backbone, model=result.source.name)
+    merged = merge_shards(result, folders, merged_dir, backbones=backbones)
+    ev = evaluate_merged(result, merged, backbones, progress=say)
+    n = len(merged.prompts)
+    metrics = {str(n): set_metrics(merged.records)}
+    for size in sizes:
+        if 3 <= size < n:
+            metrics[str(size)] = set_metrics(merged.records, first=size)
+    for size, m in metrics.items():
+        for name in ("fid", "kid", "cmmd", "clip_mean"):
+            cells = "  ".join(
+                f"{label} {v['value']:.4g} [{v['interval'][0]:.4g}, {v['interval'][1]:.4g}]"
+                for label, v in m[name].items()
+            )
+            say(f"{size:>6} prompts  {name:9s} {cells}")
+    return {
+        "model": result.source.name,
+        "recipe": result.recipe_name,
+        "prompt_set": ev.prompt_set,
+        "prompts": n,
+        "shards": [str(f) for f in folders],
+        "backbones": backbones.record(),
+        "reference": merged.manifest["reference"],
+        "ep": ev.ep_detail,
+        "metrics": metrics,
+        "shard_seconds": merged.seconds,
+        "judge_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _cmd_canary_prompts(args: argparse.Namespace) -> int:
+    import json
+    import os
+
+    from sdxl_qdq.models.canary.world import synthetic_prompt_rows
+    from sdxl_qdq.models.prompts import read_prompt_set
+
+    if args.count < 100:
+        raise ConfigError(
+            f"canary-prompts {args.count}: a synthetic set holds the 100 canary prompts and more; give 100+"
+        )
+    rows = synthetic_prompt_rows(args.count, args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_name(f".{args.out.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    read_prompt_set(tmp)  # what is written reads back
+    os.replace(tmp, args.out)
+    print(f"{len(rows)} prompts -> {args.out}")
     return 0
 
 
@@ -936,4 +1151,8 @@ VERBS: dict[str, Callable[[argparse.Namespace], int]] = {
     "history": _cmd_history,
     "htp-profile": _cmd_htp_profile,
     "compare-results": _cmd_compare_results,
+    "shard": _cmd_shard,
+    "shards": _cmd_shards,
+    "judge-shards": _cmd_judge_shards,
+    "canary-prompts": _cmd_canary_prompts,
 }

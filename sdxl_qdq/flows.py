@@ -4,9 +4,11 @@ image sets judged (``sdxl_qdq.judge``), a baseline read or written. Used by the 
 from __future__ import annotations
 
 import json
+import shutil
+import time
 from pathlib import Path
 
-from sdxl_qdq.cache import ArtifactCache
+from sdxl_qdq.cache import ArtifactCache, package_versions
 from sdxl_qdq.convert.stages import Build, recalibrated
 from sdxl_qdq.device.night import DeviceResults
 from sdxl_qdq.errors import ConfigError
@@ -25,6 +27,7 @@ from sdxl_qdq.judge.evaluation import (
     NOISE_SEEDS,
     REFERENCE_SEED,
     STEPS,
+    VARIANTS,
     Evaluation,
     evaluate,
     load_coco_reference,
@@ -32,7 +35,8 @@ from sdxl_qdq.judge.evaluation import (
     seed_noise,
 )
 from sdxl_qdq.judge.gate import Gate
-from sdxl_qdq.models.prompts import Prompt, load_prompts
+from sdxl_qdq.judge.shards import GATED, Merged, merge, remember_records, write_shard
+from sdxl_qdq.models.prompts import Prompt, Shard, load_prompts
 from sdxl_qdq.procs import Progress
 from sdxl_qdq.run.generate import Variant, generate, generate_together
 from sdxl_qdq.runtime import QnnOptions, ep_description
@@ -67,6 +71,7 @@ def draw_together(
     cache: ArtifactCache,
     qnn: QnnOptions | None = None,
     progress: Progress | None = None,
+    threads: int | None = None,
 ) -> dict[str, Path]:
     """Image folders of ``variants`` by label (without the EP), each group of the same components, seed base and EP
     drawn in one pass (every distinct model call once per prompt; ``sdxl_qdq.run.generate.generate_together``)."""
@@ -84,6 +89,7 @@ def draw_together(
                 cache=cache,
                 qnn=qnn,
                 progress=progress,
+                threads=threads,
             )
         )
     return {v.label.split("[")[0]: folders[v] for v in variants}
@@ -176,6 +182,8 @@ def prepare_gate(
     baseline_ep: str | None = None,
     baselines_root: Path = BASELINES_DIR,
     allow_download: bool = False,
+    from_shards: list[str | Path] | None = None,
+    merged_dir: str | Path | None = None,
     progress: Progress = lambda _: None,
 ) -> Gate:
     """Draw ``build``'s variants on the 100 prompts (quantized ones on ``ep``), judge them and pair them with
@@ -183,11 +191,17 @@ def prepare_gate(
     results folder whose qdq@1 and qdq@2 images, drawn on the NPU, are judged instead of drawing them here.
     ``baseline_ep``: gate by the baseline made on another EP than ``ep`` (an explicit cross-EP rule, stated in
     the report; by default a run is gated by its own EP's baseline only). ``allow_download``: fetch the real backbones'
-    weights when ``auto`` would otherwise fall back to a proxy."""
+    weights when ``auto`` would otherwise fall back to a proxy. ``from_shards``: shard folders (``run_shard``) merged
+    into ``merged_dir`` and judged as one run: nothing is drawn here, the backbones do not run again."""
     backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name, allow_download=allow_download)
     for line in backbones.why:
         progress(line)
     prompts = load_prompts("all", path=build.source.prompts)
+    if from_shards and (update or from_device is not None):
+        raise ConfigError(
+            "--qdq-shards judges shards drawn elsewhere: it takes neither --qdq-update-baselines (the baseline's "
+            "noise sets are drawn here) nor --qdq-from-device (draw device shards into the shard folders instead)"
+        )
     if update and from_device is not None:
         raise ConfigError(
             "--update-baselines derives tolerances from images this host draws (the re-calibrated model "
@@ -209,6 +223,20 @@ def prepare_gate(
             prompts=prompts,
             prompt_set=build.source.prompt_set,
         )
+    if from_shards:
+        if merged_dir is None:  # one per session (xdist workers each merge): links to the shards' files, not copies
+            import tempfile
+
+            (cache.root / "merged-shards").mkdir(parents=True, exist_ok=True)
+            merged_dir = tempfile.mkdtemp(prefix="merged-", dir=cache.root / "merged-shards")
+        merged = merge_shards(build, list(from_shards), merged_dir, backbones=backbones)
+        if merged.manifest["ep"] != ep or merged.manifest["reference"]["id"] != ref_id:
+            raise ConfigError(
+                f"the shards were drawn on the {merged.manifest['ep']} EP with FID reference "
+                f"{merged.manifest['reference']['id']}; judge them with --qdq-ep {merged.manifest['ep']} (and the same "
+                f"--qdq-coco-dir), not --qdq-ep {ep} with reference {ref_id}"
+            )
+        return Gate(evaluate_merged(build, merged, backbones, progress=progress), baseline)
     reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
     variants = [Variant("float", 1), Variant("float", 2)]
     detail = ep_description(ep, qnn)
@@ -434,3 +462,115 @@ def _toolchain(results: DeviceResults) -> dict:
             c: min(o["qnn_vs_cpu_db"] for o in outs.values()) for c, outs in figures.get("parity", {}).items()
         },
     }
+
+
+def prompt_set_name(build: Build) -> str:
+    """The prompt set of ``build``, in words (its file, and its tag or the model's own)."""
+    return f"{Path(build.source.prompts).name} ({build.source.prompt_set or OWN_PROMPTS})"
+
+
+def run_shard(
+    build: Build,
+    shard: Shard,
+    out: str | Path,
+    *,
+    cache: ArtifactCache,
+    ep: str = "cpu",
+    qnn: QnnOptions | None = None,
+    clip_backbone: str = "auto",
+    fid_backbone: str = "auto",
+    coco_dir: str | Path | None = None,
+    allow_download: bool = False,
+    threads: int | None = None,
+    progress: Progress = lambda _: None,
+) -> dict:
+    """Shard ``shard`` of the gate's work: the four gated sets and the FID reference drawn for the shard's prompts only
+    (the same images the whole run draws for them), their per-image records, written to the shard folder ``out``
+    (``sdxl_qdq.judge.shards``). Returns its manifest."""
+    start = time.perf_counter()
+    all_prompts = load_prompts("all", path=build.source.prompts)
+    prompts = shard.select(all_prompts)
+    backbones = resolve_backbones(clip_backbone, fid_backbone, model=build.source.name, allow_download=allow_download)
+    progress(f"shard {shard}: {len(prompts)} of {len(all_prompts)} prompts")
+    reference, described = reference_set(build, prompts, cache=cache, coco_dir=coco_dir, progress=progress)
+    variants = [Variant("float", 1), Variant("float", 2), Variant("qdq", 1, ep=ep), Variant("qdq", 2, ep=ep)]
+    dirs = draw_together(build, variants, prompts, cache=cache, qnn=qnn, progress=progress, threads=threads)
+    drawn = time.perf_counter()
+    progress(f"shard {shard}: per-image records with {backbones.clip} and {backbones.fid}")
+    meta = {
+        "model": build.source.name,
+        "recipe": build.recipe_name,
+        "keys": json.loads(json.dumps(build.keys)),
+        "ep": ep,
+        "soc": (qnn or QnnOptions()).soc_model if ep == "qnn" else None,
+        "ep_detail": ep_description(ep, qnn),
+        "prompt_set": {"name": prompt_set_name(build)},
+        "reference": {"id": reference_id(build, coco_dir), "described": described},
+        "versions": package_versions(),
+    }
+    seconds = {"draw_s": round(drawn - start, 2)}
+    meta["seconds"] = seconds
+    manifest = write_shard(
+        Path(out),
+        shard=shard,
+        prompts=prompts,
+        all_prompts=all_prompts,
+        dirs=dirs,
+        reference=reference,
+        backbones=backbones,
+        meta=meta,
+    )
+    progress(
+        f"shard {shard}: {len(prompts)} prompts in {time.perf_counter() - start:.1f}s "
+        f"(drawing {seconds['draw_s']:.1f}s) -> {out}"
+    )
+    return manifest
+
+
+def merge_shards(build: Build, paths: list[str | Path], out: str | Path, *, backbones) -> Merged:
+    """The shards at ``paths`` merged into ``out`` (emptied first), checked against ``build`` and ``backbones``."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    prompts = load_prompts("all", path=build.source.prompts)
+    merged = merge([Path(p) for p in paths], prompts, out)
+    m = merged.manifest
+    if m["model"] != build.source.name or m["keys"] != json.loads(json.dumps(build.keys)):
+        raise ConfigError(
+            f"the shards were drawn from another build ({m['model']}, recipe {m['recipe']!r}) than this one "
+            f"({build.source.name}, recipe {build.recipe_name!r}); judge them with the model and recipe they were "
+            "drawn from"
+        )
+    if m["backbones"] != backbones.record():
+        raise ConfigError(
+            f"the shards' records were made with backbones {m['backbones']}, the judge resolved {backbones.record()}: "
+            f"judge with --clip-backbone {m['backbones']['clip']} --fid-backbone {m['backbones']['fid']}"
+        )
+    return merged
+
+
+def evaluate_merged(build: Build, merged: Merged, backbones, *, progress: Progress = lambda _: None) -> Evaluation:
+    """The evaluation of merged shards: the set metrics from their records (the backbones do not run again)."""
+    prompts = merged.prompts
+    images = {label: load_images(merged.dirs[label], prompts) for label in GATED}
+    reference = load_images(merged.dirs["reference"], prompts)
+    remember_records(merged, {**images, "reference": reference}, backbones)
+    m = merged.manifest
+    return evaluate(
+        model=baseline_model_name(build.source.name),
+        recipe=build.recipe_name,
+        prompts=prompts,
+        backbones=backbones,
+        image_dirs={label: merged.dirs[label] for label in VARIANTS},
+        reference_images=reference,
+        reference_name=m["reference"]["described"],
+        reference_id=m["reference"]["id"],
+        ep=m["ep"],
+        ep_detail=f"{m['ep_detail']}; {len(merged.shards)} shards merged",
+        progress=progress,
+        prompt_set=m["prompt_set"]["name"],
+        images=images,
+        clip={
+            label: [float(x) for x in merged.records[f"clip_score/{label}"]] for label in ("float@1", "qdq@1", "qdq@2")
+        },
+    )

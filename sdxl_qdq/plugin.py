@@ -142,6 +142,12 @@ OPTIONS: dict[str, dict] = {  # name: argparse keywords; the flag is PREFIX + na
         help="judge the qdq@1/qdq@2 images of a device results folder (`sdxl-qdq device-run`) instead of "
         "drawing them here (default: draw here)",
     ),
+    "shards": dict(
+        default=None,
+        metavar="DIR,DIR",
+        help="judge the merge of these shard folders (`sdxl-qdq shard --shard k/N`, comma-separated, every shard "
+        "once) instead of drawing here; a missing, overlapping or mismatched shard is refused (default: draw here)",
+    ),
     "baseline-ep": dict(
         default=None,
         choices=EPS,
@@ -332,6 +338,7 @@ def qdq_gate(
             coco_dir=pytestconfig.getoption("qdq_coco_dir"),
             update=pytestconfig.getoption("qdq_update_baselines"),
             from_device=pytestconfig.getoption("qdq_from_device"),
+            from_shards=_shard_dirs(pytestconfig),
             baseline_ep=pytestconfig.getoption("qdq_baseline_ep"),
             allow_download=pytestconfig.getoption("qdq_allow_download"),
             progress=say(pytestconfig),
@@ -533,6 +540,11 @@ def _check_lost_ini(config: pytest.Config) -> None:
                     )
 
 
+def _shard_dirs(config: pytest.Config) -> list[Path] | None:
+    value = config.getoption("qdq_shards")
+    return [Path(v.strip()) for v in value.split(",") if v.strip()] if value else None
+
+
 def _check_options(config: pytest.Config) -> None:
     """What can be checked before anything is built: each failure is one line with the value and the fix."""
     from sdxl_qdq.convert.recipe import load_recipe
@@ -547,6 +559,9 @@ def _check_options(config: pytest.Config) -> None:
             if value and not Path(value).is_dir():
                 flag = PREFIX + option.removeprefix("qdq_").replace("_", "-")
                 raise pytest.UsageError(f"{flag} {value}: no such folder")
+        for folder in _shard_dirs(config) or []:
+            if not folder.is_dir():
+                raise pytest.UsageError(f"{PREFIX}shards: {folder}: no such folder")
         execution_provider(config.getoption("qdq_ep")).require()
         if config.getoption("qdq_coco_dir"):
             check_coco_dir(Path(config.getoption("qdq_coco_dir")))

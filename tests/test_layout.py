@@ -99,7 +99,14 @@ STAGES = (
     "sdxl_qdq.device",
 )
 # they tie the stages together
-TOP = ("sdxl_qdq.cli", "sdxl_qdq.flows", "sdxl_qdq.plugin", "sdxl_qdq.rehearsal", "sdxl_qdq.__main__")
+TOP = (
+    "sdxl_qdq.cli",
+    "sdxl_qdq.flows",
+    "sdxl_qdq.executors",
+    "sdxl_qdq.plugin",
+    "sdxl_qdq.rehearsal",
+    "sdxl_qdq.__main__",
+)
 
 
 def test_stages_import_down_the_data_flow() -> None:

@@ -388,6 +388,15 @@ def _remembered(what: str, backbone: str, images: list[Any], compute: Any) -> np
     return _EMBEDDINGS[key]
 
 
+def remember(what: str, backbone: str, images: list[Any], rows: np.ndarray) -> None:
+    """Hand rows computed elsewhere (a shard's records: ``what`` "fid" or "clip") to the per-process memory, so
+    ``fid_features`` / ``clip_image_embeddings`` of the same images return them without running the backbone."""
+    if len(rows) != len(images):
+        raise ValueError(f"{len(rows)} rows for {len(images)} images")
+    rows = np.array(rows, dtype=np.float64)
+    _remembered(what, backbone, images, lambda: rows)
+
+
 def fid_features(images: list[Any], backbone: str) -> np.ndarray:
     """The features FID compares, one row per image (float64; extracted once per process for the same images)."""
     import torch

@@ -71,14 +71,18 @@ def evaluate(
     ep_detail: str = "",
     progress: Any = lambda _: None,
     prompt_set: str = "",
+    images: dict[str, list[np.ndarray]] | None = None,
+    clip: dict[str, list[float]] | None = None,
 ) -> Evaluation:
     """MSE, CLIP and FID of the drawn ``VARIANTS`` (``image_dirs``: label → folder) against ``reference_images``, and
-    whatever else a registered metric (``sdxl_qdq.judge.checks``) measures."""
-    images = {label: load_images(image_dirs[label], prompts) for label in VARIANTS}
+    whatever else a registered metric (``sdxl_qdq.judge.checks``) measures. ``images`` (label → the sets, loaded
+    already) and ``clip`` (label → per-image CLIP scores: merged shards' records) save loading and scoring again."""
+    images = images or {label: load_images(image_dirs[label], prompts) for label in VARIANTS}
     mse = {k: [image_mse(f, q) for f, q in zip(images[f"float@{k}"], images[f"qdq@{k}"])] for k in STEPS}
     texts = [p.text for p in prompts]
-    progress(f"CLIP scores with {backbones.clip}")
-    clip = {label: clip_scores(images[label], texts, backbones.clip) for label in ("float@1", "qdq@1", "qdq@2")}
+    if clip is None:
+        progress(f"CLIP scores with {backbones.clip}")
+        clip = {label: clip_scores(images[label], texts, backbones.clip) for label in ("float@1", "qdq@1", "qdq@2")}
     progress(f"FID with {backbones.fid}")
     fids = fid_sets({label: images[label] for label in ("float@1", "qdq@1", "qdq@2")}, reference_images, backbones.fid)
     measured = {}

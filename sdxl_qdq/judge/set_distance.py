@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sdxl_qdq.judge.checks import CheckKind, GatedMetric, NoiseSets
-from sdxl_qdq.judge.metrics import jackknife_ci, mmd2_unbiased
+from sdxl_qdq.judge.metrics import jackknife_ci, mmd2_jackknife, mmd2_unbiased
 
 SIGMA = 3.0  # window: 3 σ of the value over float@1 sets of other seeds
 HARM_WINDOWS = 2.0  # harm: a rise of twice the window
@@ -59,7 +59,7 @@ class SetDistance(GatedMetric):
         values, intervals, embeddings = {}, {}, {"reference": ref}
         for label in LABELS:
             x = embeddings[label] = self.embed(images[label], backbones)
-            value, low, high = jackknife_ci(lambda keep, x=x: self.distance(x[keep], ref[keep]), len(x))
+            value, low, high = (self.scale * v for v in mmd2_jackknife(x, ref, self.kernel))
             values[label], intervals[label] = value, [low, high]
         return {"values": values, "intervals": intervals, "embeddings": embeddings}
 

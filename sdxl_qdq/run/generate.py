@@ -93,12 +93,18 @@ def generate(
     return generate_together(components, [variant], prompts, key=key, cache=cache, qnn=qnn, progress=progress)[variant]
 
 
-def _inputs(key: dict[str, Any], variant: Variant, prompts: list[Prompt], qnn: QnnOptions | None) -> dict[str, Any]:
-    return {
+def _inputs(
+    key: dict[str, Any], variant: Variant, prompts: list[Prompt], qnn: QnnOptions | None, threads: int | None = None
+) -> dict[str, Any]:
+    """The images' cache key. ``threads`` only when set: the CPU EP's sums depend on its thread count (qdq images
+    drawn with 1 thread and with ORT's default differ by up to 4 levels; canary, 20 prompts), so a set drawn with a
+    chosen count is not the default set."""
+    more = {} if threads is None else {"threads": threads}
+    return more | {
         **key,
         "variant": variant.label,
         "qnn": qnn.soc_model if (variant.ep == "qnn" and qnn) else None,
-        "prompts": [[p.index, p.text] for p in prompts],
+        "prompts": [[p.index, p.text] + ([] if p.seed is None else [p.seed]) for p in prompts],
         "revision": STAGES["images"].revision,
         "versions": package_versions(),
     }
@@ -115,30 +121,33 @@ def generate_together(
     progress: Callable[[str], None] | None = None,
     timing: dict[str, Any] | None = None,
     workers: int | None = None,
+    threads: int | None = None,
 ) -> dict[Variant, Path]:
     """The image folders of ``variants`` of the same components, seed base and EP (each its own cached artifact, the
     same images as drawn alone), drawn in one pass over the prompts: every distinct model call runs once per prompt
     (the text encodings are shared by every step count; the 1-step image's UNet call is the 2-step one's first).
     ``timing``: filled, when they are drawn, with the sessions' load time and each prompt's seconds. ``workers``: how
-    many processes draw (default ``draw_workers``: several only on the HTP simulator)."""
+    many processes draw (default ``draw_workers``: several only on the HTP simulator). ``threads``: the CPU EP's
+    intra-op threads when one process draws (default: ONNX Runtime's, every core; a shard beside others passes its
+    share)."""
     if len({(v.model, v.seed_base, v.ep) for v in variants}) > 1:
         raise ValueError(f"variants drawn together share components, seed base and EP: {[v.label for v in variants]}")
-    folders = {v: cache.path("images", _inputs(key, v, prompts, qnn)) for v in variants}
+    folders = {v: cache.path("images", _inputs(key, v, prompts, qnn, threads)) for v in variants}
     missing = [v for v in variants if not (folders[v].is_dir() and cache.check(folders[v]) is None)]
     if not missing:
-        return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn), _never_built) for v in variants}
+        return {v: cache.get_or_build("images", _inputs(key, v, prompts, qnn, threads), _never_built) for v in variants}
     workers = draw_workers(missing[0].ep, len(prompts)) if workers is None else max(1, min(workers, len(prompts)))
     with cache.scratch("drawing") as drawn:  # a killed run's drawings are swept by the next one
         meter = Meter(" + ".join(v.label for v in missing) + " images", len(prompts), progress)
         if workers == 1:
-            drew = _draw(components, missing, prompts, qnn, drawn, step=meter.step)
+            drew = _draw(components, missing, prompts, qnn, drawn, step=meter.step, threads=threads)
         else:
             drew = _draw_in_processes(components, missing, prompts, qnn, drawn, workers, meter)
         if timing is not None:
             timing.update(drew, workers=workers)
         return {
             v: cache.get_or_build(
-                "images", _inputs(key, v, prompts, qnn), lambda out, v=v: _move_images(drawn / v.label, out)
+                "images", _inputs(key, v, prompts, qnn, threads), lambda out, v=v: _move_images(drawn / v.label, out)
             )
             for v in variants
         }
@@ -170,11 +179,11 @@ def _draw(
     for prompt in prompts:
         start = time.perf_counter()
         for v in variants:
-            image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.text, v.seed_base))
+            image = pipe(prompt.text, steps=v.steps, seed=prompt_seed(prompt.seed_key, v.seed_base))
             (drawn / v.label).mkdir(exist_ok=True)
             save_png(image, drawn / v.label / image_name(prompt))
         if variants[0].seed_base == 0:  # the gated sets (not the noise sets): the UNet's response to the prompt
-            response = pipe.text_response(prompt.text, seed=prompt_seed(prompt.text))
+            response = pipe.text_response(prompt.text, seed=prompt_seed(prompt.seed_key))
             for v in variants:
                 save_response(response, drawn / v.label / response_name(prompt))
         pipe.forget()  # a prompt's outputs are never reused by the next prompt
