@@ -666,8 +666,7 @@ def _cmd_shard(args: argparse.Namespace) -> int:
     if args.out.exists():
         raise ConfigError(f"--out {args.out} exists; a shard is written to a new folder")
     job = _shard_job(args)
-    job.build(lambda m: print(m, flush=True))
-    result = run_one(asdict(job), str(shard), str(args.out))
+    result = run_one(asdict(job), str(shard), str(args.out), built=job.build(lambda m: print(m, flush=True)))
     print(f"shard {shard}: {result['prompts']} prompts in {result['wall_s']:.1f}s -> {args.out}")
     return 0
 
@@ -711,9 +710,9 @@ def _cmd_judge_shards(args: argparse.Namespace) -> int:
 
 
 def _judge(args: argparse.Namespace, folders: list[Path], merged_dir: Path, say) -> dict:
-    """Merge ``folders`` and compute the set metrics (the whole set, and its first N of ``--sizes``), printed and
-    returned."""
-    from sdxl_qdq.flows import evaluate_merged, merge_shards
+    """Merge ``folders`` and compute the set metrics from their records (the whole set, and its first N of
+    ``--sizes``), printed and returned; the gate on the merge is ``pytest -m quality --qdq-shards``."""
+    from sdxl_qdq.flows import merge_shards
     from sdxl_qdq.judge.backbones import resolve_backbones
     from sdxl_qdq.judge.shards import set_metrics
 
@@ -722,7 +721,6 @@ def _judge(args: argparse.Namespace, folders: list[Path], merged_dir: Path, say)
     result = _build(args)
     backbones = resolve_backbones(args.clip_backbone, args.fid_backbone, model=result.source.name)
     merged = merge_shards(result, folders, merged_dir, backbones=backbones)
-    ev = evaluate_merged(result, merged, backbones, progress=say)
     n = len(merged.prompts)
     metrics = {str(n): set_metrics(merged.records)}
     for size in sizes:
@@ -738,12 +736,12 @@ def _judge(args: argparse.Namespace, folders: list[Path], merged_dir: Path, say)
     return {
         "model": result.source.name,
         "recipe": result.recipe_name,
-        "prompt_set": ev.prompt_set,
+        "prompt_set": merged.manifest["prompt_set"]["name"],
         "prompts": n,
         "shards": [str(f) for f in folders],
         "backbones": backbones.record(),
         "reference": merged.manifest["reference"],
-        "ep": ev.ep_detail,
+        "ep": f"{merged.manifest['ep_detail']}; {len(folders)} shards merged",
         "metrics": metrics,
         "shard_seconds": merged.seconds,
         "judge_s": round(time.perf_counter() - start, 1),

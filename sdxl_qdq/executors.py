@@ -40,13 +40,16 @@ class ShardJob:
     coco_dir: str | None = None
     threads: int | None = None
 
+    def cache(self) -> ArtifactCache:
+        return ArtifactCache(Path(self.cache_dir) if self.cache_dir else None)
+
     def build(self, progress: Progress = lambda _: None):
         from sdxl_qdq.convert.stages import build
 
         return build(
             self.model,
             recipe=self.recipe,
-            cache=ArtifactCache(Path(self.cache_dir) if self.cache_dir else None),
+            cache=self.cache(),
             quantizer=self.quantizer,
             prompts=self.prompt_set,
             progress=progress,
@@ -57,8 +60,9 @@ def shard_folder(out: Path, shard: Shard) -> Path:
     return Path(out) / f"shard-{shard.index}-of-{shard.count}"
 
 
-def run_one(job: dict[str, Any], shard: str, out: str) -> dict[str, Any]:
-    """One shard, start to end, in whatever process runs it; returns its wall time and where it ran."""
+def run_one(job: dict[str, Any], shard: str, out: str, *, built: Any = None) -> dict[str, Any]:
+    """One shard, start to end, in whatever process runs it; returns its wall time and where it ran. ``built``: the
+    job's build when this process made it already (else found in the cache here)."""
     from sdxl_qdq.flows import run_shard
     from sdxl_qdq.runtime import QnnOptions
 
@@ -68,12 +72,11 @@ def run_one(job: dict[str, Any], shard: str, out: str) -> dict[str, Any]:
         import torch
 
         torch.set_num_threads(spec.threads)  # this worker's share of the cores (a process of its own)
-    build = spec.build()
     manifest = run_shard(
-        build,
+        built or spec.build(),
         Shard.parse(shard),
         out,
-        cache=ArtifactCache(Path(spec.cache_dir) if spec.cache_dir else None),
+        cache=spec.cache(),
         ep=spec.ep,
         qnn=QnnOptions(soc_model=spec.qnn_soc) if spec.qnn_soc else None,
         clip_backbone=spec.clip_backbone,
@@ -115,11 +118,11 @@ def run_shards(
     if taken:
         raise ConfigError(f"{taken[0]} exists; shards are written to new folders (remove {out}, or pick another --out)")
     Path(out).mkdir(parents=True, exist_ok=True)
-    job.build(progress)  # once, here: the workers find it in the cache
+    built = job.build(progress)  # once, here: the workers find it in the cache
     if executor == "serial":
         results = []
         for s, f in zip(shards, folders):
-            results.append(run_one(asdict(job), str(s), str(f)))
+            results.append(run_one(asdict(job), str(s), str(f), built=built))
             progress(f"shard {s}: {results[-1]['prompts']} prompts in {results[-1]['wall_s']:.1f}s")
         return results
     return _run_on_ray(job, shards, folders, address=address, workers=workers, progress=progress)

@@ -98,6 +98,16 @@ def draw_together(
 OWN_PROMPTS = "the model's own prompts"
 
 
+def prompt_set_name(build: Build) -> str:
+    """The prompt set of ``build``, in words (its file, and its tag or the model's own)."""
+    return f"{Path(build.source.prompts).name} ({build.source.prompt_set or OWN_PROMPTS})"
+
+
+def build_keys(build: Build) -> dict:
+    """``build``'s keys as JSON reads them back (what a shard's manifest holds, and what the merge compares)."""
+    return json.loads(json.dumps(build.keys))
+
+
 def _evaluate(
     build: Build,
     prompts: list[Prompt],
@@ -124,7 +134,7 @@ def _evaluate(
         ep=ep,
         ep_detail=detail,
         progress=progress,
-        prompt_set=f"{Path(build.source.prompts).name} ({build.source.prompt_set or OWN_PROMPTS})",
+        prompt_set=prompt_set_name(build),
     )
 
 
@@ -464,11 +474,6 @@ def _toolchain(results: DeviceResults) -> dict:
     }
 
 
-def prompt_set_name(build: Build) -> str:
-    """The prompt set of ``build``, in words (its file, and its tag or the model's own)."""
-    return f"{Path(build.source.prompts).name} ({build.source.prompt_set or OWN_PROMPTS})"
-
-
 def run_shard(
     build: Build,
     shard: Shard,
@@ -500,16 +505,15 @@ def run_shard(
     meta = {
         "model": build.source.name,
         "recipe": build.recipe_name,
-        "keys": json.loads(json.dumps(build.keys)),
+        "keys": build_keys(build),
         "ep": ep,
         "soc": (qnn or QnnOptions()).soc_model if ep == "qnn" else None,
         "ep_detail": ep_description(ep, qnn),
         "prompt_set": {"name": prompt_set_name(build)},
         "reference": {"id": reference_id(build, coco_dir), "described": described},
         "versions": package_versions(),
+        "seconds": {"draw_s": round(drawn - start, 2)},
     }
-    seconds = {"draw_s": round(drawn - start, 2)}
-    meta["seconds"] = seconds
     manifest = write_shard(
         Path(out),
         shard=shard,
@@ -522,7 +526,7 @@ def run_shard(
     )
     progress(
         f"shard {shard}: {len(prompts)} prompts in {time.perf_counter() - start:.1f}s "
-        f"(drawing {seconds['draw_s']:.1f}s) -> {out}"
+        f"(drawing {meta['seconds']['draw_s']:.1f}s) -> {out}"
     )
     return manifest
 
@@ -535,7 +539,7 @@ def merge_shards(build: Build, paths: list[str | Path], out: str | Path, *, back
     prompts = load_prompts("all", path=build.source.prompts)
     merged = merge([Path(p) for p in paths], prompts, out)
     m = merged.manifest
-    if m["model"] != build.source.name or m["keys"] != json.loads(json.dumps(build.keys)):
+    if m["model"] != build.source.name or m["keys"] != build_keys(build):
         raise ConfigError(
             f"the shards were drawn from another build ({m['model']}, recipe {m['recipe']!r}) than this one "
             f"({build.source.name}, recipe {build.recipe_name!r}); judge them with the model and recipe they were "

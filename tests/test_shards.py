@@ -242,3 +242,31 @@ def test_images_drawn_with_a_chosen_thread_count_are_cached_apart() -> None:
     plain = _inputs({"build": 1}, Variant("qdq", 1), prompts, None)
     assert "threads" not in plain and plain == _inputs({"build": 1}, Variant("qdq", 1), prompts, None, None)
     assert _inputs({"build": 1}, Variant("qdq", 1), prompts, None, 1) == {"threads": 1, **plain}
+
+
+def test_judge_shards_writes_the_set_metrics_of_the_merge(canary, qdq_cache, three_shards, tmp_path: Path) -> None:
+    """`sdxl-qdq judge-shards`: the merge's set metrics from the records, at the whole size and the first N, equal to
+    the merged evaluation's FID."""
+    from sdxl_qdq.cli import main
+    from sdxl_qdq.flows import evaluate_merged, merge_shards
+    from sdxl_qdq.judge.backbones import resolve_backbones
+
+    out = tmp_path / "judge"
+    argv = [
+        "judge-shards",
+        *map(str, three_shards),
+        "--out",
+        str(out),
+        "--sizes",
+        "40",
+        "--cache-dir",
+        str(qdq_cache.root),
+    ]
+    assert main(argv) == 0
+    written = json.loads((out / "evaluation.json").read_text())
+    assert sorted(written["metrics"]) == ["100", "40"] and written["prompts"] == 100
+    assert written["ep"].endswith("3 shards merged") and "canary_world.jsonl" in written["prompt_set"]
+    backbones = resolve_backbones("auto", "auto", model="canary")
+    ev = evaluate_merged(canary, merge_shards(canary, three_shards, tmp_path / "m", backbones=backbones), backbones)
+    for label, fid in ev.fid.items():
+        assert written["metrics"]["100"]["fid"][label]["value"] == pytest.approx(fid, rel=1e-9)

@@ -91,10 +91,10 @@ def write_shard(
                 if (dirs[label] / name).is_file():
                     shutil.copyfile(dirs[label] / name, folder / name)
     (tmp / "images" / "reference").mkdir()
-    for p, image in zip(prompts, reference):
-        save_png(np.asarray(image, dtype=np.uint8), tmp / "images" / "reference" / image_name(p))
-    images = {label: [load_png(tmp / "images" / label / image_name(p)) for p in prompts] for label in GATED}
-    images["reference"] = [load_png(tmp / "images" / "reference" / image_name(p)) for p in prompts]
+    images = {label: [load_png(dirs[label] / image_name(p)) for p in prompts] for label in GATED}
+    images["reference"] = [np.asarray(image, dtype=np.uint8) for image in reference]  # PNG keeps uint8 exactly
+    for p, image in zip(prompts, images["reference"]):
+        save_png(image, tmp / "images" / "reference" / image_name(p))
     np.savez(tmp / "records.npz", **records(images, prompts, backbones))
     manifest = write_manifest(
         tmp,
